@@ -1,0 +1,169 @@
+"""The results table: one row per evaluation, one Parquet file per run directory.
+
+Columns (see DESIGN.md). Metrics carry a split prefix: ``val_*`` is the
+validation set (the only split any selection reads: Optuna, early stopping,
+best LR), ``test_*`` is the held-out test set (the only split reported as a
+headline number or fed to the laws).
+
+Writes are append-only in meaning and atomic in fact: the new file is written
+beside the old one and renamed over it, so a crash leaves either the old or the
+new table, never a torn one, and no row already recorded is ever dropped.
+A run directory is held by one sweep at a time (`RunLock`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = [
+    "COLUMNS",
+    "METRICS",
+    "RESULTS_FILE",
+    "RecordsError",
+    "RunLock",
+    "RunLocked",
+    "append_rows",
+    "read_results",
+    "empty_table",
+]
+
+RESULTS_FILE = "results.parquet"
+
+METRICS = ("eval_loss", "token_accuracy", "exact_match", "answer_logprob")
+
+# name -> pandas dtype; the order is the column order of the file
+COLUMNS: dict[str, str] = {
+    "study": "string",
+    "trial_id": "string",
+    "optuna_trial": "Int64",
+    "cell": "string",
+    "phase": "string",  # search | repeat (extra seeds of the cell's best config)
+    "dataset_size": "Int64",
+    "epochs": "Int64",
+    "learning_rate": "float64",
+    "lora_r": "Int64",
+    "lora_alpha": "float64",
+    "seed": "Int64",
+    "model": "string",
+    "task": "string",
+    "epoch": "Int64",
+    "step": "Int64",
+    "train_tokens": "Int64",
+    "train_flops": "float64",
+    "train_loss": "float64",
+    **{f"{split}_{m}": "float64" for split in ("val", "test") for m in METRICS},
+    "trainable_params": "Int64",
+    "wall_seconds": "float64",
+    "status": "string",  # ok | failed | pruned
+    "error": "string",
+    "node": "string",
+    "recorded_at": "string",
+}
+
+
+class RecordsError(ValueError):
+    """A results table is missing, unreadable or has the wrong shape."""
+
+
+class RunLocked(RuntimeError):
+    """Another sweep holds this run directory."""
+
+
+def empty_table() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
+
+
+def _normalise(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(list(rows))
+    for col, dtype in COLUMNS.items():
+        if col not in df.columns:
+            df[col] = pd.Series([None] * len(df), dtype=dtype)
+        else:
+            df[col] = df[col].astype(dtype) if dtype != "Int64" else pd.to_numeric(df[col]).astype("Int64")
+    return df[list(COLUMNS)]
+
+
+def read_results(run_dir: str | Path) -> pd.DataFrame:
+    """Read a run's table (a directory or a .parquet/.csv file)."""
+    p = Path(run_dir)
+    path = p / RESULTS_FILE if p.is_dir() else p
+    if not path.exists():
+        raise RecordsError(f"{path}: no results table here (run `scaling sweep` first)")
+    try:
+        df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for corrupt files
+        raise RecordsError(f"{path}: cannot read the results table: {type(err).__name__}: {err}") from None
+    if df.empty and len(df.columns) == 0:
+        raise RecordsError(f"{path}: the results table is empty")
+    missing = [c for c in ("trial_id", "status") if c not in df.columns]
+    if missing:
+        raise RecordsError(f"{path}: column(s) {missing} are required but missing (has {list(df.columns)})")
+    return df
+
+
+def append_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Append rows to run_dir/results.parquet atomically; returns the new row count.
+
+    Rows already in the table for the same (trial_id, epoch, phase) are kept and the
+    duplicates in `rows` dropped, so replaying a trial after a crash never
+    duplicates a row.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    new = _normalise(rows)
+    path = run_dir / RESULTS_FILE
+    old = pd.read_parquet(path) if path.exists() else empty_table()
+    if len(new) == 0:
+        return len(old)
+    key = ["trial_id", "epoch"]
+    if len(old):
+        seen = set(map(tuple, old[key].astype(str).to_numpy()))
+        mask = [tuple(r) not in seen for r in new[key].astype(str).to_numpy()]
+        new = new[mask]
+    table = pd.concat([old.astype(COLUMNS), new], ignore_index=True) if len(old) else new
+    tmp = path.with_suffix(".parquet.tmp")
+    table.to_parquet(tmp, index=False)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return len(table)
+
+
+class RunLock:
+    """An exclusive, process-held lock on a run directory (released if the process dies)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".sweep.lock"
+        self._fh: Any = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunLocked(
+                f"{self.path.parent}: another sweep ({holder}) is running on this run directory; "
+                "wait for it to finish or use another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None

@@ -1,0 +1,298 @@
+"""StudySpec: a study's YAML file turned into a validated, frozen config.
+
+A spec says *what* to run (model, task, axes, learning-rate range, LoRA
+settings, evaluation sets); `resources` and `storage` say *where* (as in Ray
+Tune, the two are kept apart so the same study runs on a laptop or a cluster).
+
+Every validation error names the file, the field, the rule and the value:
+
+    search_spaces/demo.yaml: learning_rate.low: must be > 0 (got -0.001)
+
+Steps of `load_spec`:
+  1. read the YAML (file missing / not YAML / not a mapping -> SpecError)
+  2. validate with pydantic (unknown keys are errors: a typo must not be ignored)
+  3. cross-field rules (low < high, sizes ascending and unique, task file exists)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "SpecError",
+    "StudySpec",
+    "TaskSpec",
+    "AxesSpec",
+    "LRRange",
+    "LoraSpec",
+    "EvalSpec",
+    "TrainSpec",
+    "ResourcesSpec",
+    "SamplerSpec",
+    "StorageSpec",
+    "EarlyStoppingSpec",
+    "SeedsSpec",
+    "load_spec",
+    "parse_spec",
+    "Cell",
+]
+
+
+class SpecError(ValueError):
+    """A study spec broke a rule. The message names file, field, rule and value."""
+
+
+class _Frozen(BaseModel):
+    # extra="forbid": an unknown key ("learning_rat") is almost always a typo.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PosInt = Annotated[int, Field(gt=0)]
+
+
+class TaskSpec(_Frozen):
+    kind: Literal["addition", "jsonl"] = "addition"
+    digits: Annotated[int, Field(ge=1, le=4)] = 2  # 2 digits: 10k problems, learnable in seconds
+    path: str | None = None  # JSONL of {"prompt", "completion"} lines when kind == "jsonl"
+    seed: int = 0  # fixes the permutation: which problems are val/test/train
+
+    @model_validator(mode="after")
+    def _path_for_jsonl(self) -> TaskSpec:
+        if self.kind == "jsonl" and not self.path:
+            raise ValueError("task.path is required when task.kind is 'jsonl'")
+        return self
+
+
+class LogRange(_Frozen):
+    """A log-spaced ladder: `{low: 500, high: 8000, num: 5}`."""
+
+    low: PosInt
+    high: PosInt
+    num: Annotated[int, Field(ge=2)]
+
+    def values(self) -> tuple[int, ...]:
+        ratio = (self.high / self.low) ** (1 / (self.num - 1))
+        vals = sorted({int(round(self.low * ratio**i)) for i in range(self.num)})
+        return tuple(vals)
+
+
+class AxesSpec(_Frozen):
+    dataset_size: list[PosInt] | LogRange
+    epochs: list[PosInt] = Field(default_factory=lambda: [1])
+    lora_r: list[PosInt] | None = None  # optional rank axis
+
+    @field_validator("dataset_size", "epochs", "lora_r")
+    @classmethod
+    def _ascending_unique(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("must list at least one value")
+            if len(set(v)) != len(v):
+                raise ValueError("values must be unique")
+        return v
+
+    def dataset_sizes(self) -> tuple[int, ...]:
+        ds = self.dataset_size
+        return ds.values() if isinstance(ds, LogRange) else tuple(sorted(ds))
+
+    def epoch_values(self) -> tuple[int, ...]:
+        return tuple(sorted(self.epochs))
+
+
+class LRRange(_Frozen):
+    low: float
+    high: float
+    log: bool = True  # optima of LR live on a log scale; a linear search wastes trials
+
+    @field_validator("low", "high")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError("must be > 0 and finite")
+        return v
+
+
+class LoraSpec(_Frozen):
+    r: PosInt = 8  # rank 8: enough for 2-digit addition on the tiny base (measured)
+    alpha: float | Literal["2r"] = 16  # fixed alpha (default) or "2r" to scale with rank
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # tiny data, few epochs: no need
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def alpha_for(self, r: int) -> float:
+        return float(2 * r) if self.alpha == "2r" else float(self.alpha)
+
+
+class EvalSpec(_Frozen):
+    validation_size: PosInt = 500  # chooses LR, drives early stopping
+    test_size: PosInt = 500  # reported numbers only; never used for selection
+
+
+class TrainSpec(_Frozen):
+    batch_size: PosInt = 32
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ResourcesSpec(_Frozen):
+    cpus: Annotated[float, Field(gt=0)] = 1
+    gpus: Annotated[float, Field(ge=0)] = 0  # fractional allowed: 0.25 packs 4 trials per GPU
+    max_concurrent: PosInt | None = None  # default: what the cluster's resources allow
+    max_failures: Annotated[int, Field(ge=0)] = 2  # retries for infrastructure faults only
+
+
+class SamplerSpec(_Frozen):
+    kind: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    # "cells": every (dataset_size, epochs) cell gets trials_per_cell LR trials (the scaling design)
+    # "optimize": one joint TPE study over D, epochs and LR (best loss, no scaling law)
+    mode: Literal["cells", "optimize"] = "cells"
+
+
+class StorageSpec(_Frozen):
+    optuna: str | None = None  # Optuna URL; default sqlite:///<run_dir>/optuna.db
+    results_dir: str = "runs"  # the run directory is <results_dir>/<name>
+
+    @field_validator("optuna")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", v):
+            raise ValueError(f"must be an SQLAlchemy URL starting sqlite://, postgresql:// or mysql://, got {v!r}")
+        return v
+
+
+class EarlyStoppingSpec(_Frozen):
+    method: Literal["none", "asha", "median"] = "none"
+    grace_epochs: PosInt = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 3
+
+
+class SeedsSpec(_Frozen):
+    base: int = 0  # seed of the LR-search trials
+    repeat_best: Annotated[int, Field(ge=0)] = 0  # extra seeds for each cell's best config
+
+
+class Cell(BaseModel):
+    """One point of the study's grid: the axes, not the LR."""
+
+    model_config = ConfigDict(frozen=True)
+    dataset_size: int
+    epochs: int
+    lora_r: int
+
+    @property
+    def key(self) -> str:
+        return f"D={self.dataset_size},E={self.epochs},r={self.lora_r}"
+
+
+class StudySpec(_Frozen):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)]
+    model: str = "tiny-llama"  # the embedded model; or a hub id / local path
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    axes: AxesSpec
+    learning_rate: LRRange
+    trials_per_cell: PosInt = 3
+    seeds: SeedsSpec = Field(default_factory=SeedsSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    source: str | None = None  # the file it came from (set by load_spec)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> StudySpec:
+        if self.learning_rate.low >= self.learning_rate.high:
+            raise ValueError(
+                f"learning_rate.low must be < learning_rate.high, got low={self.learning_rate.low} "
+                f"high={self.learning_rate.high}"
+            )
+        ds = self.axes.dataset_size
+        if isinstance(ds, LogRange) and ds.low >= ds.high:
+            raise ValueError(f"axes.dataset_size.low must be < high, got low={ds.low} high={ds.high}")
+        return self
+
+    # -- derived views ---------------------------------------------------
+    def cells(self) -> list[Cell]:
+        ranks = self.axes.lora_r or [self.lora.r]
+        return [
+            Cell(dataset_size=d, epochs=e, lora_r=r)
+            for r in sorted(ranks)
+            for d in self.axes.dataset_sizes()
+            for e in self.axes.epoch_values()
+        ]
+
+    def planned_trials(self) -> int:
+        return len(self.cells()) * (self.trials_per_cell + self.seeds.repeat_best)
+
+    def run_dir(self, out: str | Path | None = None) -> Path:
+        return Path(out) if out is not None else Path(self.storage.results_dir) / self.name
+
+    def optuna_url(self, run_dir: Path) -> str:
+        return self.storage.optuna or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith(("function-after", "list[", "LogRange"))]
+    return ".".join(parts) or "(top level)"
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        # a union (list | LogRange) reports both branches: keep the one the user wrote
+        branch = [str(p) for p in e["loc"] if str(p).startswith(("list[", "LogRange"))]
+        if branch and e["type"] in ("dict_type", "model_type", "model_attributes_type", "list_type"):
+            continue
+        field = _loc(e["loc"])
+        value = e.get("input")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+            value = None
+        shown = "" if value is None else f" (got {value!r})"
+        lines.append(f"{source}: {field}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, *, source: str = "<spec>") -> StudySpec:
+    """Validate a mapping (already parsed YAML) into a StudySpec."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: (top level): must be a mapping of keys to values (got {type(data).__name__})")
+    try:
+        spec = StudySpec.model_validate({**data, "source": source})
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, source)) from None
+    if spec.task.kind == "jsonl":
+        path = Path(spec.task.path)  # type: ignore[arg-type]
+        if not path.is_absolute() and source != "<spec>":
+            # relative task files are relative to the spec file, like an include
+            cand = Path(source).parent / path
+            path = cand if cand.exists() else path
+        if not path.exists():
+            raise SpecError(f"{source}: task.path: file must exist (got {spec.task.path!r})")
+        spec = spec.model_copy(update={"task": spec.task.model_copy(update={"path": str(path)})})
+    return spec
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study spec file."""
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"{p}: file does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{p}: not valid YAML: {err}") from None
+    return parse_spec(data, source=str(p))
