@@ -1,0 +1,543 @@
+"""Scaling-law forms: plain numpy functions, and a registry the fitter reads.
+
+The file reads top to bottom:
+
+1. the laws as plain numpy functions of natural-scale parameters
+   (``power``, ``chinchilla``, ``data_constrained``, ``bnsl``, ``multiplicative``);
+2. their fitting-space forward passes: log-prediction plus a vector-Jacobian
+   product, vectorised over S parameter rows at once (S starts or S bootstrap
+   resamples), which is what makes a 4,500-start fit take seconds;
+3. the registry: ``Param`` / ``Law`` specs (names, log-sum-exp coefficients,
+   starting grids, bounds) and ``get_law(name, breaks=)``.
+
+Fitting space: positive parameters (E, A, B, R*, BNSL a, b, d, f) are fitted as
+their natural log, so that, as in Hoffmann et al. (2022, appendix D.2),
+log L = LSE(a - alpha*log N, b - beta*log D, e) with a = log A, b = log B,
+e = log E. Exponents are fitted as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Law",
+    "Param",
+    "LAW_NAMES",
+    "get_law",
+    "power",
+    "chinchilla",
+    "data_constrained",
+    "bnsl",
+    "multiplicative",
+    "optimal_params_for_tokens",
+]
+
+
+# ---------------------------------------------------------------------------
+# 1. natural-scale functions
+# ---------------------------------------------------------------------------
+
+
+def power(x, *, E: float, A: float, alpha: float) -> np.ndarray:
+    """L(x) = E + A * x^-alpha."""
+    x = np.asarray(x, dtype=np.float64)
+    return E + A * x ** (-alpha)
+
+
+def chinchilla(N, D, *, E: float, A: float, B: float, alpha: float, beta: float) -> np.ndarray:
+    """L(N, D) = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, Eq. 2)."""
+    N, D = np.asarray(N, dtype=np.float64), np.asarray(D, dtype=np.float64)
+    return E + A * N ** (-alpha) + B * D ** (-beta)
+
+
+def _effective(total: np.ndarray, unique: np.ndarray, r_star: float) -> np.ndarray:
+    """Muennighoff et al. (2023) Eq. 5: U + U*R*(1 - exp(-R/R*)), R = total/U - 1.
+
+    U is clipped to ``total`` (the paper's U_D = min(D_C, D): one never sees more
+    unique tokens than tokens), so R >= 0 and less than one epoch is plain data.
+    """
+    unique = np.minimum(unique, total)
+    reps = total / unique - 1.0
+    return unique * (1.0 - r_star * np.expm1(-reps / r_star))
+
+
+def data_constrained(
+    N,
+    D,
+    U_D,
+    U_N=None,
+    *,
+    E: float,
+    A: float,
+    B: float,
+    alpha: float,
+    beta: float,
+    R_D_star: float,
+    R_N_star: float,
+) -> np.ndarray:
+    """Data-constrained law of Muennighoff et al. (2023), Eq. 5-7.
+
+    D' = U_D + U_D*R*_D*(1 - exp(-R_D/R*_D)), R_D = D/U_D - 1 (same for N with
+    U_N, R*_N); L = E + A/N'^alpha + B/D'^beta. ``U_N`` defaults to N (no excess
+    parameters: right for fine-tunes of one base model). The paper's own
+    convention is U_N = min(N, optimal_params_for_tokens(U_D, ...)).
+    """
+    N, D = np.asarray(N, dtype=np.float64), np.asarray(D, dtype=np.float64)
+    U_D = np.asarray(U_D, dtype=np.float64)
+    U_N = N if U_N is None else np.asarray(U_N, dtype=np.float64)
+    n_eff = _effective(N, U_N, R_N_star)
+    d_eff = _effective(D, U_D, R_D_star)
+    return E + A * n_eff ** (-alpha) + B * d_eff ** (-beta)
+
+
+def optimal_params_for_tokens(tokens, *, A: float, B: float, alpha: float, beta: float):
+    """Compute-optimal parameter count whose optimal token count is ``tokens``.
+
+    From minimising E + A/N^alpha + B/D^beta under C = 6ND: N_opt = G (C/6)^(b/(a+b)),
+    D_opt = (C/6)^(a/(a+b)) / G with G = (alpha A / (beta B))^(1/(alpha+beta))
+    (Hoffmann et al. 2022, Eq. 4), hence N = G (G D)^(beta/alpha). Muennighoff
+    et al. (2023) use it as U_N for U_D unique tokens.
+    """
+    G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
+    return G * (G * np.asarray(tokens, dtype=np.float64)) ** (beta / alpha)
+
+
+def bnsl(x, *, a: float, b: float, c0: float, **breaks: float) -> np.ndarray:
+    """Broken neural scaling law (Caballero et al. 2022, Eq. 1).
+
+    y = a + b x^-c0 prod_i (1 + (x/d_i)^(1/f_i))^(-c_i f_i), breaks given as
+    c1, d1, f1, c2, d2, f2, ... Evaluated in log space so that large x or sharp
+    breaks (small f) do not overflow.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    lx = np.log(x)
+    k = len(breaks) // 3
+    expected = {f"{p}{i}" for i in range(1, k + 1) for p in "cdf"}
+    if len(breaks) % 3 or set(breaks) != expected:
+        raise ValueError(f"bnsl breaks must be c1, d1, f1, c2, ...; got {sorted(breaks)}")
+    log_term = np.log(b) - c0 * lx
+    for i in range(1, k + 1):
+        c, d, f = breaks[f"c{i}"], breaks[f"d{i}"], breaks[f"f{i}"]
+        log_term = log_term - c * f * np.logaddexp(0.0, (lx - np.log(d)) / f)
+    return a + np.exp(log_term)
+
+
+def multiplicative(X, D, *, E: float, A: float, alpha: float, beta: float) -> np.ndarray:
+    """L(X, D) = E + A * X^-alpha * D^-beta (Zhang et al. 2024, "When Scaling Meets
+    LLM Finetuning", Eq. 1; X is the scaled factor, D the fine-tuning data size)."""
+    X, D = np.asarray(X, dtype=np.float64), np.asarray(D, dtype=np.float64)
+    return E + A * X ** (-alpha) * D ** (-beta)
+
+
+# ---------------------------------------------------------------------------
+# 2. fitting-space forward passes
+#
+# fwd(theta, ctx) -> (logpred, vjp); theta: (S, p) fitting-space rows in the
+# law's parameter order, logpred: (S, n), vjp(h: (S, n)) -> (S, p) is
+# sum_i h[s, i] * d logpred[s, i] / d theta[s, :].
+# ---------------------------------------------------------------------------
+
+
+def _lse_rel(base, *terms):
+    """log(exp(base) + sum_k exp(base + u_k)) and the softmax weight of each u_k.
+
+    ``base`` (S, 1) is the constant term (log E); u_k (S, n) are the other terms
+    minus base, overwritten in place: one exp per term and point. Bounds keep
+    u_k far from overflow; an overflow only makes that trial point non-finite,
+    which the line search rejects.
+    """
+    total = None
+    for u in terms:
+        np.exp(u, out=u)
+        total = u.copy() if total is None else np.add(total, u, out=total)
+    inv = np.add(total, 1.0)
+    np.reciprocal(inv, out=inv)
+    lp = np.log1p(total, out=total)
+    lp += base
+    for u in terms:
+        u *= inv
+    return (lp, *terms)
+
+
+def _power_term(coef, expo, lx, base):
+    """coef - expo * lx - base as a fresh (S, n) array, in two passes."""
+    u = np.multiply(-expo, lx)
+    u += coef - base
+    return u
+
+
+def _prep_logs(X: np.ndarray) -> dict:
+    # X: (n, q) natural inputs -> log inputs; [1, log x] pairs let one matmul
+    # give both the coefficient and the exponent gradient of a power term
+    lx = [np.log(X[:, j]) for j in range(X.shape[1])]
+    return {"lx": lx, "one_lx": [np.column_stack([np.ones_like(v), v]) for v in lx]}
+
+
+def _fwd_power(th, ctx):
+    e, a, al = th[:, 0:1], th[:, 1:2], th[:, 2:3]
+    lx = ctx["lx"][0]
+    lp, w = _lse_rel(e, _power_term(a, al, lx, e))  # (S, n)
+
+    def vjp(h):
+        s_a, g_al = ((h * w) @ ctx["one_lx"][0]).T
+        return np.stack([h.sum(1) - s_a, s_a, -g_al], axis=1)
+
+    return lp, vjp
+
+
+def _fwd_chinchilla(th, ctx):
+    e, a, b, al, be = (th[:, j : j + 1] for j in range(5))
+    lN, lD = ctx["lx"][0], ctx["lx"][1]
+    lp, w0, w1 = _lse_rel(e, _power_term(a, al, lN, e), _power_term(b, be, lD, e))
+
+    def vjp(h):
+        s_a, g_al = ((h * w0) @ ctx["one_lx"][0]).T
+        s_b, g_be = ((h * w1) @ ctx["one_lx"][1]).T
+        return np.stack([h.sum(1) - s_a - s_b, s_a, s_b, -g_al, -g_be], axis=1)
+
+    return lp, vjp
+
+
+def _prep_data_constrained(X: np.ndarray) -> dict:
+    N, D, U_D = X[:, 0], X[:, 1], X[:, 2]
+    U_N = X[:, 3] if X.shape[1] > 3 else N
+    U_D, U_N = np.minimum(U_D, D), np.minimum(U_N, N)
+    return {"U_D": U_D, "R_D": D / U_D - 1.0, "U_N": U_N, "R_N": N / U_N - 1.0}
+
+
+def _eff_and_dlog(unique, reps, log_rstar):
+    """log U' (S, n) with U' = U(1 + R*(1 - exp(-R/R*))), and d log U' / d log R*."""
+    rs = np.exp(log_rstar)  # (S, 1)
+    x = reps / rs  # (S, n)
+    one_minus = -np.expm1(-x)  # 1 - exp(-x)
+    eff = unique * (1.0 + rs * one_minus)
+    # dU'/dR* = U(1 - e^-x - x e^-x); times R* for the log parametrisation
+    deff = unique * rs * (one_minus - x * (1.0 - one_minus)) / eff
+    return np.log(eff), deff
+
+
+def _fwd_data_constrained(th, ctx):
+    e, a, b, al, be, lrd, lrn = (th[:, j : j + 1] for j in range(7))
+    lNp, dN = _eff_and_dlog(ctx["U_N"], ctx["R_N"], lrn)
+    lDp, dD = _eff_and_dlog(ctx["U_D"], ctx["R_D"], lrd)
+    lp, w0, w1 = _lse_rel(e, _power_term(a, al, lNp, e), _power_term(b, be, lDp, e))
+
+    def vjp(h):
+        h0, h1 = h * w0, h * w1
+        s0, s1 = h0.sum(1), h1.sum(1)
+        return np.stack(
+            [
+                h.sum(1) - s0 - s1,
+                s0,
+                s1,
+                -(h0 * lNp).sum(1),
+                -(h1 * lDp).sum(1),
+                -be[:, 0] * (h1 * dD).sum(1),
+                -al[:, 0] * (h0 * dN).sum(1),
+            ],
+            axis=1,
+        )
+
+    return lp, vjp
+
+
+def _fwd_bnsl(th, ctx):
+    # params: a, b, c0, then (c_i, d_i, f_i) per break; a, b, d, f fitted as logs
+    k = (th.shape[1] - 3) // 3
+    la, lb, c0 = th[:, 0:1], th[:, 1:2], th[:, 2:3]
+    lx = ctx["lx"][0]
+    t1 = lb - c0 * lx
+    parts = []
+    for i in range(k):
+        c, ld, lf = (th[:, 3 + 3 * i + j : 4 + 3 * i + j] for j in range(3))
+        f = np.exp(lf)
+        z = (lx - ld) / f
+        sp = np.logaddexp(0.0, z)  # softplus(z) = log(1 + (x/d)^(1/f))
+        sig = np.exp(z - sp)  # sigmoid(z)
+        t1 = t1 - c * f * sp
+        parts.append((c, f, z, sp, sig))
+    t1 -= la
+    lp, w1 = _lse_rel(la, t1)
+
+    def vjp(h):
+        hw = h * w1
+        s1 = hw.sum(1)
+        cols = [h.sum(1) - s1, s1, -(hw @ lx)]
+        for c, f, z, sp, sig in parts:
+            cols.append(-(hw * f * sp).sum(1))
+            cols.append(c[:, 0] * (hw * sig).sum(1))
+            cols.append(-(c * f)[:, 0] * (hw * (sp - sig * z)).sum(1))
+        return np.stack(cols, axis=1)
+
+    return lp, vjp
+
+
+def _fwd_multiplicative(th, ctx):
+    e, a, al, be = (th[:, j : j + 1] for j in range(4))
+    lX, lD = ctx["lx"][0], ctx["lx"][1]
+    u = _power_term(a, al, lX, e)
+    u -= be * lD
+    lp, w = _lse_rel(e, u)
+
+    def vjp(h):
+        hw = h * w
+        s_a, g_al = (hw @ ctx["one_lx"][0]).T
+        return np.stack([h.sum(1) - s_a, s_a, -g_al, -(hw @ lD)], axis=1)
+
+    return lp, vjp
+
+
+# ---------------------------------------------------------------------------
+# 3. registry
+# ---------------------------------------------------------------------------
+
+GridSpec = Sequence[float] | Callable[[np.ndarray], Sequence[float]]
+BoundSpec = tuple[float, float] | Callable[[np.ndarray], tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One law parameter.
+
+    grid and bounds are natural-scale values; either constants or functions of
+    the natural x column ``col`` (for break positions, which live in the data's
+    range). ``lse``: a log-sum-exp coefficient (E, A, B, BNSL a, b); the fitter
+    bounds these relative to the data's log y rather than by fixed numbers.
+    ``centre``: for an exponent, the coefficient whose term it multiplies with
+    log x[col]; the fitter centres log x[col] in that term (a reparametrisation
+    that decorrelates a and alpha, and cuts L-BFGS iterations about in half).
+    """
+
+    name: str
+    log: bool
+    grid: GridSpec
+    bounds: BoundSpec = (-np.inf, np.inf)
+    lse: bool = False
+    centre: str | None = None
+    col: int | None = None
+
+    def grid_values(self, X: np.ndarray) -> np.ndarray:
+        g = self.grid(X[:, self.col]) if callable(self.grid) else self.grid
+        return np.asarray(g, dtype=np.float64)
+
+    def bound_values(self, X: np.ndarray) -> tuple[float, float]:
+        lo, hi = self.bounds(X[:, self.col]) if callable(self.bounds) else self.bounds
+        return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class Law:
+    """A law form: natural function, fitting-space forward pass and parameter specs."""
+
+    name: str
+    x_roles: tuple[str, ...]  # meaning of each x column, e.g. ("N", "D")
+    n_optional: int  # trailing x columns that may be left out (data_constrained's U_N)
+    params: tuple[Param, ...]
+    func: Callable[..., np.ndarray]
+    fwd: Callable
+    prepare: Callable[[np.ndarray], dict]
+    reference: str
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    @property
+    def n_x(self) -> tuple[int, int]:
+        """(fewest, most) x columns the law accepts."""
+        return len(self.x_roles) - self.n_optional, len(self.x_roles)
+
+    def __call__(self, X, **params: float) -> np.ndarray:
+        """Evaluate on X (n, q) natural inputs with natural-scale params."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        return self.func(*(X[:, j] for j in range(X.shape[1])), **params)
+
+    def to_theta(self, params: dict[str, float]) -> np.ndarray:
+        """Natural params -> fitting-space vector (p,)."""
+        return np.array(
+            [np.log(params[p.name]) if p.log else params[p.name] for p in self.params],
+            dtype=np.float64,
+        )
+
+    def from_theta(self, theta: np.ndarray) -> dict[str, float]:
+        """Fitting-space vector (p,) -> natural params as plain floats."""
+        return {
+            p.name: float(np.exp(t)) if p.log else float(t)
+            for p, t in zip(self.params, theta, strict=True)
+        }
+
+    def log_predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Vectorised log-prediction: theta (S, p), X (n, q) -> (S, n)."""
+        return self.fwd(np.atleast_2d(theta), self.prepare(np.asarray(X, dtype=np.float64)))[0]
+
+
+# Starting grids. Chinchilla's is the one of Besiroglu et al. (2024, Epoch AI,
+# "Chinchilla scaling: a replication attempt", section 2): e in arange(-1, 1.5, .5),
+# a, b in arange(0, 30, 5), alpha, beta in arange(0, 2.5, .5) -> 5*6*6*5*5 = 4,500
+# starts. Values here are natural scale, so log-parameters carry exp().
+_E_GRID = tuple(np.exp(np.arange(-1.0, 1.5, 0.5)))  # E in [0.37, 2.7]: typical loss floors
+_COEF_GRID = tuple(np.exp(np.arange(0.0, 30.0, 5.0)))  # A, B over 13 decades
+_EXP_GRID = tuple(np.arange(0.0, 2.5, 0.5))  # exponents 0 .. 2
+# exponents above 10 mean a step, not a power law; 0 means the term is flat
+_EXP_BOUNDS = (0.0, 10.0)
+# R*: repetitions at which repeated data is worth 1 - 1/e of fresh data; the
+# published C4 fits are 15.4 (data) and 5.3 (params). Below 0.01 repeats are
+# worthless, above 1e4 repeats are as good as fresh data: both ends unidentifiable.
+_RSTAR_GRID = (2.0, 15.0, 100.0)
+_RSTAR_BOUNDS = (1e-2, 1e4)
+
+
+def _break_grid(i: int, k: int) -> Callable[[np.ndarray], tuple[float, ...]]:
+    """Starting positions of break i of k, in the data's range of log x.
+
+    One break: the quartiles. Several: break i starts in the i-th of k equal
+    slices of the quantiles (at its thirds), so breaks start in order and the
+    grid does not hold each layout k! times.
+    """
+    qs = [0.25, 0.5, 0.75] if k == 1 else [(i - 1 + 1 / 3) / k, (i - 1 + 2 / 3) / k]
+
+    def grid(x: np.ndarray) -> tuple[float, ...]:
+        return tuple(np.exp(np.quantile(np.log(x), qs)))
+
+    return grid
+
+
+def _break_bounds(x: np.ndarray) -> tuple[float, float]:
+    # a break far outside the data is not identified; allow one e-fold beyond
+    lx = np.log(x)
+    return float(np.exp(lx.min() - 1.0)), float(np.exp(lx.max() + 1.0))
+
+
+def _power() -> Law:
+    return Law(
+        name="power",
+        x_roles=("x",),
+        n_optional=0,
+        params=(
+            Param("E", log=True, grid=_E_GRID, lse=True),
+            Param("A", log=True, grid=_COEF_GRID, lse=True),
+            Param("alpha", log=False, grid=_EXP_GRID, bounds=_EXP_BOUNDS, centre="A", col=0),
+        ),
+        func=power,
+        fwd=_fwd_power,
+        prepare=_prep_logs,
+        reference="L = E + A x^-alpha",
+    )
+
+
+def _chinchilla() -> Law:
+    return Law(
+        name="chinchilla",
+        x_roles=("N", "D"),
+        n_optional=0,
+        params=(
+            Param("E", log=True, grid=_E_GRID, lse=True),
+            Param("A", log=True, grid=_COEF_GRID, lse=True),
+            Param("B", log=True, grid=_COEF_GRID, lse=True),
+            Param("alpha", log=False, grid=_EXP_GRID, bounds=_EXP_BOUNDS, centre="A", col=0),
+            Param("beta", log=False, grid=_EXP_GRID, bounds=_EXP_BOUNDS, centre="B", col=1),
+        ),
+        func=chinchilla,
+        fwd=_fwd_chinchilla,
+        prepare=_prep_logs,
+        reference="Hoffmann et al. 2022, arXiv:2203.15556, Eq. 2",
+    )
+
+
+def _data_constrained() -> Law:
+    # 7 parameters: a coarser grid than Chinchilla's (5*3*3*3*3*3*3 = 3,645
+    # starts with both R* free, 405 with both fixed)
+    coef = tuple(np.exp([0.0, 10.0, 20.0]))
+    expo = (0.25, 0.75, 1.5)
+    return Law(
+        name="data_constrained",
+        x_roles=("N", "D", "U_D", "U_N"),
+        n_optional=1,
+        params=(
+            Param("E", log=True, grid=_E_GRID, lse=True),
+            Param("A", log=True, grid=coef, lse=True),
+            Param("B", log=True, grid=coef, lse=True),
+            Param("alpha", log=False, grid=expo, bounds=_EXP_BOUNDS, centre="A", col=0),
+            Param("beta", log=False, grid=expo, bounds=_EXP_BOUNDS, centre="B", col=1),
+            Param("R_D_star", log=True, grid=_RSTAR_GRID, bounds=_RSTAR_BOUNDS),
+            Param("R_N_star", log=True, grid=_RSTAR_GRID, bounds=_RSTAR_BOUNDS),
+        ),
+        func=data_constrained,
+        fwd=_fwd_data_constrained,
+        prepare=_prep_data_constrained,
+        reference="Muennighoff et al. 2023, arXiv:2305.16264, Eq. 5-7",
+    )
+
+
+def _bnsl(breaks: int) -> Law:
+    params = [
+        Param("a", log=True, grid=tuple(np.exp([-1.0, 0.0, 1.0])), lse=True),
+        Param("b", log=True, grid=tuple(np.exp([0.0, 5.0, 10.0])), lse=True),
+        # c0 may be slightly negative (a rising first segment, e.g. double descent)
+        Param("c0", log=False, grid=(0.0, 0.5, 1.0), bounds=(-2.0, 10.0), centre="b", col=0),
+    ]
+    # c_i changes the slope after break i; either sign is a valid BNSL. With
+    # several breaks, each starts as a steepening or a flattening (2*2*2 = 8
+    # starts per break: 1,728 for two breaks, against 324 for one).
+    c_grid = (0.25, 1.0) if breaks == 1 else (-0.5, 0.5)
+    for i in range(1, breaks + 1):
+        params += [
+            Param(f"c{i}", log=False, grid=c_grid, bounds=(-10.0, 10.0)),
+            Param(f"d{i}", log=True, grid=_break_grid(i, breaks), bounds=_break_bounds, col=0),
+            # f: sharpness of the break; below 1e-3 it is a kink, above 100 it is
+            # spread over more than the data's range
+            Param(f"f{i}", log=True, grid=(0.1, 1.0), bounds=(1e-3, 1e2)),
+        ]
+    return Law(
+        name="bnsl",
+        x_roles=("x",),
+        n_optional=0,
+        params=tuple(params),
+        func=bnsl,
+        fwd=_fwd_bnsl,
+        prepare=_prep_logs,
+        reference="Caballero et al. 2022, arXiv:2210.14891, Eq. 1",
+    )
+
+
+def _multiplicative() -> Law:
+    return Law(
+        name="multiplicative",
+        x_roles=("X", "D"),
+        n_optional=0,
+        params=(
+            Param("E", log=True, grid=_E_GRID, lse=True),
+            Param("A", log=True, grid=_COEF_GRID, lse=True),
+            Param("alpha", log=False, grid=_EXP_GRID, bounds=_EXP_BOUNDS, centre="A", col=0),
+            Param("beta", log=False, grid=_EXP_GRID, bounds=_EXP_BOUNDS, centre="A", col=1),
+        ),
+        func=multiplicative,
+        fwd=_fwd_multiplicative,
+        prepare=_prep_logs,
+        reference="Zhang et al. 2024, arXiv:2402.17193, Eq. 1",
+    )
+
+
+_FACTORIES: dict[str, Callable[..., Law]] = {
+    "power": _power,
+    "chinchilla": _chinchilla,
+    "data_constrained": _data_constrained,
+    "bnsl": _bnsl,
+    "multiplicative": _multiplicative,
+}
+LAW_NAMES: tuple[str, ...] = tuple(sorted(_FACTORIES))
+
+
+def get_law(name: str, *, breaks: int = 1) -> Law:
+    """The registered law ``name``; ``breaks`` is the number of BNSL breaks."""
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown law {name!r}; known laws: {', '.join(LAW_NAMES)}")
+    if name == "bnsl":
+        if isinstance(breaks, bool) or not isinstance(breaks, int | np.integer) or breaks < 1:
+            raise ValueError(f"bnsl breaks must be an integer >= 1, got {breaks!r}")
+        return _bnsl(int(breaks))
+    return _FACTORIES[name]()

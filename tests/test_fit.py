@@ -1,0 +1,491 @@
+"""Fitting: a published replication, planted laws recovered, bootstrap intervals
+that cover at their nominal rate, bad input, warnings, holdout and compare."""
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.fit import FitError, FitWarning, LawFit, compare, fit_law, holdout
+from analysis.laws import get_law
+
+DATA = Path(__file__).parent / "data" / "chinchilla_svg_extracted.csv"
+
+# Besiroglu et al. 2024 (arXiv:2404.10102), "Chinchilla scaling: a replication
+# attempt", Table 1 / Eq. 3: their refit of Hoffmann et al.'s approach 3.
+BESIROGLU = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
+
+
+def huber_sum(params, df, delta=1e-3):
+    """The objective, written independently of analysis.fit: sum of Huber losses
+    of log residuals for the Chinchilla law (df: a DataFrame or (N, D, loss) arrays)."""
+    N, D, loss = (
+        (df["N"].to_numpy(), df["D"].to_numpy(), df["loss"].to_numpy())
+        if hasattr(df, "columns")
+        else df
+    )
+    pred = params["E"] + params["A"] / N ** params["alpha"] + params["B"] / D ** params["beta"]
+    r = np.log(pred) - np.log(loss)
+    a = np.abs(r)
+    return float(np.sum(np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))))
+
+
+@pytest.fixture(scope="module")
+def chinchilla_df():
+    raw = pd.read_csv(DATA)
+    df = pd.DataFrame({"N": raw["Model Size"], "C": raw["Training FLOP"], "loss": raw["loss"]})
+    df["D"] = df["C"] / (6 * df["N"])
+    # Besiroglu et al. drop the 5 highest-loss points (outliers of the extraction)
+    return df.sort_values("loss").iloc[:-5].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def chinchilla_fit(chinchilla_df):
+    # the full 4,500-start grid of Besiroglu et al. (the law's default)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FitWarning)  # a clean fit: no warnings at all
+        return fit_law(law="chinchilla", data=chinchilla_df, x=["N", "D"], y="loss")
+
+
+# ---------------------------------------------------------------------------
+# 1. the Chinchilla replication, and proof that it is a real optimum
+# ---------------------------------------------------------------------------
+
+
+def test_chinchilla_replication_besiroglu(chinchilla_df, chinchilla_fit):
+    assert len(chinchilla_df) == 240
+    p = chinchilla_fit.params_
+    assert set(p) == set(BESIROGLU)
+    assert all(type(v) is float for v in p.values())
+    for k in ("E", "alpha", "beta"):
+        assert p[k] == pytest.approx(BESIROGLU[k], rel=0.02), k
+    for k in ("A", "B"):
+        assert p[k] == pytest.approx(BESIROGLU[k], rel=0.15), k
+    assert chinchilla_fit.n_starts_ == 4500
+    m = chinchilla_fit.metrics_
+    assert m["n"] == 240 and m["k"] == 5
+    assert m["huber"] == pytest.approx(huber_sum(p, chinchilla_df), rel=1e-10)
+    assert m["rmsle"] < 0.01 and m["r2"] > 0.99
+
+
+def test_chinchilla_solution_is_a_real_optimum(chinchilla_df, chinchilla_fit):
+    from scipy.optimize import minimize
+
+    p = chinchilla_fit.params_
+    names = list(p)
+    arrays = tuple(chinchilla_df[c].to_numpy() for c in ("N", "D", "loss"))
+    f0 = huber_sum(p, arrays)
+    # 1. no coordinate or random step in log-parameter space goes downhill
+    rng = np.random.default_rng(0)
+    steps = [s * np.eye(5)[j] for j in range(5) for s in (-1e-3, -1e-5, -1e-7, 1e-7, 1e-5, 1e-3)]
+    steps += [rng.normal(size=5) * 10.0 ** rng.uniform(-7, -3) for _ in range(200)]
+    for step in steps:
+        q = {k: p[k] * math.exp(s) for k, s in zip(names, step, strict=True)}
+        assert huber_sum(q, arrays) >= f0 * (1 - 1e-12)
+
+    # 2. an independent scipy run from the solution, at machine-precision
+    #    tolerances on a rescaled objective, finds nothing lower
+    def obj(v):
+        return huber_sum(dict(zip(names, np.exp(v), strict=True)), arrays) / 1e-3
+
+    res = minimize(
+        obj,
+        np.log([p[k] for k in names]),
+        method="Nelder-Mead",
+        options={"xatol": 1e-12, "fatol": 1e-15, "maxiter": 4000},
+    )
+    assert res.fun * 1e-3 >= f0 * (1 - 1e-9)
+
+
+# ---------------------------------------------------------------------------
+# 2. planted laws: recovered, and intervals that cover the truth
+# ---------------------------------------------------------------------------
+
+
+def _design(name):
+    """(columns, x names, true params, fixed, exponent to check) for each law."""
+    x = np.geomspace(1e2, 1e5, 30)
+    N, D = np.repeat(np.geomspace(1e7, 1e9, 5), 5), np.tile(np.geomspace(1e8, 1e11, 5), 5)
+    # fine-tune style: unique data U, epochs D/U, three model sizes
+    U = np.tile(np.repeat(np.geomspace(1e8, 1e9, 3), 3), 3)
+    Nd = np.repeat(np.geomspace(1e7, 1e9, 3), 9)
+    epochs = np.tile([1.0, 4.0, 16.0], 9)
+    X, Dm = np.repeat(np.geomspace(1e2, 1e4, 5), 5), np.tile(np.geomspace(1e2, 1e5, 5), 5)
+    return {
+        "power": ({"x": x}, "x", dict(E=0.5, A=30.0, alpha=0.4), {}, "alpha"),
+        "chinchilla": (
+            {"N": N, "D": D},
+            ["N", "D"],
+            dict(E=1.7, A=400.0, B=2000.0, alpha=0.34, beta=0.37),
+            {},
+            "alpha",
+        ),
+        "data_constrained": (
+            {"N": Nd, "D": U * epochs, "U": U},
+            ["N", "D", "U"],
+            dict(E=1.7, A=400.0, B=2000.0, alpha=0.34, beta=0.37, R_D_star=10.0, R_N_star=5.0),
+            {"R_N_star": 5.0},
+            "beta",
+        ),
+        "bnsl": (
+            {"x": np.geomspace(1e1, 1e5, 40)},
+            "x",
+            dict(a=0.3, b=5.0, c0=0.05, c1=0.6, d1=1e3, f1=0.3),
+            {},
+            "c1",
+        ),
+        "multiplicative": (
+            {"X": X, "D": Dm},
+            ["X", "D"],
+            dict(E=0.5, A=30.0, alpha=0.2, beta=0.3),
+            {},
+            "beta",
+        ),
+    }[name]
+
+
+LAWS = ["power", "chinchilla", "data_constrained", "bnsl", "multiplicative"]
+
+
+def _truth(name, cols, x, params):
+    xs = [x] if isinstance(x, str) else x
+    return get_law(name)(np.column_stack([cols[c] for c in xs]), **params)
+
+
+@pytest.mark.parametrize("name", LAWS)
+def test_planted_law_recovered_from_default_grid(name):
+    cols, x, p, fixed, _ = _design(name)
+    rng = np.random.default_rng(1)
+    y = _truth(name, cols, x, p) * np.exp(rng.normal(0, 0.005, len(next(iter(cols.values())))))
+    fit = fit_law(law=name, data={**cols, "y": y}, x=x, y="y", fixed=fixed)
+    for k, v in p.items():
+        if k in fixed:
+            assert fit.params_[k] == v
+        elif get_law(name).params[get_law(name).param_names.index(k)].log:
+            assert fit.params_[k] == pytest.approx(v, rel=0.3), k  # coefficients: loose
+        else:
+            assert fit.params_[k] == pytest.approx(v, rel=0.1, abs=0.01), k
+    assert fit.metrics_["rmsle"] < 0.01
+
+
+@pytest.mark.parametrize("name", LAWS)
+def test_bootstrap_intervals_cover_the_truth(name):
+    """40 noisy draws; the 90% interval of an exponent must cover the true value
+    70-100% of the time, and its width must match the actual spread of the
+    estimates (90% width ~ 3.29 sd) within a factor 2 either way."""
+    cols, x, p, fixed, key = _design(name)
+    law = get_law(name)
+    truth = _truth(name, cols, x, p)
+    # one start near (not at) the truth: this test is about the bootstrap, the
+    # grid search is tested above
+    start = {
+        k: [v * 1.1] if law.params[law.param_names.index(k)].log else [v + 0.05]
+        for k, v in p.items()
+        if k not in fixed
+    }
+    rng = np.random.default_rng(7)
+    hits, widths, estimates = 0, [], []
+    for draw in range(40):
+        y = truth * np.exp(rng.normal(0, 0.02, truth.size))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)
+            fit = fit_law(
+                law=name,
+                data={**cols, "y": y},
+                x=x,
+                y="y",
+                fixed=fixed,
+                init_grid=start,
+                bootstrap=100,
+                seed=draw,
+            )
+        lo, hi = fit.ci_[key]
+        hits += lo <= p[key] <= hi
+        widths.append(hi - lo)
+        estimates.append(fit.params_[key])
+    assert 0.7 <= hits / 40 <= 1.0
+    ratio = np.mean(widths) / (3.29 * np.std(estimates))
+    assert 0.5 <= ratio <= 2.0, ratio
+
+
+def test_bootstrap_is_seeded_and_gives_prediction_bands():
+    cols, x, p, _, _ = _design("power")
+    y = _truth("power", cols, x, p) * np.exp(np.random.default_rng(3).normal(0, 0.02, 30))
+    data = pd.DataFrame({**cols, "y": y})
+    a = fit_law(law="power", data=data, x="x", y="y", bootstrap=300, seed=5)
+    b = fit_law(law="power", data=data, x="x", y="y", bootstrap=300, seed=5)
+    c = fit_law(law="power", data=data, x="x", y="y", bootstrap=300, seed=6)
+    assert a.ci_ == b.ci_ and a.ci_ != c.ci_
+    assert set(a.ci_) == {"E", "A", "alpha"}
+    assert a.draws_.shape == (300, 3)
+    lo, hi = a.predict_interval(data, level=0.9)
+    mid = a.predict(data)
+    assert np.all(lo <= mid) and np.all(mid <= hi)
+    # the band is meaningful: it contains the noise-free curve at most points
+    inside = (lo <= _truth("power", cols, x, p)) & (_truth("power", cols, x, p) <= hi)
+    assert inside.mean() > 0.7
+    narrow_lo, narrow_hi = a.predict_interval(data, level=0.5)
+    assert np.all(narrow_hi - narrow_lo <= hi - lo)
+    with pytest.raises(FitError, match="bootstrap > 0"):
+        fit_law(law="power", data=data, x="x", y="y").predict_interval(data)
+
+
+def test_group_bootstrap_widens_intervals_under_cell_level_noise():
+    # 8 cells x 5 seeds; each cell has its own offset shared by all its seeds,
+    # so seeds are not independent points: resampling cells must give wider CIs
+    rng = np.random.default_rng(11)
+    x = np.repeat(np.geomspace(1e2, 1e5, 8), 5)
+    cell = np.repeat(np.arange(8), 5)
+    y = (0.5 + 30 * x**-0.4) * np.exp(
+        np.repeat(rng.normal(0, 0.03, 8), 5) + rng.normal(0, 0.002, 40)
+    )
+    data = {"x": x, "y": y, "cell": cell}
+    pts = fit_law(law="power", data=data, x="x", y="y", bootstrap=300, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        grp = fit_law(law="power", data=data, x="x", y="y", bootstrap=300, seed=0, groups="cell")
+    w_pts = pts.ci_["alpha"][1] - pts.ci_["alpha"][0]
+    w_grp = grp.ci_["alpha"][1] - grp.ci_["alpha"][0]
+    assert w_grp > 2 * w_pts
+
+
+def test_weights_zero_out_a_point_and_column_weights_work():
+    cols, x, p, _, _ = _design("power")
+    y = _truth("power", cols, x, p) * np.exp(np.random.default_rng(4).normal(0, 0.01, 30))
+    y_bad = y.copy()
+    y_bad[5] *= 3.0  # a broken run
+    w = np.ones(30)
+    w[5] = 0.0
+    weighted = fit_law(law="power", data={**cols, "y": y_bad, "w": w}, x="x", y="y", weights="w")
+    dropped = fit_law(
+        law="power", data={"x": np.delete(cols["x"], 5), "y": np.delete(y, 5)}, x="x", y="y"
+    )
+    for k in p:
+        assert weighted.params_[k] == pytest.approx(dropped.params_[k], rel=1e-6)
+    assert weighted.metrics_["n"] == 29  # the zero-weight row does not count
+    assert weighted.metrics_["rmsle"] == pytest.approx(dropped.metrics_["rmsle"], rel=1e-6)
+    # per-row weights in a holdout follow their rows
+    res = holdout(
+        law="power", data={**cols, "y": y_bad}, x="x", y="y", split_on="x", threshold=3e4, weights=w
+    )
+    assert res.fit.params_["alpha"] == pytest.approx(p["alpha"], rel=0.05)
+
+
+def test_fixed_parameter_is_held_exactly():
+    cols, x, p, _, _ = _design("data_constrained")
+    y = _truth("data_constrained", cols, x, p)
+    fit = fit_law(
+        law="data_constrained",
+        data={**cols, "y": y},
+        x=x,
+        y="y",
+        fixed={"R_D_star": 15.387756, "R_N_star": 5.309743},
+    )
+    assert fit.params_["R_D_star"] == 15.387756 and fit.params_["R_N_star"] == 5.309743
+    assert fit.metrics_["k"] == 5
+    assert fit.to_dict()["fixed"] == {"R_D_star": 15.387756, "R_N_star": 5.309743}
+
+
+# ---------------------------------------------------------------------------
+# 3. bad input
+# ---------------------------------------------------------------------------
+
+
+def _good():
+    x = np.geomspace(1e2, 1e5, 12)
+    return {"x": x, "y": 0.5 + 30 * x**-0.4}
+
+
+def _with(col, i, v):
+    d = {k: np.array(a, dtype=float) for k, a in _good().items()}
+    d[col][i] = v
+    return d
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"law": "kaplan"},
+            r"unknown law 'kaplan'; known laws: bnsl, chinchilla, data_constrained",
+        ),
+        ({"x": "size"}, r"x column 'size' not in data; available columns: x, y"),
+        ({"y": "acc"}, r"y column 'acc' not in data; available columns: x, y"),
+        ({"data": _with("x", 3, np.nan)}, r"x column 'x' has a non-finite value nan at row 3"),
+        ({"data": _with("y", 4, np.inf)}, r"y column 'y' has a non-finite value inf at row 4"),
+        ({"data": _with("x", 2, -1.0)}, r"x column 'x' must be > 0 .* got -1.0 at row 2"),
+        ({"data": _with("y", 7, 0.0)}, r"y column 'y' must be > 0 .* got 0.0 at row 7"),
+        ({"law": "chinchilla", "x": ["x"]}, r"law 'chinchilla' needs 2 x column\(s\) \(N, D\)"),
+        (
+            {"law": "bnsl", "data": {k: v[:5] for k, v in _good().items()}},
+            r"law 'bnsl' has 6 free parameters but data has only 5 rows",
+        ),
+        ({"fixed": {"beta": 0.3}}, r"fixed names unknown parameter 'beta' of law 'power'"),
+        ({"fixed": {"A": -2.0}}, r"fixed A must be a finite number > 0, got -2.0"),
+        ({"breaks": 2}, r"breaks=2 applies only to law 'bnsl'"),
+        ({"delta": 0.0}, r"delta must be a finite number > 0, got 0.0"),
+        ({"bootstrap": -1}, r"bootstrap must be an integer >= 0, got -1"),
+        ({"weights": "w"}, r"weights column 'w' not in data"),
+        ({"groups": "cell"}, r"groups column 'cell' not in data"),
+        ({"init_grid": {"alpha": []}}, r"init_grid for alpha must be non-empty"),
+        (
+            {"data": {"x": np.ones(12), "y": np.ones(11)}},
+            r"x column 'x' has 12 values but y column 'y' has 11",
+        ),
+    ],
+)
+def test_bad_input_raises_fit_error_naming_the_culprit(kwargs, message):
+    args = {"law": "power", "data": _good(), "x": "x", "y": "y", **kwargs}
+    with pytest.raises(FitError, match=message):
+        fit_law(**args)
+
+
+def test_fit_error_is_a_value_error_and_labels_rows_by_index():
+    df = pd.DataFrame(_good(), index=[f"run{i}" for i in range(12)])
+    df.loc["run6", "y"] = -0.1
+    with pytest.raises(ValueError, match=r"got -0.1 at row 'run6'"):
+        fit_law(law="power", data=df, x="x", y="y")
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.01])
+def test_flat_curve_warns_and_still_returns_a_fit(noise):
+    x = np.geomspace(1e2, 1e5, 20)
+    y = 2.0 * np.exp(np.random.default_rng(0).normal(0, noise, 20))
+    fit = _fit_recording(law="power", data={"x": x, "y": y}, x="x", y="y")
+    assert any("flat curve" in w for w in fit.warnings_)
+    np.testing.assert_allclose(fit.predict({"x": x}), np.median(y), rtol=0.02)
+    json.dumps(fit.to_dict(), allow_nan=False)  # r2 is nan for exactly flat y: None in JSON
+
+
+def _fit_recording(**kwargs):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit = fit_law(**kwargs)
+    emitted = [str(w.message) for w in seen if issubclass(w.category, FitWarning)]
+    assert emitted == fit.warnings_  # every warning is both emitted and kept
+    return fit
+
+
+def test_doubtful_fits_warn():
+    x = np.geomspace(1e2, 1e5, 5)
+    fit = _fit_recording(law="power", data={"x": x, "y": 0.5 + 30 * x**-0.4}, x="x", y="y")
+    assert fit.warnings_ == [
+        "doubtful fit: 5 points for 3 free parameters (fewer than 2 per parameter)"
+    ]
+    # a rising curve: the decay exponent can only sit at its bound of 0
+    x = np.geomspace(1e2, 1e5, 20)
+    fit = _fit_recording(law="power", data={"x": x, "y": 1.0 + 0.1 * np.log(x)}, x="x", y="y")
+    assert any("alpha=0 is at its lower bound" in w for w in fit.warnings_)
+    # very wide intervals: 6 noisy points, 3 parameters
+    rng = np.random.default_rng(0)
+    x = np.geomspace(1e2, 1e3, 6)
+    y = (0.5 + 30 * x**-0.4) * np.exp(rng.normal(0, 0.05, 6))
+    fit = _fit_recording(law="power", data={"x": x, "y": y}, x="x", y="y", bootstrap=200)
+    assert any("90% interval of" in w for w in fit.warnings_)
+    # a clean, well-covered law gives no warning at all
+    x = np.geomspace(1e2, 1e5, 30)
+    fit = _fit_recording(
+        law="power", data={"x": x, "y": 0.5 + 30 * x**-0.4}, x="x", y="y", bootstrap=200
+    )
+    assert fit.warnings_ == []
+
+
+def test_predict_warns_outside_fitted_range_only():
+    d = _good()
+    fit = LawFit("power").fit(d, "x", "y")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FitWarning)
+        np.testing.assert_allclose(
+            fit.predict({"x": [1e3, 1e4]}), 0.5 + 30 * np.array([1e3, 1e4]) ** -0.4, rtol=1e-6
+        )
+    with pytest.warns(FitWarning, match=r"outside the fitted range .* x in \[1e\+06"):
+        fit.predict({"x": [1e6]})
+    with pytest.raises(FitError, match="x column 'x' not in data"):
+        fit.predict({"size": [1e3]})
+    with pytest.raises(FitError, match="not fitted yet"):
+        LawFit("power").predict(d)
+
+
+def test_estimator_contract_and_json():
+    d = pd.DataFrame(_good())
+    est = LawFit("power", bootstrap=50, seed=1)
+    assert est.fit(d, "x", "y") is est
+    out = est.to_dict()
+    assert set(out) >= {"law", "x", "y", "params", "ci", "metrics", "warnings"}
+    assert out["law"] == "power" and out["x"] == ["x"] and out["y"] == "y"
+    assert set(out["metrics"]) == {"rmsle", "r2", "aic", "bic", "n", "k", "huber"}
+    json.loads(json.dumps(out, allow_nan=False))
+
+
+def test_import_is_light():
+    code = (
+        "import sys, analysis.fit; "
+        "bad = [m for m in ('torch', 'ray', 'pandas', 'scipy') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+# ---------------------------------------------------------------------------
+# 4. holdout and compare
+# ---------------------------------------------------------------------------
+
+
+def test_holdout_extrapolates_a_clean_power_law():
+    x = np.geomspace(1e2, 1e6, 40)
+    y = (0.5 + 30 * x**-0.4) * np.exp(np.random.default_rng(2).normal(0, 0.001, 40))
+    df = pd.DataFrame({"x": x, "y": y})
+    res = holdout(law="power", data=df, x="x", y="y", split_on="x", threshold=1e5)
+    assert res.n_train == 30 and res.n_test == 10
+    assert res.errors.shape == (10,)
+    assert res.mape < 0.005
+    assert res.mape == pytest.approx(np.mean(np.abs(res.predicted / res.observed - 1)))
+    # a law that cannot bend (no E) extrapolates badly: the MAPE tells them apart
+    y_bent = 0.5 + 30 * x**-0.4
+    y_bent[x >= 1e5] *= 1.1
+    worse = holdout(
+        law="power", data={"x": x, "y": y_bent}, x="x", y="y", split_on="x", threshold=1e5
+    )
+    assert worse.mape > 0.05
+    with pytest.raises(FitError, match="leaves 40 training and 0 test rows"):
+        holdout(law="power", data=df, x="x", y="y", split_on="x", threshold=1e9)
+
+
+def test_compare_picks_the_generating_law():
+    X = np.repeat(np.geomspace(1e2, 1e4, 6), 6)
+    D = np.tile(np.geomspace(1e2, 1e5, 6), 6)
+    noise = np.exp(np.random.default_rng(9).normal(0, 0.003, 36))
+    small = {"E": [1.0], "A": [1.0, 1e4], "B": [1.0, 1e4], "alpha": [0.2, 1.0], "beta": [0.2, 1.0]}
+    for truth_law, params in [
+        ("multiplicative", dict(E=0.5, A=30.0, alpha=0.2, beta=0.3)),
+        ("chinchilla", dict(E=0.5, A=20.0, B=40.0, alpha=0.3, beta=0.4)),
+    ]:
+        y = get_law(truth_law)(np.c_[X, D], **params) * noise
+        data = {"X": X, "D": D, "y": y}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)
+            fits = {
+                "chinchilla": fit_law(
+                    law="chinchilla", data=data, x=["X", "D"], y="y", init_grid=small
+                ),
+                "multiplicative": fit_law(
+                    law="multiplicative",
+                    data=data,
+                    x=["X", "D"],
+                    y="y",
+                    init_grid={k: v for k, v in small.items() if k != "B"},
+                ),
+            }
+        table = compare(fits)
+        assert list(table["name"])[0] == truth_law
+        assert table["aic"].is_monotonic_increasing
+        assert table["delta_aic"].iloc[0] == 0 and table["delta_aic"].iloc[1] > 10
+        assert table["weight"].sum() == pytest.approx(1.0)
+    with pytest.warns(FitWarning, match="different data"):
+        compare([fits["chinchilla"], fit_law(law="power", data=_good(), x="x", y="y")])
