@@ -120,11 +120,20 @@ class LRRange(_Frozen):
 
 class LoraSpec(_Frozen):
     r: PosInt = 8  # rank 8: enough for 2-digit addition on the tiny base (measured)
-    alpha: float | Literal["2r"] = 16  # fixed alpha (default) or "2r" to scale with rank
+    alpha: float | Literal["2r"] = 16.0  # fixed alpha (default) or "2r" to scale with rank
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # tiny data, few epochs: no need
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha_number(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if v <= 0:
+                raise ValueError("must be > 0 or the text '2r'")
+            return float(v)
+        return v
 
     def alpha_for(self, r: int) -> float:
         return float(2 * r) if self.alpha == "2r" else float(self.alpha)

@@ -1,0 +1,380 @@
+"""The `scaling` command: a thin layer that parses, calls the library and prints.
+
+Exit codes: 0 done, 1 the work itself failed, 2 bad input (spec, table, arguments).
+Heavy imports (ray, torch) happen inside the commands that need them so that
+`scaling validate` and the analysis commands start quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["app"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Scaling studies for LoRA fine-tunes.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(spec_path: Path):  # -> StudySpec
+    from scaling.spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec_path)
+    except SpecError as err:
+        _fail(str(err))
+
+
+def _table_or_fail(path: Path):
+    from scaling.records import RecordsError, read_results
+
+    try:
+        return read_results(path)
+    except RecordsError as err:
+        _fail(str(err))
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+# -- running studies -----------------------------------------------------------------
+@app.command()
+def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) -> None:
+    """Check a study spec without running it."""
+    s = _load(spec)
+    cells = s.cells()
+    console.print(
+        f"[green]ok[/] {spec}: study '{s.name}', {len(cells)} cells x "
+        f"{s.trials_per_cell} LR trials (+{s.seeds.repeat_best} seeds) = {s.planned_trials()} trials; "
+        f"D={list(s.axes.dataset_sizes())}, epochs={list(s.axes.epoch_values())}, "
+        f"lr=[{s.learning_rate.low:g}, {s.learning_rate.high:g}]"
+    )
+
+
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="study spec (YAML)")],
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>)")] = None,
+    max_trials: Annotated[int | None, typer.Option(help="stop after this many trials (resume later)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue a study already in the run directory")] = True,
+) -> None:
+    """Run a study (resuming it when its run directory already holds one)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from scaling.records import RunLocked
+    from scaling.spec import SpecError
+
+    s = _load(spec)
+    run_dir = s.run_dir(out)
+    if not resume and (run_dir / "spec.yaml").exists():
+        _fail(f"{run_dir}: already holds a study; pass --resume or choose another --out")
+    from scaling.sweep import run_sweep
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"), console=console, transient=False,
+    )  # fmt: skip
+    task_id = None
+
+    def on_start(todo: int, planned: int) -> None:
+        nonlocal task_id
+        progress.start()
+        task_id = progress.add_task(f"sweep {s.name}", total=todo, last=f"{planned - todo} already done")
+
+    def on_done(status: str, row: dict) -> None:
+        last = f"{row['cell']} lr={row['learning_rate']:.2e} {status}"
+        progress.update(task_id, advance=1, last=last)
+
+    try:
+        res = run_sweep(s, out=out, max_trials=max_trials, on_start=on_start, on_trial_done=on_done)
+    except RunLocked as err:
+        _fail(str(err))
+    except SpecError as err:
+        _fail(str(err))
+    finally:
+        progress.stop()
+    c = res.counts
+    console.print(
+        f"ran {res.trials_run} trials in {res.wall_seconds:.0f} s: {c['ok']} ok, {c['failed']} failed, "
+        f"{c['pruned']} pruned" + (f" ({res.orphans_resumed} resumed from a dead driver)" if res.orphans_resumed else "")
+    )
+    if res.results.exists():
+        _print_cells(res.run_dir)
+    console.print("[bold]wrote[/]")
+    console.print(f"  results table   {res.results}")
+    console.print(f"  study spec      {res.run_dir / 'spec.yaml'}")
+    console.print(f"  Optuna storage  {res.optuna_url}   (optuna-dashboard {res.optuna_url})")
+    console.print(f"  Ray Tune state  {res.run_dir / 'ray'}")
+
+
+def _print_cells(run_dir: Path) -> None:
+    from analysis.lr import best_lr
+
+    df = _table_or_fail(run_dir)
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        console.print("[yellow]no completed trials yet[/]")
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best = best_lr(df, bootstrap=0)
+    final = ok.sort_values("epoch").groupby("trial_id").tail(1)
+    t = Table(title=f"best learning rate per cell (selected on validation; test metrics shown) — {run_dir}")
+    for col in ("D", "epochs", "trials", "best lr", "val loss", "test loss", "test exact", "worst/best val loss"):
+        t.add_column(col, justify="right")
+    for _, b in best.iterrows():
+        cell = final[(final["dataset_size"] == b["dataset_size"]) & (final["epochs"] == b["epochs"])]
+        chosen = cell[cell["trial_id"] == b["trial_id_best"]]
+        test_loss = chosen["test_eval_loss"].iloc[0] if len(chosen) else float("nan")
+        test_em = chosen["test_exact_match"].iloc[0] if len(chosen) else float("nan")
+        spread = cell["val_eval_loss"].max() / cell["val_eval_loss"].min() if len(cell) else float("nan")
+        t.add_row(
+            str(b["dataset_size"]), str(b["epochs"]), str(b["n_trials"]), f"{b['lr_best']:.2e}",
+            _fmt(b["metric_best"]), _fmt(float(test_loss)), _fmt(float(test_em)), _fmt(float(spread)),
+        )  # fmt: skip
+    console.print(t)
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="run directory or results.parquet")]) -> None:
+    """Print the best learning rate and loss per cell of a run."""
+    df = _table_or_fail(run_dir)
+    counts = df.drop_duplicates("trial_id")["status"].value_counts().to_dict()
+    console.print(f"{run_dir}: {df['trial_id'].nunique()} trials ({counts}), {len(df)} rows")
+    _print_cells(run_dir if run_dir.is_dir() else run_dir.parent)
+    failed = df[df["status"] == "failed"].drop_duplicates("trial_id")
+    for _, r in failed.head(10).iterrows():
+        console.print(f"[red]failed[/] {r['trial_id']}: {r['error']}")
+
+
+# -- analysis ----------------------------------------------------------------------
+def _read_any(path: Path):
+    import pandas as pd
+
+    if not path.exists():
+        _fail(f"{path}: file does not exist")
+    if path.is_dir():
+        return _table_or_fail(path)
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as err:
+        _fail(f"{path}: cannot read the table: {type(err).__name__}: {err}")
+
+
+@app.command()
+def fit(
+    table: Annotated[Path, typer.Argument(help="CSV or Parquet table")],
+    law: Annotated[str, typer.Option(help="power | chinchilla | data_constrained | bnsl | multiplicative")] = "power",
+    x: Annotated[str, typer.Option(help="input column(s), comma separated")] = "dataset_size",
+    y: Annotated[str, typer.Option(help="output column")] = "test_eval_loss",
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for CIs")] = 0,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Fit a scaling law to a table."""
+    from analysis.fit import FitError, fit_law
+
+    df = _read_any(table)
+    cols = [c.strip() for c in x.split(",") if c.strip()]
+    try:
+        f = fit_law(law=law, data=df, x=cols if len(cols) > 1 else cols[0], y=y, bootstrap=bootstrap, seed=seed)
+    except FitError as err:
+        _fail(f"{table}: {err}")
+    d = f.to_dict()
+    if as_json:
+        typer.echo(json.dumps({k: d[k] for k in ("law", "params", "ci", "metrics")}, default=float))
+        return
+    t = Table(title=f"{law} fit of {y} on {', '.join(cols)} ({table})")
+    t.add_column("parameter")
+    t.add_column("value", justify="right")
+    t.add_column("90% CI", justify="right")
+    for k, v in d["params"].items():
+        ci = d["ci"].get(k)
+        t.add_row(k, _fmt(v), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "-")
+    console.print(t)
+    console.print("  ".join(f"{k}={_fmt(v)}" for k, v in d["metrics"].items()))
+    for w in d.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+@app.command("best-lr")
+def best_lr_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="run directory or results table")],
+    metric: str = "eval_loss",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Best learning rate per (dataset size, epochs) cell and the fitted LR rule."""
+    from analysis.lr import best_lr, lr_rule
+
+    df = _read_any(run_dir)
+    try:
+        best = best_lr(df, metric=metric)
+        rule = lr_rule(best) if best["lr_best"].notna().sum() >= 2 else None
+    except ValueError as err:
+        _fail(f"{run_dir}: {err}")
+    if as_json:
+        out = {"cells": json.loads(best.to_json(orient="records")), "rule": rule.to_dict() if rule else None}
+        typer.echo(json.dumps(out, default=float))
+        return
+    t = Table(title=f"best learning rate per cell ({metric}, validation split)")
+    for c in ("D", "epochs", "lr*", "interval", metric, "trials", "at edge"):
+        t.add_column(c, justify="right")
+    for _, b in best.iterrows():
+        t.add_row(
+            str(b["dataset_size"]), str(b["epochs"]), f"{b['lr_best']:.2e}",
+            f"[{_fmt(b['lr_low'])}, {_fmt(b['lr_high'])}]", _fmt(b["metric_best"]), str(b["n_trials"]),
+            "yes" if b["at_edge"] else "",
+        )  # fmt: skip
+    console.print(t)
+    if rule is not None:
+        p = rule.params_
+        console.print(
+            f"LR rule: log lr* = {p['c']:.3f} + {p['p']:.3f}·log D + {p.get('q', 0.0):.3f}·log epochs"
+            f"  (lr* ∝ D^{p['p']:.2f})"
+        )
+
+
+@app.command()
+def emergence(
+    table: Annotated[Path, typer.Argument(help="CSV or Parquet table, or a run directory")],
+    x: Annotated[str, typer.Option(help="x column")] = "dataset_size",
+    y: Annotated[str, typer.Option(help="metric column")] = "test_exact_match",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Is there a sudden jump in a metric? (with the continuous-metric check on run tables)"""
+    from analysis.emergence import detect_jumps
+
+    df = _read_any(table)
+    for col in (x, y):
+        if col not in df.columns:
+            _fail(f"{table}: column {col!r} not found (has {list(df.columns)})")
+    data = df
+    if "status" in df.columns:
+        data = df[df["status"] == "ok"]
+    agg = data.groupby(x)[y].max().reset_index()  # the best a config reached at each x
+    try:
+        res = detect_jumps(agg[x].to_numpy(float), agg[y].to_numpy(float), higher_is_better=not y.endswith("loss"))
+    except ValueError as err:
+        _fail(f"{table}: {err}")
+    out: dict[str, Any] = {"jump": res.to_dict()}
+    if "status" in df.columns and y.endswith("exact_match"):
+        from analysis.emergence import check_mirage
+
+        split = y.split("_", 1)[0] if y.startswith(("val_", "test_")) else "test"
+        out["mirage"] = check_mirage(df, x, split=split).to_dict()
+    if as_json:
+        typer.echo(json.dumps(out, default=float))
+        return
+    console.print(f"[bold]{res.verdict}[/]: {res.reason}")
+    if "mirage" in out:
+        console.print(f"[bold]{out['mirage']['verdict']}[/]: {out['mirage']['reason']}")
+
+
+# -- report and plan ---------------------------------------------------------------
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="run directory (results.parquet + spec.yaml)")],
+    out: Annotated[Path | None, typer.Option(help="output directory (default RUN_DIR/report)")] = None,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the laws' intervals")] = 200,
+    seed: int = 0,
+) -> None:
+    """Write report.html (self-contained), report.md (+ PNGs) and report.json for a run."""
+    from analysis.report import write_report
+    from scaling.records import RecordsError
+
+    if not run_dir.exists():
+        _fail(f"{run_dir}: no such run directory")
+    if bootstrap < 0:
+        _fail(f"--bootstrap must be >= 0, got {bootstrap}")
+    import warnings
+
+    with console.status(f"analysing {run_dir} ..."), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # every warning worth reading is in the report itself
+        try:
+            paths = write_report(run_dir, out=out, bootstrap=bootstrap, seed=seed)
+        except RecordsError as err:
+            _fail(str(err))
+        except OSError as err:  # an --out that is a file, or not writable
+            _fail(f"cannot write the report to {out or run_dir / 'report'}: {err}")
+    doc = json.loads(paths.json.read_text())
+    for s in doc.get("data", {}).get("series", []):
+        ex = s.get("exponent")
+        if ex:
+            console.print(f"{s['label']}: test loss ∝ D^-{_fmt(ex['alpha'])} (90% CI [{_fmt(ex['ci'][0])}, {_fmt(ex['ci'][1])}])")
+    for e in doc.get("emergence", {}).get("series", []):
+        console.print(f"{e['label']}: {e['metric']}: {e['mirage']}")
+    for err in doc.get("errors", []):
+        console.print(f"[yellow]could not compute[/] {err['section']}: {err['error']}")
+    console.print("[bold]wrote[/]")
+    console.print(f"  HTML      {paths.html}")
+    console.print(f"  Markdown  {paths.markdown}  (+ {len(paths.figures)} PNG figures beside it)")
+    console.print(f"  JSON      {paths.json}")
+
+
+@app.command()
+def plan(
+    run_dir: Annotated[Path, typer.Argument(help="run directory (results.parquet + spec.yaml)")],
+    budget: Annotated[float | None, typer.Option("--budget", help="compute budget in training FLOPs")] = None,
+    budget_hours: Annotated[float | None, typer.Option("--budget-hours", help="budget in hours of one trial's resources (uses the study's measured FLOPs/s)")] = None,
+    max_data: Annotated[int | None, typer.Option("--max-data", help="most unique training examples available")] = None,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the intervals")] = 200,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Dataset size, epochs and learning rate predicted best for a compute budget."""
+    import warnings
+
+    from analysis.plan import PlanError, plan_budget
+    from scaling.records import RecordsError
+
+    if not run_dir.exists():
+        _fail(f"{run_dir}: no such run directory")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = plan_budget(run_dir, budget_flops=budget, budget_hours=budget_hours, max_dataset_size=max_data,
+                            bootstrap=bootstrap, seed=seed)  # fmt: skip
+    except (PlanError, RecordsError) as err:
+        _fail(f"{run_dir}: {err}")
+    if as_json:
+        typer.echo(json.dumps(p))
+        return
+    t = Table(title=f"plan for {_fmt(p['budget_flops'])} FLOPs ({_fmt(p['examples'])} training examples seen) — {run_dir}")
+    for col in ("epochs", "dataset size", "examples seen", "predicted test loss", "90% interval", "note"):
+        t.add_column(col, justify="right")
+    for c in p["candidates"]:
+        note = ", ".join(n for n, on in (("capped", c["capped"]), ("extrapolated", c["extrapolation"])) if on)
+        t.add_row(str(c["epochs"]), f"{c['dataset_size']:.0f}", f"{c['examples_seen']:.0f}", _fmt(c["predicted_loss"]),
+                  f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}]", note)  # fmt: skip
+    console.print(t)
+    c = p["choice"]
+    console.print(
+        f"[bold]best:[/] D={c['dataset_size']:.0f}, epochs={c['epochs']}, learning rate {_fmt(c['learning_rate'])} "
+        f"[{_fmt(c['lr_lo'])}, {_fmt(c['lr_hi'])}] ({c['lr_source']}); predicted test loss {_fmt(c['predicted_loss'])} "
+        f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}]"
+    )
+    dc = p.get("data_constrained")
+    if dc:
+        console.print(f"data-constrained law: best at epochs={dc['epochs']}, D={dc['dataset_size']:.0f}, "
+                      f"loss {_fmt(dc['predicted_loss'])} ({'agrees' if dc['agrees'] else 'differs'})")  # fmt: skip
+    for n in p["notes"]:
+        console.print(f"[yellow]note:[/] {n}")
