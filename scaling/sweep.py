@@ -1,0 +1,533 @@
+"""Ray Tune + Optuna orchestration: the only module that imports ray.
+
+How a study maps onto the two libraries
+---------------------------------------
+* Dataset size, epochs (and optionally LoRA rank) are the *axes* of a scaling
+  study; learning rate is the nuisance optimised inside every cell.  Each cell
+  is one Optuna study named ``<study>/D=..,E=..,r=..`` in the run's Optuna
+  storage, sampled by TPE with ``constant_liar=True`` so parallel trials of a
+  cell do not pile on the same LR.  Open them with ``optuna-dashboard URL``.
+* `CellSearcher` is a Ray Tune `Searcher` that owns these studies: it asks the
+  cell with the least work done (largest first on ties: they take longest, so
+  starting them early shortens the sweep) and tells Optuna COMPLETE / FAIL /
+  PRUNED when Ray reports the trial's end.  Every Ray trial is exactly one
+  Optuna trial, and the Optuna trial number travels in the trial config.
+* `_Recorder` is a Ray Tune callback in the driver: it buffers a trial's
+  per-epoch results and appends them to ``results.parquet`` when the trial ends
+  (ok, failed or pruned), so the table never holds half a trial.
+* Resuming is the default: a new `scaling sweep` on the same run directory
+  reads the Optuna storage, counts finished trials per cell, and re-runs any
+  trial a killed driver left RUNNING *under its own Optuna trial number and
+  parameters* (Optuna's heartbeat does not cover ask/tell, so we do it here).
+* Trials run in Ray actors reused between trials (``reuse_actors=True``): the
+  base model is loaded once per worker and kept in `_WORKER_CACHE`.
+* Bad hyperparameters (a diverging LR) are caught in the trial and recorded as
+  a failed row; anything else raised is treated as an infrastructure fault and
+  retried by Ray (``FailureConfig.max_failures``) before being recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scaling.records import RESULTS_FILE, RunLock, append_rows, read_results
+from scaling.spec import Cell, SpecError, StudySpec
+
+# Ray Tune writes CSV/JSON/TensorBoard logs per trial by default; our table is the record.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+import optuna  # noqa: E402
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune import Callback  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+__all__ = ["run_sweep", "SweepResult", "CellSearcher", "open_storage", "cell_study_name"]
+
+SELECT_METRIC = "val_eval_loss"  # selection reads the validation split only
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# Kept alive in each Ray worker process between reused trials (base model, tokenised pools).
+_WORKER_CACHE: dict[str, Any] = {}
+
+
+# 1. Optuna storage ----------------------------------------------------------------
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage; a clear error when it cannot be reached."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # several readers (dashboard, report) may poll while the sweep writes
+        kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as err:  # sqlalchemy raises many kinds
+        raise SpecError(f"storage.optuna: cannot open Optuna storage {url!r}: {type(err).__name__}: {err}") from None
+
+
+def cell_study_name(spec: StudySpec, cell: Cell) -> str:
+    return f"{spec.name}/{cell.key}"
+
+
+def _sampler(spec: StudySpec, index: int) -> optuna.samplers.BaseSampler:
+    seed = spec.sampler.seed * 1000 + index  # distinct, reproducible stream per cell
+    if spec.sampler.kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # n_startup_trials=2: cells get few trials; TPE must start modelling early to matter
+    startup = max(1, min(2, spec.trials_per_cell - 1))
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
+
+
+# 2. The searcher -----------------------------------------------------------------
+@dataclass
+class _CellState:
+    cell: Cell
+    study: optuna.Study
+    done_search: int = 0
+    done_repeat: int = 0
+    in_flight_search: int = 0
+    in_flight_repeat: int = 0
+    orphans: list[optuna.trial.FrozenTrial] = field(default_factory=list)
+
+
+class CellSearcher(Searcher):
+    """Covers the study's cells; Optuna tunes the learning rate inside each."""
+
+    def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, *, max_trials: int | None = None):
+        super().__init__(metric=SELECT_METRIC, mode="min")
+        self.spec = spec
+        self.max_trials = max_trials
+        self.started = 0
+        self.cells: list[_CellState] = []
+        self._live: dict[str, tuple[_CellState, int, str]] = {}  # ray id -> (cell, optuna number, phase)
+        self.orphans_found = 0
+        for i, cell in enumerate(spec.cells()):
+            study = optuna.create_study(
+                study_name=cell_study_name(spec, cell),
+                storage=storage,
+                direction="minimize",
+                sampler=_sampler(spec, i),
+                load_if_exists=True,
+            )
+            for k, v in (("dataset_size", cell.dataset_size), ("epochs", cell.epochs), ("lora_r", cell.lora_r)):
+                study.set_user_attr(k, v)
+            study.set_user_attr("metric", SELECT_METRIC)
+            st = _CellState(cell=cell, study=study)
+            for t in study.get_trials(deepcopy=False):
+                phase = t.user_attrs.get("phase", "search")
+                if t.state.is_finished():
+                    if phase == "repeat":
+                        st.done_repeat += 1
+                    else:
+                        st.done_search += 1
+                else:  # RUNNING or WAITING: a previous driver died holding it
+                    st.orphans.append(t)
+            self.orphans_found += len(st.orphans)
+            self.cells.append(st)
+
+    # -- bookkeeping -------------------------------------------------------------
+    def remaining(self) -> int:
+        per = self.spec.trials_per_cell + self.spec.seeds.repeat_best
+        left = sum(max(0, per - c.done_search - c.done_repeat) for c in self.cells)
+        return left if self.max_trials is None else min(left, self.max_trials)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def _config(self, st: _CellState, number: int, lr: float, seed: int, phase: str) -> dict[str, Any]:
+        c = st.cell
+        return {
+            "dataset_size": c.dataset_size,
+            "epochs": c.epochs,
+            "lora_r": c.lora_r,
+            "learning_rate": float(lr),
+            "seed": int(seed),
+            "cell": c.key,
+            "phase": phase,
+            "optuna_study": st.study.study_name,
+            "optuna_trial": int(number),
+        }
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.max_trials is not None and self.started >= self.max_trials:
+            return Searcher.FINISHED
+        # (a) trials a dead driver left RUNNING: re-run them under their own number
+        for st in self.cells:
+            if st.orphans:
+                t = st.orphans.pop(0)
+                phase = t.user_attrs.get("phase", "search")
+                seed = int(t.user_attrs.get("seed", self.spec.seeds.base))
+                if phase == "repeat":
+                    st.in_flight_repeat += 1
+                else:
+                    st.in_flight_search += 1
+                return self._start(trial_id, st, t.number, t.params["learning_rate"], seed, phase)
+        # (b) LR search: the cell with least work, the most expensive first on ties
+        open_cells = [
+            st for st in self.cells if st.done_search + st.in_flight_search < self.spec.trials_per_cell
+        ]
+        if open_cells:
+            st = min(
+                open_cells,
+                key=lambda s: (s.done_search + s.in_flight_search, -s.cell.dataset_size * s.cell.epochs),
+            )
+            ot = st.study.ask()
+            lr = ot.suggest_float(
+                "learning_rate", self.spec.learning_rate.low, self.spec.learning_rate.high, log=self.spec.learning_rate.log
+            )
+            ot.set_user_attr("phase", "search")
+            ot.set_user_attr("seed", self.spec.seeds.base)
+            st.in_flight_search += 1
+            return self._start(trial_id, st, ot.number, lr, self.spec.seeds.base, "search")
+        # (c) extra seeds for the best config of every cell whose search is finished
+        k = self.spec.seeds.repeat_best
+        waiting = False
+        for st in self.cells:
+            if st.done_repeat + st.in_flight_repeat >= k:
+                continue
+            if st.in_flight_search:
+                waiting = True
+                continue
+            best = self._best(st)
+            if best is None:  # every search trial failed: nothing worth repeating
+                continue
+            i = st.done_repeat + st.in_flight_repeat
+            seed = self.spec.seeds.base + 1 + i
+            st.study.enqueue_trial(
+                {"learning_rate": best.params["learning_rate"]},
+                user_attrs={"phase": "repeat", "seed": seed, "repeat_of": best.number},
+                skip_if_exists=False,
+            )
+            ot = st.study.ask()
+            ot.suggest_float(
+                "learning_rate", self.spec.learning_rate.low, self.spec.learning_rate.high, log=self.spec.learning_rate.log
+            )
+            st.in_flight_repeat += 1
+            return self._start(trial_id, st, ot.number, best.params["learning_rate"], seed, "repeat")
+        if waiting or self._live:
+            return None  # Ray asks again when a trial finishes
+        return Searcher.FINISHED
+
+    def _best(self, st: _CellState) -> optuna.trial.FrozenTrial | None:
+        done = [
+            t
+            for t in st.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("phase", "search") == "search" and t.value is not None
+        ]
+        return min(done, key=lambda t: t.value) if done else None
+
+    def _start(self, trial_id: str, st: _CellState, number: int, lr: float, seed: int, phase: str) -> dict:
+        self.started += 1
+        self._live[trial_id] = (st, number, phase)
+        return self._config(st, number, lr, seed, phase)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        live = self._live.get(trial_id)
+        value = result.get(SELECT_METRIC)
+        if live is None or value is None or not math.isfinite(value):
+            return
+        st, number, _ = live
+        try:  # intermediate values: the dashboard's learning curves and Optuna pruners
+            st.study._storage.set_trial_intermediate_value(
+                st.study._storage.get_trial_id_from_study_id_trial_number(st.study._study_id, number),
+                int(result.get("epoch", 0)),
+                float(value),
+            )
+        except Exception:
+            pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        live = self._live.pop(trial_id, None)
+        if live is None:
+            return
+        st, number, phase = live
+        status = _trial_status(result, error)
+        value = (result or {}).get(SELECT_METRIC)
+        state = {
+            "ok": optuna.trial.TrialState.COMPLETE,
+            "pruned": optuna.trial.TrialState.PRUNED,
+        }.get(status, optuna.trial.TrialState.FAIL)
+        if state == optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+            state = optuna.trial.TrialState.FAIL  # never hand Optuna a fake value
+        st.study.tell(number, value if state == optuna.trial.TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        if phase == "repeat":
+            st.in_flight_repeat -= 1
+            st.done_repeat += 1
+        else:
+            st.in_flight_search -= 1
+            st.done_search += 1
+
+    # Our state lives in the Optuna storage; Ray's experiment checkpoint need not pickle it
+    # (the Optuna storage holds an engine and locks). Resume rebuilds from the storage.
+    def __getstate__(self) -> dict:
+        return {"spec": self.spec, "max_trials": self.max_trials}
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text("state is in the Optuna storage\n")
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+
+def _trial_status(result: dict | None, error: bool) -> str:
+    if error:
+        return "failed"
+    if not result:
+        return "pruned"
+    if result.get("status") == "failed":
+        return "failed"
+    if int(result.get("epoch", 0) or 0) < int(result.get("epochs", 0) or 0):
+        return "pruned"
+    return "ok"
+
+
+# 3. The trial, as Ray runs it in a worker ---------------------------------------
+def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
+    def trainable(config: dict) -> None:
+        from scaling import train  # imported in the worker: torch stays out of the driver
+
+        spec = StudySpec.model_validate(spec_dict)
+        cfg = train.TrialConfig(
+            model=spec.model,
+            task_kind=spec.task.kind,
+            task_digits=spec.task.digits,
+            task_path=spec.task.path,
+            task_seed=spec.task.seed,
+            dataset_size=int(config["dataset_size"]),
+            epochs=int(config["epochs"]),
+            learning_rate=float(config["learning_rate"]),
+            lora_r=int(config["lora_r"]),
+            lora_alpha=spec.lora.alpha_for(int(config["lora_r"])),
+            lora_dropout=spec.lora.dropout,
+            target_modules=tuple(spec.lora.target_modules),
+            batch_size=spec.train.batch_size,
+            seed=int(config["seed"]),
+            validation_size=spec.eval.validation_size,
+            test_size=spec.eval.test_size,
+            warmup_fraction=spec.train.warmup_fraction,
+            weight_decay=spec.train.weight_decay,
+            threads=max(1, int(spec.resources.cpus)),
+        )
+        last: dict[str, Any] = {"epoch": 0}
+
+        def report(metrics: dict) -> None:
+            last.update(metrics)
+            tune.report({**metrics, "epochs": cfg.epochs, "status": "ok", "error": ""})
+
+        try:
+            train.run_trial(cfg, report=report, cache=_WORKER_CACHE)
+        except (train.TrialDiverged, ValueError) as err:
+            # a property of the hyperparameters: retrying cannot help, record it and move on
+            tune.report(
+                {
+                    "epoch": int(last.get("epoch", 0)) + 1,
+                    "epochs": cfg.epochs,
+                    "status": "failed",
+                    "error": f"{type(err).__name__}: {err}",
+                    SELECT_METRIC: float("nan"),  # Tune requires the metric key; the searcher tells FAIL
+                }
+            )
+
+    return trainable
+
+
+# 4. Recording rows in the driver -------------------------------------------------
+_ROW_KEYS = (
+    "epoch", "step", "train_tokens", "train_flops", "train_loss", "trainable_params", "wall_seconds",
+    *(f"{s}_{m}" for s in ("val", "test") for m in ("eval_loss", "token_accuracy", "exact_match", "answer_logprob")),
+)  # fmt: skip
+
+
+class _Recorder(Callback):
+    def __init__(self, spec: StudySpec, run_dir: Path, on_done: Callable[[str, dict], None] | None = None):
+        self.spec = spec
+        self.run_dir = run_dir
+        self.buffers: dict[str, list[dict]] = {}
+        self.on_done = on_done
+        self.counts = {"ok": 0, "failed": 0, "pruned": 0}
+
+    def __getstate__(self) -> dict:  # Tuner pickles callbacks; ours is rebuilt on resume
+        return {"spec": self.spec, "run_dir": self.run_dir, "buffers": {}, "on_done": None, "counts": {}}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.buffers.setdefault(trial.trial_id, []).append(dict(result))
+
+    def _flush(self, trial: Any, status: str, error: str = "") -> None:
+        cfg = trial.config
+        results = self.buffers.pop(trial.trial_id, [])
+        evals = [r for r in results if r.get("status") != "failed"]
+        failed = [r for r in results if r.get("status") == "failed"]
+        if failed and not error:
+            error = failed[-1].get("error", "")
+        base = {
+            "study": self.spec.name,
+            "trial_id": f"{cfg['optuna_study']}#{cfg['optuna_trial']}",
+            "optuna_trial": cfg["optuna_trial"],
+            "cell": cfg["cell"],
+            "phase": cfg["phase"],
+            "dataset_size": cfg["dataset_size"],
+            "epochs": cfg["epochs"],
+            "learning_rate": cfg["learning_rate"],
+            "lora_r": cfg["lora_r"],
+            "lora_alpha": self.spec.lora.alpha_for(cfg["lora_r"]),
+            "seed": cfg["seed"],
+            "model": self.spec.model,
+            "task": self.spec.task.kind if self.spec.task.kind != "addition" else f"addition{self.spec.task.digits}",
+            "status": status,
+            "error": error or None,
+            "recorded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        rows = [{**base, **{k: r.get(k) for k in _ROW_KEYS}, "node": r.get("node_ip")} for r in evals]
+        if not rows:  # a failure before the first evaluation is still a row
+            rows = [{**base, "epoch": 0, "node": (failed[-1].get("node_ip") if failed else None)}]
+        append_rows(self.run_dir, rows)
+        self.counts[status] += 1
+        if self.on_done:
+            self.on_done(status, base)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        self._flush(trial, _trial_status(last, False))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        err = ""
+        try:
+            exc = trial.get_pickled_error()
+            err = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+        except Exception:
+            pass
+        if not err and trial.error_file and os.path.exists(trial.error_file):
+            err = Path(trial.error_file).read_text().strip().splitlines()[-1]
+        self._flush(trial, "failed", (err or "trial errored")[:2000])
+
+
+# 5. The sweep --------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepResult:
+    run_dir: Path
+    results: Path
+    optuna_url: str
+    trials_run: int
+    counts: dict[str, int]
+    orphans_resumed: int
+    wall_seconds: float
+
+
+def _check_same_study(spec: StudySpec, run_dir: Path) -> None:
+    """A run directory holds one study: refuse to resume with different axes or LR range."""
+    saved = run_dir / "spec.yaml"
+    what = ("name", "model", "task", "axes", "learning_rate", "lora", "eval", "train", "sampler")
+    mine = spec.model_dump(mode="json", include=set(what))
+    if saved.exists():
+        theirs = yaml.safe_load(saved.read_text()) or {}
+        theirs = {k: theirs.get(k) for k in what}
+        diff = [k for k in what if mine.get(k) != theirs.get(k)]
+        if diff:
+            raise SpecError(
+                f"{spec.source}: {', '.join(diff)}: must match the study already in {run_dir} to resume it "
+                f"(got a different value); use another --out for a new study"
+            )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude={"source"}), sort_keys=False))
+
+
+def _init_ray(spec: StudySpec) -> None:
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def run_sweep(
+    spec: StudySpec,
+    *,
+    out: str | Path | None = None,
+    max_trials: int | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_trial_done: Callable[[str, dict], None] | None = None,
+) -> SweepResult:
+    """Run (or resume) a study; returns where everything was written."""
+    t0 = time.perf_counter()
+    run_dir = spec.run_dir(out).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        _check_same_study(spec, run_dir)
+        url = spec.optuna_url(run_dir)
+        storage = open_storage(url)
+        searcher = CellSearcher(spec, storage, max_trials=max_trials)
+        todo = searcher.remaining()
+        if on_start:
+            on_start(todo, spec.planned_trials())
+        recorder = _Recorder(spec, run_dir, on_trial_done)
+        if todo > 0:
+            from scaling.models import ensure_base_model
+
+            ensure_base_model(spec.model)  # build once here, not in every worker at once
+            _init_ray(spec)
+            res = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+            scheduler = _scheduler(spec)
+            tuner = tune.Tuner(
+                tune.with_resources(_make_trainable(spec.model_dump(mode="json")), res),
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=todo,
+                    max_concurrent_trials=spec.resources.max_concurrent,
+                    reuse_actors=True,
+                    metric=SELECT_METRIC if scheduler else None,
+                    mode="min" if scheduler else None,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"tune-{_dt.datetime.now():%Y%m%d-%H%M%S}",
+                    storage_path=str(run_dir / "ray"),
+                    failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                    callbacks=[recorder],
+                    verbose=0,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                ),
+            )
+            tuner.fit()
+        results = run_dir / RESULTS_FILE
+        if results.exists():
+            read_results(run_dir)  # fail loudly now if what we wrote cannot be read back
+        return SweepResult(
+            run_dir=run_dir,
+            results=results,
+            optuna_url=url,
+            trials_run=sum(recorder.counts.values()),
+            counts=dict(recorder.counts),
+            orphans_resumed=searcher.orphans_found,
+            wall_seconds=time.perf_counter() - t0,
+        )
+
+
+def _scheduler(spec: StudySpec) -> Any:
+    es = spec.early_stopping
+    if es.method == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    if es.method == "asha":
+        return ASHAScheduler(
+            time_attr="epoch",
+            max_t=max(spec.axes.epoch_values()),
+            grace_period=es.grace_epochs,
+            reduction_factor=es.reduction_factor,
+        )
+    return MedianStoppingRule(time_attr="epoch", grace_period=es.grace_epochs, min_samples_required=2)

@@ -1,0 +1,126 @@
+"""A real sweep: Ray Tune runs real LoRA trials, Optuna storage in SQLite, results in Parquet."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from scaling.records import read_results
+from scaling.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+
+def small_spec(name: str = "tiny", **over):
+    data = {
+        "name": name,
+        "task": {"kind": "addition", "digits": 2},
+        "axes": {"dataset_size": [64, 256], "epochs": [1, 2]},
+        "learning_rate": {"low": 1e-3, "high": 3e-2},
+        "trials_per_cell": 2,
+        "eval": {"validation_size": 64, "test_size": 64},
+        "train": {"batch_size": 32},
+        "resources": {"cpus": 1, "max_failures": 0},
+    }
+    for k, v in over.items():
+        data[k] = v if not isinstance(v, dict) else {**data.get(k, {}), **v}
+    return parse_spec(data)
+
+
+@pytest.fixture(scope="module")
+def ray_local(tiny_model_dir):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _storage_trials(url: str, study_prefix: str):
+    storage = optuna.storages.RDBStorage(url)
+    out = {}
+    for s in optuna.get_all_study_summaries(storage):
+        if s.study_name.startswith(study_prefix):
+            out[s.study_name] = optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
+    return out
+
+
+def test_sweep_end_to_end_then_resume_adds_nothing(ray_local, tmp_path):
+    from scaling.sweep import run_sweep
+
+    spec = small_spec()
+    res = run_sweep(spec, out=tmp_path / "run")
+    assert res.counts == {"ok": 8, "failed": 0, "pruned": 0}
+
+    df = read_results(res.run_dir)
+    # one row per evaluation: 2 sizes x (1 + 2 epochs) x 2 trials
+    assert len(df) == 2 * (1 + 2) * 2
+    assert df["trial_id"].nunique() == 8
+    assert not df.duplicated(["trial_id", "epoch"]).any()
+    assert set(df["status"]) == {"ok"}
+    for col in ("val_eval_loss", "test_eval_loss", "val_exact_match", "train_flops", "wall_seconds", "node"):
+        assert df[col].notna().all(), col
+    lrs = df.drop_duplicates("trial_id")["learning_rate"]
+    assert lrs.between(1e-3, 3e-2).all()
+    # train tokens grow with D x epochs
+    final = df.sort_values("epoch").groupby("trial_id").tail(1)
+    by_cell = final.groupby(["dataset_size", "epochs"])["train_tokens"].mean()
+    assert by_cell[(256, 2)] > by_cell[(256, 1)] > by_cell[(64, 1)]
+
+    # Optuna storage: one study per cell, every trial COMPLETE with the validation loss as value
+    studies = _storage_trials(res.optuna_url, "tiny/")
+    assert len(studies) == 4
+    for name, trials in studies.items():
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2, name
+        for t in trials:
+            rows = final[final["trial_id"] == f"{name}#{t.number}"]
+            assert rows["val_eval_loss"].item() == pytest.approx(t.value)
+
+    # running it again resumes: nothing left to do, nothing duplicated
+    again = run_sweep(spec, out=tmp_path / "run")
+    assert again.trials_run == 0
+    assert len(read_results(res.run_dir)) == len(df)
+
+
+def test_max_trials_then_resume_completes_exactly_the_plan(ray_local, tmp_path):
+    from scaling.sweep import run_sweep
+
+    spec = small_spec("partial", axes={"dataset_size": [64], "epochs": [1, 2]}, trials_per_cell=3)
+    first = run_sweep(spec, out=tmp_path / "run", max_trials=2)
+    assert first.trials_run == 2
+    second = run_sweep(spec, out=tmp_path / "run")
+    assert second.trials_run == 4
+    df = read_results(tmp_path / "run")
+    assert df["trial_id"].nunique() == 6 and not df.duplicated(["trial_id", "epoch"]).any()
+    studies = _storage_trials(first.optuna_url, "partial/")
+    assert sum(len(t) for t in studies.values()) == 6
+
+
+def test_a_diverging_trial_is_a_failed_row_and_the_sweep_goes_on(ray_local, tmp_path):
+    from scaling.sweep import run_sweep
+
+    # one cell, LR range so high that training blows up: each trial must be a failed row,
+    # Optuna must be told FAIL (not given a fake value), and the sweep must finish.
+    spec = small_spec(
+        "diverge", axes={"dataset_size": [64], "epochs": [1]}, learning_rate={"low": 1e29, "high": 1e30}
+    )
+    res = run_sweep(spec, out=tmp_path / "run")
+    assert res.counts["failed"] == 2
+    df = read_results(res.run_dir)
+    assert (df["status"] == "failed").all()
+    assert df["error"].str.contains("Diverged|nan|inf", case=False).all()
+    trials = next(iter(_storage_trials(res.optuna_url, "diverge/").values()))
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
+def test_changed_study_in_same_run_dir_is_refused(ray_local, tmp_path):
+    from scaling.spec import SpecError
+    from scaling.sweep import run_sweep
+
+    spec = small_spec("same", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=1)
+    run_sweep(spec, out=tmp_path / "run")
+    before = (tmp_path / "run" / "results.parquet").read_bytes()
+    other = small_spec("same", axes={"dataset_size": [64], "epochs": [1]}, learning_rate={"low": 1e-5, "high": 1e-4})
+    with pytest.raises(SpecError, match="learning_rate: must match the study already in"):
+        run_sweep(other, out=tmp_path / "run")
+    assert (tmp_path / "run" / "results.parquet").read_bytes() == before
