@@ -19,6 +19,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/scaling sweep search_spaces/demo.yaml
+	$(BIN)/scaling report runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

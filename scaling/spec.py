@@ -160,9 +160,12 @@ class ResourcesSpec(_Frozen):
 class SamplerSpec(_Frozen):
     kind: Literal["tpe", "random"] = "tpe"
     seed: int = 0
-    # "cells": every (dataset_size, epochs) cell gets trials_per_cell LR trials (the scaling design)
-    # "optimize": one joint TPE study over D, epochs and LR (best loss, no scaling law)
-    mode: Literal["cells", "optimize"] = "cells"
+    # every (dataset_size, epochs, rank) cell gets trials_per_cell LR trials: the scaling
+    # design. (A joint "optimize" mode over D, epochs and LR is not built yet.)
+    mode: Literal["cells"] = "cells"
+    # the first trial of every cell sits at the log-midpoint of the LR range: with 3-8
+    # trials per cell, a fixed anchor stops a cell from being judged on unlucky draws
+    anchor: bool = True
 
 
 class StorageSpec(_Frozen):

@@ -183,6 +183,10 @@ class CellSearcher(Searcher):
                 open_cells,
                 key=lambda s: (s.done_search + s.in_flight_search, -s.cell.dataset_size * s.cell.epochs),
             )
+            lr_spec = self.spec.learning_rate
+            if self.spec.sampler.anchor and not st.study.get_trials(deepcopy=False):
+                mid = math.sqrt(lr_spec.low * lr_spec.high) if lr_spec.log else (lr_spec.low + lr_spec.high) / 2
+                st.study.enqueue_trial({"learning_rate": mid}, user_attrs={"anchor": True})
             ot = st.study.ask()
             lr = ot.suggest_float(
                 "learning_rate", self.spec.learning_rate.low, self.spec.learning_rate.high, log=self.spec.learning_rate.log
@@ -324,7 +328,7 @@ def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
 
         def report(metrics: dict) -> None:
             last.update(metrics)
-            tune.report({**metrics, "epochs": cfg.epochs, "status": "ok", "error": ""})
+            tune.report({**metrics, **_worker_stats(), "epochs": cfg.epochs, "status": "ok", "error": ""})
 
         try:
             train.run_trial(cfg, report=report, cache=_WORKER_CACHE)
@@ -343,9 +347,17 @@ def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
     return trainable
 
 
+def _worker_stats() -> dict[str, Any]:
+    """The worker process's id and resident memory (MiB): a reused worker that leaks shows here."""
+    import psutil  # a dependency of peft; only imported in workers
+
+    return {"worker_pid": os.getpid(), "worker_rss_mb": psutil.Process().memory_info().rss / 2**20}
+
+
 # 4. Recording rows in the driver -------------------------------------------------
 _ROW_KEYS = (
     "epoch", "step", "train_tokens", "train_flops", "train_loss", "trainable_params", "wall_seconds",
+    "worker_pid", "worker_rss_mb",
     *(f"{s}_{m}" for s in ("val", "test") for m in ("eval_loss", "token_accuracy", "exact_match", "answer_logprob")),
 )  # fmt: skip
 
@@ -400,6 +412,11 @@ class _Recorder(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
         self._flush(trial, _trial_status(last, False))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # an infrastructure fault (dead worker or node): Ray re-runs the trial from its first
+        # epoch, so the failed attempt's evaluations must not become rows beside the retry's
+        self.buffers.pop(trial.trial_id, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         err = ""
@@ -490,8 +507,6 @@ def run_sweep(
                     num_samples=todo,
                     max_concurrent_trials=spec.resources.max_concurrent,
                     reuse_actors=True,
-                    metric=SELECT_METRIC if scheduler else None,
-                    mode="min" if scheduler else None,
                 ),
                 run_config=tune.RunConfig(
                     name=f"tune-{_dt.datetime.now():%Y%m%d-%H%M%S}",
@@ -518,16 +533,82 @@ def run_sweep(
 
 
 def _scheduler(spec: StudySpec) -> Any:
-    es = spec.early_stopping
-    if es.method == "none":
+    if spec.early_stopping.method == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+    return _PerCellScheduler(spec)
 
-    if es.method == "asha":
-        return ASHAScheduler(
-            time_attr="epoch",
-            max_t=max(spec.axes.epoch_values()),
-            grace_period=es.grace_epochs,
-            reduction_factor=es.reduction_factor,
-        )
-    return MedianStoppingRule(time_attr="epoch", grace_period=es.grace_epochs, min_samples_required=2)
+
+# 6. Early stopping inside a cell -----------------------------------------------
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler  # noqa: E402
+
+
+class _PerCellScheduler(FIFOScheduler):
+    """Ray Tune's ASHA (or median stopping), one instance per cell.
+
+    A single ASHA over the whole study would compare a D=300 trial with a D=4800
+    one and stop the small cells for being small. Here each cell has its own
+    rungs, so a trial is only stopped for being worse than its own cell's other
+    LRs at the same epoch - the question the LR search asks. Stopping reads
+    the validation loss only. (Chosen over Optuna pruners because Ray owns the
+    trial processes and can stop them between epochs without the worker
+    needing to reach the Optuna storage, which on a cluster with SQLite it cannot.)
+    """
+
+    def __init__(self, spec: StudySpec):
+        super().__init__()
+        self.spec = spec
+        self._cells: dict[str, TrialScheduler] = {}
+        self.stopped = 0
+
+    def _for(self, trial: Any) -> TrialScheduler:
+        key = trial.config["cell"]
+        if key not in self._cells:
+            es = self.spec.early_stopping
+            max_t = int(trial.config["epochs"])
+            if es.method == "asha":
+                sched: TrialScheduler = ASHAScheduler(
+                    time_attr="epoch", metric=SELECT_METRIC, mode="min", max_t=max_t,
+                    grace_period=min(es.grace_epochs, max_t), reduction_factor=es.reduction_factor,
+                )  # fmt: skip
+            else:
+                sched = MedianStoppingRule(
+                    time_attr="epoch", metric=SELECT_METRIC, mode="min",
+                    grace_period=es.grace_epochs, min_samples_required=2,
+                )  # fmt: skip
+            self._cells[key] = sched
+        return self._cells[key]
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._for(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        value = result.get(SELECT_METRIC)
+        if result.get("status") == "failed" or value is None or not math.isfinite(value):
+            return TrialScheduler.CONTINUE
+        if int(result.get("epoch", 0)) >= int(trial.config["epochs"]):
+            return TrialScheduler.CONTINUE  # finished anyway: never call the last epoch "pruned"
+        action = self._for(trial).on_trial_result(tune_controller, trial, result)
+        self.stopped += action == TrialScheduler.STOP
+        return action
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        value = (result or {}).get(SELECT_METRIC)
+        if result and value is not None and math.isfinite(value):
+            self._for(trial).on_trial_complete(tune_controller, trial, result)
+        else:
+            self.on_trial_remove(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        try:
+            self._for(trial).on_trial_remove(tune_controller, trial)
+        except KeyError:  # already forgotten by the cell's scheduler
+            pass
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self._for(trial).on_trial_error(tune_controller, trial)
+
+    def __getstate__(self) -> dict:
+        return {"spec": self.spec, "_cells": {}, "stopped": 0}

@@ -56,7 +56,9 @@ def test_log_range_ladder_and_defaults():
 
 def test_spec_is_frozen():
     spec = parse_spec(GOOD)
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         spec.name = "other"  # type: ignore[misc]
 
 

@@ -124,3 +124,28 @@ def test_changed_study_in_same_run_dir_is_refused(ray_local, tmp_path):
     with pytest.raises(SpecError, match="learning_rate: must match the study already in"):
         run_sweep(other, out=tmp_path / "run")
     assert (tmp_path / "run" / "results.parquet").read_bytes() == before
+
+
+def test_asha_per_cell_prunes_bad_lrs_and_tells_optuna(ray_local, tmp_path):
+    from scaling.sweep import run_sweep
+
+    # one cell, 3 epochs, a wide LR range, trials one at a time: the anchor trial (mid-range LR)
+    # sets rung values, worse LRs are stopped after their grace epoch.
+    spec = small_spec(
+        "asha", axes={"dataset_size": [128], "epochs": [3]}, trials_per_cell=5,
+        learning_rate={"low": 1e-5, "high": 1e-1},
+        early_stopping={"method": "asha", "grace_epochs": 1, "reduction_factor": 2},
+        resources={"max_concurrent": 1},
+    )  # fmt: skip
+    res = run_sweep(spec, out=tmp_path / "run")
+    assert res.counts["ok"] + res.counts["pruned"] == 5 and res.counts["pruned"] >= 1
+    df = read_results(res.run_dir)
+    pruned = df[df["status"] == "pruned"]
+    assert (pruned.groupby("trial_id")["epoch"].max() < 3).all()
+    assert (df[df["status"] == "ok"].groupby("trial_id")["epoch"].max() == 3).all()
+    trials = next(iter(_storage_trials(res.optuna_url, "asha/").values()))
+    states = sorted(t.state.name for t in trials)
+    assert states.count("PRUNED") == res.counts["pruned"] and states.count("COMPLETE") == res.counts["ok"]
+    # the compute saved is real: pruned trials trained on fewer tokens
+    final = df.sort_values("epoch").groupby("trial_id").tail(1)
+    assert final[final.status == "pruned"]["train_tokens"].max() < final[final.status == "ok"]["train_tokens"].min()
