@@ -149,3 +149,45 @@ def test_asha_per_cell_prunes_bad_lrs_and_tells_optuna(ray_local, tmp_path):
     # the compute saved is real: pruned trials trained on fewer tokens
     final = df.sort_values("epoch").groupby("trial_id").tail(1)
     assert final[final.status == "pruned"]["train_tokens"].max() < final[final.status == "ok"]["train_tokens"].min()
+
+
+def test_repeat_best_reruns_each_cells_best_lr_with_new_seeds(ray_local, tmp_path):
+    from scaling.sweep import run_sweep
+
+    spec = small_spec(
+        "seeds", axes={"dataset_size": [64], "epochs": [1, 2]}, trials_per_cell=2, seeds={"base": 0, "repeat_best": 2}
+    )
+    res = run_sweep(spec, out=tmp_path / "run")
+    assert res.counts["ok"] == 2 * (2 + 2)
+    final = read_results(res.run_dir).sort_values("epoch").groupby("trial_id").tail(1)
+    for _, cell in final.groupby("cell"):
+        search = cell[cell.phase == "search"]
+        repeat = cell[cell.phase == "repeat"]
+        best = search.loc[search["val_eval_loss"].idxmin()]
+        assert sorted(repeat["seed"]) == [1, 2]
+        assert (repeat["learning_rate"] == best["learning_rate"]).all()
+        # a new seed is a new adapter init and data order: a different number, same ballpark
+        assert not (repeat["val_eval_loss"] == best["val_eval_loss"]).all()
+
+
+def test_cli_sweep_show_validate(ray_local, tmp_path):
+    from typer.testing import CliRunner
+
+    from scaling.cli import app
+
+    spec_file = tmp_path / "s.yaml"
+    import yaml
+
+    spec_file.write_text(yaml.safe_dump(small_spec("cli", axes={"dataset_size": [64], "epochs": [1]}).model_dump(mode="json", exclude={"source"})))
+    runner = CliRunner()
+    r = runner.invoke(app, ["validate", str(spec_file)])
+    assert r.exit_code == 0 and "1 cells x 2 LR trials" in r.output
+    r = runner.invoke(app, ["sweep", str(spec_file), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert "ran 2 trials" in r.output and "results.parquet" in r.output and "optuna-dashboard" in r.output
+    r = runner.invoke(app, ["show", str(tmp_path / "run")])
+    assert r.exit_code == 0 and "2 trials" in r.output
+    r = runner.invoke(app, ["best-lr", str(tmp_path / "run"), "--json"])
+    assert r.exit_code == 0 and '"lr_best"' in r.output
+    r = runner.invoke(app, ["show", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "no results table" in r.output
