@@ -29,6 +29,7 @@ How a study maps onto the two libraries
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import os
 import time
@@ -57,6 +58,9 @@ __all__ = ["run_sweep", "SweepResult", "CellSearcher", "open_storage", "cell_stu
 
 SELECT_METRIC = "val_eval_loss"  # selection reads the validation split only
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# With Tune's per-trial loggers off (our table is the record), Tune's end-of-run
+# analysis warns that it finds no result.json; that is expected, not a problem.
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 # Kept alive in each Ray worker process between reused trials (base model, tokenised pools).
 _WORKER_CACHE: dict[str, Any] = {}
@@ -343,8 +347,26 @@ def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
                     SELECT_METRIC: float("nan"),  # Tune requires the metric key; the searcher tells FAIL
                 }
             )
+        finally:
+            _trim_heap()
 
     return trainable
+
+
+def _trim_heap() -> None:
+    """Hand the trial's freed memory back to the OS before the worker is reused.
+
+    Tune runs each trial of a reused worker in a new thread, and glibc gives new threads
+    new malloc arenas: without this a worker's RSS grew ~15 MiB per trial (607 -> 776 MiB
+    over 12 tiny trials, tests/test_reliability.py), up to 8 x cores arenas' worth."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim this way
+        pass
 
 
 def _worker_stats() -> dict[str, Any]:
@@ -422,6 +444,8 @@ class _Recorder(Callback):
         err = ""
         try:
             exc = trial.get_pickled_error()
+            cause = getattr(exc, "cause", None)  # a RayTaskError wraps the trial's own exception
+            exc = cause if isinstance(cause, BaseException) else exc
             err = f"{type(exc).__name__}: {exc}" if exc is not None else ""
         except Exception:
             pass
