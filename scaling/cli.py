@@ -30,11 +30,23 @@ def _fail(msg: str, code: int = 2) -> None:
 
 def _load(spec_path: Path):  # -> StudySpec
     from scaling.spec import SpecError, load_spec
+    from scaling.tasks import TaskError, make_task
 
     try:
-        return load_spec(spec_path)
+        s = load_spec(spec_path)
     except SpecError as err:
         _fail(str(err))
+    # the task's data, checked here rather than as a failed row in every trial
+    try:
+        task = make_task(kind=s.task.kind, digits=s.task.digits, path=s.task.path, seed=s.task.seed,
+                         validation_size=s.eval.validation_size, test_size=s.eval.test_size)  # fmt: skip
+    except (TaskError, ValueError) as err:
+        _fail(f"{spec_path}: task: {err}")
+    most = max(s.axes.dataset_sizes())
+    if task.max_train_size is not None and most > task.max_train_size:
+        _fail(f"{spec_path}: axes.dataset_size: must be <= the {task.max_train_size} training examples of "
+              f"task {task.name!r} (after eval.validation_size + eval.test_size) (got {most})")  # fmt: skip
+    return s
 
 
 def _table_or_fail(path: Path):
@@ -81,6 +93,8 @@ def sweep(
     from scaling.records import RunLocked
     from scaling.spec import SpecError
 
+    if max_trials is not None and max_trials < 1:
+        _fail(f"--max-trials: must be >= 1 (got {max_trials})")
     s = _load(spec)
     run_dir = s.run_dir(out)
     if not resume and (run_dir / "spec.yaml").exists():

@@ -60,6 +60,8 @@ COLUMNS: dict[str, str] = {
     **{f"{split}_{m}": "float64" for split in ("val", "test") for m in METRICS},
     "trainable_params": "Int64",
     "wall_seconds": "float64",
+    "worker_pid": "Int64",  # the Ray worker process that ran the trial (reused between trials)
+    "worker_rss_mb": "float64",  # its resident memory after this evaluation: leaks show here
     "status": "string",  # ok | failed | pruned
     "error": "string",
     "node": "string",
@@ -99,8 +101,8 @@ def read_results(run_dir: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for corrupt files
         raise RecordsError(f"{path}: cannot read the results table: {type(err).__name__}: {err}") from None
-    if df.empty and len(df.columns) == 0:
-        raise RecordsError(f"{path}: the results table is empty")
+    if len(df) == 0:  # append_rows never writes a table without rows
+        raise RecordsError(f"{path}: the results table is empty (0 rows): no trial has been recorded in it")
     missing = [c for c in ("trial_id", "status") if c not in df.columns]
     if missing:
         raise RecordsError(f"{path}: column(s) {missing} are required but missing (has {list(df.columns)})")
@@ -126,7 +128,8 @@ def append_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
         seen = set(map(tuple, old[key].astype(str).to_numpy()))
         mask = [tuple(r) not in seen for r in new[key].astype(str).to_numpy()]
         new = new[mask]
-    table = pd.concat([old.astype(COLUMNS), new], ignore_index=True) if len(old) else new
+    # reindex: a table written before a column was added gets it empty (resuming an older run)
+    table = pd.concat([old.reindex(columns=list(COLUMNS)).astype(COLUMNS), new], ignore_index=True) if len(old) else new
     tmp = path.with_suffix(".parquet.tmp")
     table.to_parquet(tmp, index=False)
     with open(tmp, "rb") as fh:

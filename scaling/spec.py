@@ -176,7 +176,7 @@ class StorageSpec(_Frozen):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", v):
-            raise ValueError(f"must be an SQLAlchemy URL starting sqlite://, postgresql:// or mysql://, got {v!r}")
+            raise ValueError("must be an SQLAlchemy URL starting sqlite://, postgresql:// or mysql://")
         return v
 
 
@@ -273,6 +273,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         elif e["type"] == "missing":
             msg = "required field is missing"
             value = None
+        if field == "(top level)" or (isinstance(value, dict) and e["type"] != "model_type"):
+            value = None  # a cross-field rule: its message already quotes the values
         shown = "" if value is None else f" (got {value!r})"
         lines.append(f"{source}: {field}: {msg}{shown}")
     return "\n".join(lines)

@@ -78,7 +78,14 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as err:  # sqlalchemy raises many kinds
-        raise SpecError(f"storage.optuna: cannot open Optuna storage {url!r}: {type(err).__name__}: {err}") from None
+        detail = (str(err).strip().splitlines() or [""])[0]  # drop SQLAlchemy's "Background on this error" lines
+        from sqlalchemy.engine import make_url
+
+        try:
+            shown = make_url(url).render_as_string(hide_password=True)
+        except Exception:
+            shown = url
+        raise SpecError(f"storage.optuna: cannot open Optuna storage {shown!r}: {type(err).__name__}: {detail}") from None
 
 
 def cell_study_name(spec: StudySpec, cell: Cell) -> str:
@@ -109,7 +116,14 @@ class _CellState:
 class CellSearcher(Searcher):
     """Covers the study's cells; Optuna tunes the learning rate inside each."""
 
-    def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, *, max_trials: int | None = None):
+    def __init__(
+        self,
+        spec: StudySpec,
+        storage: optuna.storages.BaseStorage,
+        *,
+        max_trials: int | None = None,
+        recorded: set[str] | None = None,
+    ):
         super().__init__(metric=SELECT_METRIC, mode="min")
         self.spec = spec
         self.max_trials = max_trials
@@ -131,12 +145,16 @@ class CellSearcher(Searcher):
             st = _CellState(cell=cell, study=study)
             for t in study.get_trials(deepcopy=False):
                 phase = t.user_attrs.get("phase", "search")
-                if t.state.is_finished():
+                in_table = recorded is None or f"{study.study_name}#{t.number}" in recorded
+                if t.state.is_finished() and in_table:
                     if phase == "repeat":
                         st.done_repeat += 1
                     else:
                         st.done_search += 1
-                else:  # RUNNING or WAITING: a previous driver died holding it
+                else:
+                    # RUNNING/WAITING: a previous driver died holding it; or finished in Optuna
+                    # but killed before its rows reached the table. Re-run it under its own
+                    # number (telling Optuna again is a no-op: skip_if_finished).
                     st.orphans.append(t)
             self.orphans_found += len(st.orphans)
             self.cells.append(st)
@@ -510,8 +528,14 @@ def run_sweep(
     with RunLock(run_dir):
         _check_same_study(spec, run_dir)
         url = spec.optuna_url(run_dir)
-        storage = open_storage(url)
-        searcher = CellSearcher(spec, storage, max_trials=max_trials)
+        try:
+            storage = open_storage(url)
+        except SpecError as err:
+            raise SpecError(f"{spec.source}: {err}") from None
+        recorded: set[str] = set()  # trials whose rows reached the table
+        if (run_dir / RESULTS_FILE).exists():
+            recorded = set(read_results(run_dir)["trial_id"].astype(str))
+        searcher = CellSearcher(spec, storage, max_trials=max_trials, recorded=recorded)
         todo = searcher.remaining()
         if on_start:
             on_start(todo, spec.planned_trials())

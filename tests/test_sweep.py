@@ -191,3 +191,23 @@ def test_cli_sweep_show_validate(ray_local, tmp_path):
     assert r.exit_code == 0 and '"lr_best"' in r.output
     r = runner.invoke(app, ["show", str(tmp_path / "nothing")])
     assert r.exit_code == 2 and "no results table" in r.output
+
+
+def test_trial_finished_in_optuna_but_missing_from_table_is_rerun(ray_local, tmp_path):
+    """The driver can die between telling Optuna and writing the rows: resume must redo it."""
+    import pandas as pd
+
+    from scaling.sweep import run_sweep
+
+    spec = small_spec("gap", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=2)
+    run_sweep(spec, out=tmp_path / "run")
+    path = tmp_path / "run" / "results.parquet"
+    df = pd.read_parquet(path)
+    lost = df["trial_id"].iloc[-1]
+    df[df["trial_id"] != lost].to_parquet(path, index=False)  # as if the last write never happened
+    again = run_sweep(spec, out=tmp_path / "run")
+    assert again.trials_run == 1 and again.orphans_resumed == 1
+    df2 = read_results(tmp_path / "run")
+    assert sorted(df2["trial_id"]) == sorted(df["trial_id"])
+    trials = next(iter(_storage_trials(again.optuna_url, "gap/").values()))
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
