@@ -1,0 +1,646 @@
+"""Many adapters, one base model: K LoRA trials trained at once on one frozen base.
+
+``packing: {adapters_per_worker: K}``
+-------------------------------------
+A LoRA trial trains a small set of adapter weights but pushes every token through
+the whole frozen base. A *pack* trains K trials in one process on ONE copy of
+the base: each step concatenates the K trials' own batches along the batch dimension,
+runs the base once (``x @ W^T`` for all K*B rows), and adds each trial's LoRA delta
+``(x_k @ A_k^T) @ B_k^T * alpha_k / r_k`` to its own rows only (two batched matmuls over
+the stacked adapters per projection). Each trial keeps everything that defines its
+result: its peft initialisation under its seed, its data order, its AdamW, its warmup +
+cosine schedule, its gradient clipping, its evaluations and its metrics dicts. Packing
+is an optimisation, not a change of result: a packed trial reports the metrics that
+``train.run_trial`` reports for the same config, to float rounding (at most ~1e-5 seen,
+on the per-example summed log-prob; the tests hold every metric, exact match and
+accuracy included, to 1e-4). Trials leave the pack when they
+finish, fail (a diverging learning rate fails that trial only) or are stopped, and new
+ones may join at any step, so a pack can be fed continuously.
+
+Where it pays: wherever one trial alone leaves the device idle, which is the rule for
+LoRA on a GPU with a small or mid-size base. Published GPU figures: PLoRA (Yan et al.,
+2025, arXiv:2508.02932) up to 12.8x training throughput and 7.52x shorter makespan
+for a LoRA hyperparameter search; LoRAFusion (Zhu et al., 2025, arXiv:2510.00206) up to
+1.96x end-to-end over Megatron-LM, 1.46x over mLoRA. On a CPU it pays little: one
+trial's batch (32 sequences x ~8 tokens) already keeps a core's matmuls busy, so K
+trials cost K times the arithmetic of the frozen base and of the LoRA products, and
+only per-call overhead is shared. Measured with bench/packing.py on a 2-core AMD EPYC
+VM shared with other jobs (1 thread per process, tiny base, D=1000, 2 epochs, eval
+200+200), K = 4 / 8 / 16: 1.19 / 1.20 / 1.20x the trials per hour of back-to-back
+run_trial in a warm worker (1.31 / 1.41 / 1.23x in another run), 2.20 / 2.40 / 3.06x
+of one trial per fresh process; peak RSS 560 / 692 / 1027 MB for the pack against
+468 MB for each single-trial process. So on CPU workers K = 4-8 is enough; the memory
+saving (one base, one runtime) is the larger win there.
+
+How a pack maps onto Ray Tune (recommendation for sweep.py)
+-------------------------------------------------------------
+(A) *one Ray trial = one pack* (recommended). The searcher suggests K configs of one
+    cell (same D and epochs, K learning rates/seeds, K Optuna trials asked at once;
+    TPE's constant_liar already handles K pending trials); the trainable builds one
+    ``Pack`` on the worker's cached base and calls ``run_packed(cfgs, reports=[...])``;
+    each report carries its adapter index, so the recorder writes K trial_ids and the
+    searcher tells K Optuna trials, each its own COMPLETE / FAIL. Resources stay simple
+    (a pack is an ordinary trial with the spec's cpus/gpus), failures stay per adapter
+    (``run_packed`` returns the exception in that adapter's place), and a Ray retry
+    re-runs a pack deterministically. A cell's trials have the same step count, so they
+    run in lockstep and finish together: nothing is wasted on ragged ends.
+(B) *one Ray trial per adapter, a shared actor hosts the pack*: keeps Tune's one trial =
+    one config, and uses ``Pack.add`` to let trials join as Tune starts them, but Tune
+    has to stop trials it does not run (a killed trial must leave the actor's pack),
+    the resources of the actor are invisible to Tune's scheduler, and the actor is a
+    second failure domain. Worth it only for mixed packs on big GPUs.
+Set K so that K x batch_size rows fill the device (on a GPU: until the step time
+starts to grow with K; on a CPU: 4-8).
+
+Read top to bottom:
+  1. MultiLoRALinear: the base nn.Linear plus the stacked adapters of the current layout
+  2. _Adapter: one trial inside a pack (peft init, AdamW, schedule, data order, metrics)
+  3. packed evaluation (the same numbers as train._evaluate, per adapter)
+  4. Pack: add / step / run / close
+  5. run_packed
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+
+from scaling.train import (
+    METRIC_KEYS,
+    TrialConfig,
+    TrialDiverged,
+    _Base,
+    _cache_kwarg,
+    _fingerprint,
+    _get_base,
+    _get_data,
+    _left_padded,
+    _non_embedding_params,
+    _right_padded,
+    _Tokenized,
+)
+
+__all__ = ["MultiLoRALinear", "Pack", "PackedTrial", "run_packed"]
+
+# -----------------------------------------------------------------------------
+# 1. The multi-LoRA linear layer. The pack sets a layout before every forward pass:
+# G groups of equal size, rows [g*n, (g+1)*n) of the batch belonging to adapter slot g,
+# and per module the stacked adapter weights A (G, r, in), B (G, out, r).
+
+
+class _Layout:
+    """Shared by every MultiLoRALinear of one pack: what to add in the current forward."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.scale: torch.Tensor | None = None  # (G, 1, 1): alpha / r per group
+
+
+class MultiLoRALinear(torch.nn.Module):
+    """base(x) for the whole packed batch + each group's own LoRA delta on its own rows.
+
+    peft's lora.Linear computes result = base(x); result + B(A(x)) * scaling. Here the
+    same products are batched over groups with bmm, the scaling is applied to the small
+    (rows, r) intermediate and the add is fused into the second matmul (baddbmm): equal
+    to peft's result to float rounding (bit for bit in the cases we checked). Holds no
+    parameters of its own: the adapters live in the pack, so the model's parameters do
+    not grow with K."""
+
+    def __init__(self, base: torch.nn.Linear, name: str, layout: _Layout):
+        super().__init__()
+        self.base_layer = base
+        self.name = name
+        self._layout = layout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)  # (N, T, out), N = G * n rows
+        weights = self._layout.weights
+        if weights is None:
+            return result
+        A, B = weights[self.name]  # (G, r, in), (G, out, r)
+        G = A.shape[0]
+        h = x.to(A.dtype).reshape(G, -1, x.shape[-1])  # (G, n*T, in): group g's rows are contiguous
+        # peft scales the (n*T, out) product; we scale the (n*T, r) one: a fraction of the
+        # work, and bit-identical for the usual power-of-two alpha / r (else ~1 ulp apart)
+        h = torch.bmm(h, A.transpose(1, 2)) * self._layout.scale  # (G, n*T, r)
+        if result.dtype == h.dtype:  # result + h @ B^T in one pass over the output (same bits)
+            return torch.baddbmm(result.reshape(G, -1, result.shape[-1]), h, B.transpose(1, 2)).view(result.shape)
+        delta = torch.bmm(h, B.transpose(1, 2))  # (G, n*T, out); a bf16 base adds an fp32 delta
+        return (result + delta.reshape(result.shape)).to(result.dtype)
+
+
+# -----------------------------------------------------------------------------
+# 2. One trial inside a pack
+
+
+@dataclass(eq=False)
+class PackedTrial:
+    """The handle add() returns: what happened to one adapter.
+
+    status: "running" | "ok" (all epochs, or stopped early by should_stop: see stopped) |
+    "failed" (error holds the exception: TrialDiverged, TaskError, ValueError, or whatever
+    its report / should_stop callback raised) | "cancelled" (the pack was closed first)."""
+
+    cfg: TrialConfig
+    history: list[dict] = field(default_factory=list)
+    status: str = "running"
+    error: BaseException | None = None
+    stopped: bool = False
+
+
+class _Adapter:
+    """State of one trial: everything train.run_trial keeps in its locals."""
+
+    def __init__(self, cfg: TrialConfig, handle: PackedTrial, *, train: _Tokenized,
+                 val: _Tokenized, test: _Tokenized, init: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 base_params: int, t0: float,
+                 report: Callable[[dict], None] | None,
+                 should_stop: Callable[[dict], bool] | None):  # fmt: skip
+        self.cfg, self.handle = cfg, handle
+        self.train, self.val, self.test = train, val, test
+        self.report, self.should_stop = report, should_stop
+        self.t0 = t0
+        # peft's weights, as leaves of our own, in peft's parameter order (A then B per module)
+        self.A = {n: torch.nn.Parameter(a) for n, (a, _) in init.items()}
+        self.B = {n: torch.nn.Parameter(b) for n, (_, b) in init.items()}
+        self.params = [p for n in init for p in (self.A[n], self.B[n])]
+        self.r = cfg.lora_r
+        self.scaling = cfg.lora_alpha / cfg.lora_r  # peft's scaling for plain LoRA
+        self.trainable = sum(p.numel() for p in self.params)
+        self.n_flop_params = base_params + self.trainable  # train.py's N: base + adapter
+        # foreach: one C++ loop over the adapter's tensors instead of ~10 Python-dispatched ops
+        # per tensor; on CPU it runs the same kernels, bit-identical to run_trial's AdamW
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                     foreach=True)  # fmt: skip
+        # the schedule of train.run_trial: linear warmup, cosine to zero over all steps
+        self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup = max(1, round(cfg.warmup_fraction * self.total_steps)) if cfg.warmup_fraction else 0
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # data order, as in run_trial
+        self.epoch, self.step, self.train_tokens = 0, 0, 0
+        self.order: list[int] = []
+        self.pos = 0  # next index into order
+        self.loss_sum, self.loss_tokens = 0.0, 0
+
+    def lr_at(self, step: int) -> float:  # step is 0-based; the same formula as run_trial
+        cfg = self.cfg
+        if step < self.warmup:
+            return cfg.learning_rate * (step + 1) / self.warmup
+        frac = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def next_batch(self) -> _Tokenized:
+        if self.pos >= len(self.order):  # a new epoch: a fresh shuffle from the trial's generator
+            self.epoch += 1
+            self.order = torch.randperm(len(self.train), generator=self.gen).tolist()
+            self.pos = 0
+            self.loss_sum, self.loss_tokens = 0.0, 0
+        idx = self.order[self.pos : self.pos + self.cfg.batch_size]
+        self.pos += len(idx)
+        return [self.train[i] for i in idx]
+
+    @property
+    def epoch_done(self) -> bool:
+        return self.pos >= len(self.order)
+
+    def diverged(self, loss: float, grad_norm: float) -> TrialDiverged:
+        cfg = self.cfg
+        return TrialDiverged(
+            f"training diverged at epoch {self.epoch}, step {self.step + 1} "
+            f"(learning_rate={cfg.learning_rate:g}): loss {loss:.4g}, gradient "
+            f"norm {grad_norm:.4g} (model={cfg.model!r}, dataset_size={cfg.dataset_size})"
+        )
+
+
+def _bind(layout: _Layout, adapters: list[_Adapter], names: list[str]) -> None:
+    """Stack the adapters' weights (differentiably: gradients reach each adapter's leaves);
+    a smaller rank is zero-padded, which adds exact zeros."""
+    r = max(a.r for a in adapters)
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        extra = r - t.shape[dim]
+        if not extra:
+            return t
+        return F.pad(t, (0, 0, 0, extra) if dim == 0 else (0, extra))
+
+    layout.weights = {
+        n: (torch.stack([pad(a.A[n], 0) for a in adapters]),  # (G, r, in)
+            torch.stack([pad(a.B[n], 1) for a in adapters]))  # (G, out, r)
+        for n in names
+    }  # fmt: skip
+    first = adapters[0].A[names[0]]
+    layout.scale = torch.tensor([a.scaling for a in adapters], dtype=first.dtype,
+                                device=first.device).view(-1, 1, 1)  # fmt: skip
+
+
+# -----------------------------------------------------------------------------
+# 3. Packed evaluation: G adapters on the same eval set. Every chunk is repeated G times
+# (group g = rows [g*n, (g+1)*n)), so each adapter sees exactly the chunks, shapes and
+# reductions of train._evaluate; the base runs once per chunk for all of them.
+
+_EVAL_KEYS = ("eval_loss", "token_accuracy", "exact_match", "answer_logprob")
+
+
+@torch.no_grad()
+def _evaluate_packed(model, layout: _Layout, adapters: list[_Adapter], names: list[str],
+                     items: _Tokenized, *, pad_id: int, cache_kw: str, batch_size: int,
+                     device: str) -> list[dict[str, float]]:  # fmt: skip
+    G = len(adapters)
+    if not items:
+        return [dict.fromkeys(_EVAL_KEYS, math.nan) for _ in adapters]
+    loss_sum, correct, logprob_sum, exact = [0.0] * G, [0] * G, [0.0] * G, [0] * G
+    n_tokens = 0
+    _bind(layout, adapters, names)
+    try:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            n = len(chunk)
+            # teacher-forced scoring
+            x, y = _right_padded(chunk, pad_id, device)  # (n, T), (n, T)
+            logits = model(input_ids=x.repeat(G, 1)).logits.float()  # (G*n, T, V)
+            mask = y != -100  # (n, T)
+            n_tokens += mask.sum().item()
+            for g in range(G):
+                lg = logits[g * n : (g + 1) * n]  # (n, T, V): adapter g's copy of the chunk
+                nll = F.cross_entropy(lg.transpose(1, 2), y, ignore_index=-100, reduction="none")
+                loss_sum[g] += nll[mask].sum().item()
+                logprob_sum[g] -= nll.sum().item()
+                correct[g] += ((lg.argmax(-1) == y) & mask).sum().item()
+            # greedy decoding, batched with left padding and the KV cache
+            answers = [a for _, a in chunk]
+            steps = max(len(a) for a in answers)
+            ids, attn, pos = (t.repeat(G, 1) for t in _left_padded([p for p, _ in chunk], pad_id, device))
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+            generated = []
+            for k in range(steps):
+                nxt = out.logits[:, -1].argmax(-1)  # (G*n,)
+                generated.append(nxt)
+                if k == steps - 1:
+                    break
+                attn = torch.cat([attn, attn.new_ones(G * n, 1)], dim=1)
+                pos = pos[:, -1:] + 1
+                out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
+                            use_cache=True, **{cache_kw: getattr(out, cache_kw)})  # fmt: skip
+            gen = torch.stack(generated, 1).tolist()  # (G*n, steps)
+            for g in range(G):
+                exact[g] += sum(gen[g * n + i][: len(a)] == a for i, a in enumerate(answers))
+    finally:
+        layout.weights = layout.scale = None
+    m = len(items)
+    return [
+        {"eval_loss": loss_sum[g] / n_tokens, "token_accuracy": correct[g] / n_tokens,
+         "exact_match": exact[g] / m, "answer_logprob": logprob_sum[g] / m}
+        for g in range(G)
+    ]  # fmt: skip
+
+
+# -----------------------------------------------------------------------------
+# 4. The pack
+
+
+class Pack:
+    """K LoRA trials on one frozen base model in this process, joined and left at will.
+
+        with Pack(cache=worker_cache) as pack:
+            h = pack.add(cfg, report=on_metrics)      # joins at the next step
+            pack.run(fill=lambda p: ...)              # fill may add() more while it runs
+        h.history, h.status, h.error
+
+    The pack takes the base model out of the worker cache while it is open (its linear
+    layers are wrapped) and puts it back, checked unchanged, on close. All configs must
+    share the model, target_modules and lora_dropout = 0 (a dropout mask per adapter is
+    random state a shared pass cannot reproduce: run such trials with train.run_trial).
+    """
+
+    def __init__(self, *, cache: dict | None = None, threads: int | None = None,
+                 device: str | None = None):  # fmt: skip
+        self.cache = {} if cache is None else cache
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.threads = threads  # None: the first config's threads
+        self.trials: list[PackedTrial] = []  # every handle ever added, in order
+        self._active: list[_Adapter] = []
+        self._base: _Base | None = None
+        self._names: list[str] = []  # the wrapped modules, in model order
+        self._targets: tuple[str, ...] | None = None
+        self._layout = _Layout()
+        self._closed = False
+
+    # 4a. the base model and the wrappers
+    def _open(self, cfg: TrialConfig) -> _Base:
+        if self._base is None:
+            self._base = _get_base(cfg, self.cache, self.device)
+            self.cache.pop("base", None)  # ours while the pack is open: run_trial must not use it
+            for p in self._base.model.parameters():
+                p.requires_grad_(False)
+            self._base_params = _non_embedding_params(self._base.model)
+            self._cache_kw = _cache_kwarg(self._base.model)
+            if self.threads is None:
+                self.threads = cfg.threads
+        elif self._base.key != (cfg.model, self.device):
+            raise ValueError(f"model {cfg.model!r} does not fit a pack on base {self._base.key[0]!r} "
+                             f"({self.device}): one pack, one base model")  # fmt: skip
+        return self._base
+
+    def _wrap(self, on: bool) -> None:
+        model = self._base.model
+        for name in self._names:
+            parent, _, child = name.rpartition(".")
+            owner = model.get_submodule(parent)
+            current = getattr(owner, child)
+            if on and not isinstance(current, MultiLoRALinear):
+                setattr(owner, child, MultiLoRALinear(current, name, self._layout))
+            elif not on and isinstance(current, MultiLoRALinear):
+                setattr(owner, child, current.base_layer)
+
+    def _peft_init(self, cfg: TrialConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The adapter's initial A, B exactly as run_trial makes them: peft itself, on the
+        unwrapped base, right after torch.manual_seed(cfg.seed). Costs one get_peft_model +
+        unload per trial, as run_trial does."""
+        base = self._base
+        self._wrap(False)
+        try:
+            torch.manual_seed(cfg.seed)
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=list(cfg.target_modules), bias="none",
+                              task_type="CAUSAL_LM")  # fmt: skip
+            try:
+                with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                    peft_model = get_peft_model(base.model, lora)
+            except ValueError as e:
+                raise ValueError(f"target_modules {cfg.target_modules} do not fit model {cfg.model!r}: {e}") from e
+            try:
+                init, order = {}, []
+                for name, mod in base.model.named_modules():
+                    if hasattr(mod, "lora_A") and "default" in mod.lora_A:
+                        A, B = mod.lora_A["default"].weight, mod.lora_B["default"].weight
+                        init[name] = (A.detach().clone(), B.detach().clone())
+                        order += [A, B]
+                trainable = [p for p in peft_model.parameters() if p.requires_grad]
+                if [id(p) for p in trainable] != [id(p) for p in order]:  # clipping/AdamW order
+                    raise RuntimeError("peft's trainable parameters are not the LoRA A/B pairs in module order")
+            finally:
+                base.model = peft_model.unload()
+                del peft_model
+        finally:
+            if self._names:
+                self._wrap(True)
+        if not self._names:
+            self._names = list(init)
+        elif list(init) != self._names:  # never expected for equal target_modules
+            raise ValueError(f"target_modules {cfg.target_modules} wrap other modules than the pack's")
+        return init
+
+    # 4b. joining
+    def add(self, cfg: TrialConfig, *, report: Callable[[dict], None] | None = None,
+            should_stop: Callable[[dict], bool] | None = None) -> PackedTrial:  # fmt: skip
+        """Join the pack; trains from the next step(). Raises ValueError for a config that
+        cannot be packed or is bad, TaskError for unusable data (nothing joins then)."""
+        if self._closed:
+            raise RuntimeError("the pack is closed")
+        if cfg.lora_dropout != 0:
+            raise ValueError(f"lora_dropout must be 0 to pack a trial, got {cfg.lora_dropout!r}: "
+                             "a random dropout mask per adapter cannot be shared; use train.run_trial")  # fmt: skip
+        if self._targets is not None and tuple(cfg.target_modules) != self._targets:
+            raise ValueError(f"target_modules {cfg.target_modules} differ from the pack's {self._targets}")
+        base = self._open(cfg)
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            train, val, test = _get_data(cfg, self.cache, base)
+            t0 = time.perf_counter()  # as in run_trial: the clock starts once base and data are ready
+            init = self._peft_init(cfg)
+        finally:
+            torch.set_num_threads(prev)
+        self._targets = tuple(cfg.target_modules)
+        self._wrap(True)
+        handle = PackedTrial(cfg=cfg)
+        self._active.append(_Adapter(cfg, handle, train=train, val=val, test=test, init=init,
+                                     base_params=self._base_params, t0=t0, report=report,
+                                     should_stop=should_stop))  # fmt: skip
+        self.trials.append(handle)
+        return handle
+
+    @property
+    def active(self) -> list[PackedTrial]:
+        return [a.handle for a in self._active]
+
+    # 4c. one packed training step (+ the evaluations of adapters that end an epoch)
+    def step(self) -> list[PackedTrial]:
+        """One optimizer step for every adapter in the pack; returns those that left."""
+        if not self._active:
+            return []
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._step()
+        finally:
+            torch.set_num_threads(prev)
+
+    def _step(self) -> list[PackedTrial]:
+        base, device = self._base, self.device
+        pad_id = base.tokenizer.pad_token_id
+        adapters = list(self._active)
+        G = len(adapters)
+        left: list[PackedTrial] = []
+
+        # 1. each adapter's own batch, right-padded as run_trial pads it, then packed:
+        # G groups of n rows (a short group is filled with padding rows nobody reads)
+        batches = [a.next_batch() for a in adapters]
+        xy = [_right_padded(b, pad_id, device) for b in batches]  # [(n_g, T_g), (n_g, T_g)]
+        n = max(x.shape[0] for x, _ in xy)
+        T = max(x.shape[1] for x, _ in xy)
+        X = torch.full((G * n, T), pad_id, dtype=torch.long, device=device)  # (G*n, T)
+        for g, (x, _) in enumerate(xy):
+            X[g * n : g * n + x.shape[0], : x.shape[1]] = x
+
+        # 2. one forward of the base; each adapter's loss over its own rows and columns
+        base.model.train()
+        _bind(self._layout, adapters, self._names)
+        try:
+            logits = base.model(input_ids=X).logits  # (G*n, T, V)
+        finally:
+            self._layout.weights = self._layout.scale = None
+        losses, values, n_ans = [], [], []
+        for g, (x, y) in enumerate(xy):
+            lg = logits[g * n : g * n + x.shape[0], : x.shape[1]]  # (n_g, T_g, V)
+            loss = F.cross_entropy(lg.float().transpose(1, 2), y, ignore_index=-100)
+            losses.append(loss)
+            values.append(loss.item())
+            n_ans.append(int((y != -100).sum()))
+
+        # 3. one backward for all: the adapters share no parameter, so each gets the gradient
+        # of its own loss. A non-finite loss is left out so it cannot reach anyone else.
+        for a in adapters:
+            for group in a.opt.param_groups:
+                group["lr"] = a.lr_at(a.step)
+            a.opt.zero_grad(set_to_none=True)
+        finite = [loss for loss, v in zip(losses, values, strict=True) if math.isfinite(v)]
+        if finite:
+            torch.stack(finite).sum().backward()
+        del logits, losses, finite
+
+        # 4. per adapter: clip its own gradient, check it (run_trial's rule), step its AdamW
+        for g, a in enumerate(adapters):
+            v = values[g]
+            if math.isfinite(v):
+                grad_norm = torch.nn.utils.clip_grad_norm_(a.params, 1.0, foreach=True).item()
+            else:
+                grad_norm = math.nan
+            if not (math.isfinite(v) and math.isfinite(grad_norm) and (grad_norm > 0 or v == 0)):
+                self._leave(a, error=a.diverged(v, grad_norm))
+                left.append(a.handle)
+                continue
+            a.opt.step()
+            a.step += 1
+            a.loss_sum += v * n_ans[g]
+            a.loss_tokens += n_ans[g]
+            a.train_tokens += sum(len(p) + len(ans) for p, ans in batches[g])
+
+        # 5. adapters at the end of an epoch: evaluate together (one pass per shared eval set)
+        ending = [a for a in adapters if a.handle.status == "running" and a.epoch_done]
+        if ending:
+            results = self._evaluate(ending)
+            for a in ending:  # callbacks after all evaluations: they may add() or raise
+                v, t = results[id(a)]
+                metrics = {
+                    "epoch": a.epoch,
+                    "step": a.step,
+                    "train_loss": a.loss_sum / a.loss_tokens,
+                    "train_tokens": a.train_tokens,
+                    "train_flops": 6.0 * a.n_flop_params * a.train_tokens,
+                    "wall_seconds": time.perf_counter() - a.t0,
+                    **{f"val_{k}": x for k, x in v.items()},
+                    **{f"test_{k}": x for k, x in t.items()},
+                    "trainable_params": a.trainable,
+                }
+                metrics = {k: metrics[k] for k in METRIC_KEYS}
+                a.handle.history.append(metrics)
+                try:
+                    if a.report is not None:
+                        a.report(metrics)
+                    stop = a.should_stop is not None and a.should_stop(metrics)
+                except Exception as e:  # a broken callback fails its own trial, not the pack
+                    self._leave(a, error=e)
+                    left.append(a.handle)
+                    continue
+                if stop or a.epoch == a.cfg.epochs:
+                    a.handle.stopped = a.epoch < a.cfg.epochs
+                    self._leave(a)
+                    left.append(a.handle)
+        return left
+
+    def _evaluate(self, ending: list[_Adapter]) -> dict[int, tuple[dict, dict]]:
+        base = self._base
+        base.model.eval()
+        groups: dict[tuple, list[_Adapter]] = {}
+        for a in ending:  # same eval sets and chunking -> one packed evaluation
+            groups.setdefault((id(a.val), id(a.test), a.cfg.batch_size), []).append(a)
+        out = {}
+        for group in groups.values():
+            kw = dict(pad_id=base.tokenizer.pad_token_id, cache_kw=self._cache_kw,
+                      batch_size=4 * group[0].cfg.batch_size, device=self.device)  # run_trial's eval batch
+            vs = _evaluate_packed(base.model, self._layout, group, self._names, group[0].val, **kw)
+            ts = _evaluate_packed(base.model, self._layout, group, self._names, group[0].test, **kw)
+            for a, v, t in zip(group, vs, ts, strict=True):
+                out[id(a)] = (v, t)
+        return out
+
+    def _leave(self, a: _Adapter, *, error: BaseException | None = None) -> None:
+        self._active.remove(a)
+        a.handle.status = "ok" if error is None else "failed"
+        a.handle.error = error
+        a.opt = a.A = a.B = a.params = None  # free the adapter's weights and AdamW state
+
+    # 4d. the loop, and closing
+    def run(self, *, fill: Callable[[Pack], None] | None = None) -> list[PackedTrial]:
+        """Step until the pack is empty. fill(pack), if given, is called before every step
+        and may add() configs (e.g. as many as there are free slots). Returns every trial."""
+        while True:
+            if fill is not None:
+                fill(self)
+            if not self._active:
+                return list(self.trials)
+            self.step()
+
+    def close(self) -> None:
+        """Cancel what still runs, unwrap the base and give it back to the worker cache,
+        checked unchanged (as run_trial checks it)."""
+        if self._closed:
+            return
+        self._closed = True
+        for a in list(self._active):
+            self._leave(a)
+            a.handle.status = "cancelled"
+        if self._base is None:
+            return
+        self._wrap(False)
+        base = self._base
+        base.model.eval()
+        if _fingerprint(base.model) != base.fingerprint:  # never expected; don't trust it
+            warnings.warn(f"base model {base.key[0]!r} changed in a pack; dropping it",
+                          RuntimeWarning, stacklevel=2)  # fmt: skip
+        elif "base" not in self.cache:
+            self.cache["base"] = base
+        self._base = None
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> Pack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -----------------------------------------------------------------------------
+# 5. The one-call API for the sweep
+
+
+def run_packed(
+    cfgs: list[TrialConfig],
+    *,
+    reports: list[Callable[[dict], None] | None] | None = None,
+    should_stops: list[Callable[[dict], bool] | None] | None = None,
+    cache: dict | None = None,
+    max_adapters: int | None = None,
+    threads: int | None = None,
+) -> list[list[dict] | BaseException]:
+    """Train cfgs as one pack; per config, its history (the dicts passed to its report,
+    as run_trial returns them) or the exception that ended it (TrialDiverged, ValueError,
+    TaskError, or what its callback raised): one failure never stops the others.
+
+    max_adapters caps how many train at once (default: all); the rest join, in order, as
+    earlier ones leave. threads defaults to the first config's threads."""
+    if reports is not None and len(reports) != len(cfgs):
+        raise ValueError(f"reports must have one entry per config: {len(reports)} for {len(cfgs)} configs")
+    if should_stops is not None and len(should_stops) != len(cfgs):
+        raise ValueError(f"should_stops must have one entry per config: {len(should_stops)} for {len(cfgs)}")
+    if max_adapters is not None and max_adapters < 1:
+        raise ValueError(f"max_adapters must be >= 1, got {max_adapters!r}")
+    results: list[list[dict] | BaseException | None] = [None] * len(cfgs)
+    handles: dict[int, PackedTrial] = {}
+    queue = list(range(len(cfgs)))
+    cap = max_adapters or len(cfgs)
+
+    def fill(pack: Pack) -> None:
+        while queue and len(pack._active) < cap:
+            i = queue.pop(0)
+            try:
+                handles[i] = pack.add(cfgs[i], report=reports[i] if reports else None,
+                                      should_stop=should_stops[i] if should_stops else None)  # fmt: skip
+            except ValueError as e:  # a bad or unpackable config (TaskError is a ValueError)
+                results[i] = e
+
+    with Pack(cache=cache, threads=threads) as pack:
+        pack.run(fill=fill)
+    for i, h in handles.items():
+        results[i] = h.error if h.status == "failed" else h.history
+    return results  # type: ignore[return-value]
