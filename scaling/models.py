@@ -44,6 +44,10 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as _hf_logging
+
+# Per-load "Loading weights" bars would interleave with the sweep's own progress display.
+_hf_logging.disable_progress_bar()
 
 __all__ = [
     "BUILTIN_TINY",
