@@ -130,6 +130,10 @@ class CellSearcher(Searcher):
         self.started = 0
         self.cells: list[_CellState] = []
         self._live: dict[str, tuple[_CellState, int, str]] = {}  # ray id -> (cell, optuna number, phase)
+        # packing (adapters_per_worker > 1): ray id -> (cell, [(optuna number, phase), ...]) and
+        # each member's last result, by member index
+        self._packs: dict[str, tuple[_CellState, list[tuple[int, str]]]] = {}
+        self._pack_last: dict[str, dict[int, dict]] = {}
         self.orphans_found = 0
         for i, cell in enumerate(spec.cells()):
             study = optuna.create_study(
@@ -205,18 +209,20 @@ class CellSearcher(Searcher):
                 open_cells,
                 key=lambda s: (s.done_search + s.in_flight_search, -s.cell.dataset_size * s.cell.epochs),
             )
-            lr_spec = self.spec.learning_rate
-            if self.spec.sampler.anchor and not st.study.get_trials(deepcopy=False):
-                mid = math.sqrt(lr_spec.low * lr_spec.high) if lr_spec.log else (lr_spec.low + lr_spec.high) / 2
-                st.study.enqueue_trial({"learning_rate": mid}, user_attrs={"anchor": True})
-            ot = st.study.ask()
-            lr = ot.suggest_float(
-                "learning_rate", self.spec.learning_rate.low, self.spec.learning_rate.high, log=self.spec.learning_rate.log
-            )
-            ot.set_user_attr("phase", "search")
-            ot.set_user_attr("seed", self.spec.seeds.base)
+            if self.spec.packing.adapters_per_worker > 1:
+                # one Ray trial = one pack of up to K Optuna trials of this cell, asked at once
+                # (TPE's constant liar keeps the K pending asks apart)
+                n = min(
+                    self.spec.packing.adapters_per_worker,
+                    self.spec.trials_per_cell - st.done_search - st.in_flight_search,
+                    self._budget(),
+                )
+                members = [(*self._ask_search(st), self.spec.seeds.base, "search") for _ in range(n)]
+                st.in_flight_search += n
+                return self._start_pack(trial_id, st, members)
+            number, lr = self._ask_search(st)
             st.in_flight_search += 1
-            return self._start(trial_id, st, ot.number, lr, self.spec.seeds.base, "search")
+            return self._start(trial_id, st, number, lr, self.spec.seeds.base, "search")
         # (c) extra seeds for the best config of every cell whose search is finished
         k = self.spec.seeds.repeat_best
         waiting = False
@@ -230,21 +236,49 @@ class CellSearcher(Searcher):
             if best is None:  # every search trial failed: nothing worth repeating
                 continue
             i = st.done_repeat + st.in_flight_repeat
+            lr = best.params["learning_rate"]
+            if self.spec.packing.adapters_per_worker > 1:
+                n = min(self.spec.packing.adapters_per_worker, k - i, self._budget())
+                seeds = [self.spec.seeds.base + 1 + i + j for j in range(n)]
+                members = [(self._ask_repeat(st, best, seed), lr, seed, "repeat") for seed in seeds]
+                st.in_flight_repeat += n
+                return self._start_pack(trial_id, st, members)
             seed = self.spec.seeds.base + 1 + i
-            st.study.enqueue_trial(
-                {"learning_rate": best.params["learning_rate"]},
-                user_attrs={"phase": "repeat", "seed": seed, "repeat_of": best.number},
-                skip_if_exists=False,
-            )
-            ot = st.study.ask()
-            ot.suggest_float(
-                "learning_rate", self.spec.learning_rate.low, self.spec.learning_rate.high, log=self.spec.learning_rate.log
-            )
+            number = self._ask_repeat(st, best, seed)
             st.in_flight_repeat += 1
-            return self._start(trial_id, st, ot.number, best.params["learning_rate"], seed, "repeat")
-        if waiting or self._live:
+            return self._start(trial_id, st, number, lr, seed, "repeat")
+        if waiting or self._live or self._packs:
             return None  # Ray asks again when a trial finishes
         return Searcher.FINISHED
+
+    def _ask_search(self, st: _CellState) -> tuple[int, float]:
+        """Ask the cell's study for one LR-search trial: (Optuna number, learning rate)."""
+        lr_spec = self.spec.learning_rate
+        if self.spec.sampler.anchor and not st.study.get_trials(deepcopy=False):
+            mid = math.sqrt(lr_spec.low * lr_spec.high) if lr_spec.log else (lr_spec.low + lr_spec.high) / 2
+            st.study.enqueue_trial({"learning_rate": mid}, user_attrs={"anchor": True})
+        ot = st.study.ask()
+        lr = ot.suggest_float("learning_rate", lr_spec.low, lr_spec.high, log=lr_spec.log)
+        ot.set_user_attr("phase", "search")
+        ot.set_user_attr("seed", self.spec.seeds.base)
+        return ot.number, lr
+
+    def _ask_repeat(self, st: _CellState, best: optuna.trial.FrozenTrial, seed: int) -> int:
+        """Ask the cell's study for a re-run of its best LR under a new seed: the Optuna number."""
+        st.study.enqueue_trial(
+            {"learning_rate": best.params["learning_rate"]},
+            user_attrs={"phase": "repeat", "seed": seed, "repeat_of": best.number},
+            skip_if_exists=False,
+        )
+        ot = st.study.ask()
+        ot.suggest_float(
+            "learning_rate", self.spec.learning_rate.low, self.spec.learning_rate.high, log=self.spec.learning_rate.log
+        )
+        return ot.number
+
+    def _budget(self) -> int:
+        """How many more Optuna trials max_trials allows (members of a pack count one each)."""
+        return self.spec.planned_trials() if self.max_trials is None else self.max_trials - self.started
 
     def _best(self, st: _CellState) -> optuna.trial.FrozenTrial | None:
         done = [
@@ -259,8 +293,32 @@ class CellSearcher(Searcher):
         self._live[trial_id] = (st, number, phase)
         return self._config(st, number, lr, seed, phase)
 
+    def _start_pack(self, trial_id: str, st: _CellState, members: list[tuple[int, float, int, str]]) -> dict:
+        self.started += len(members)
+        self._packs[trial_id] = (st, [(number, phase) for number, _, _, phase in members])
+        self._pack_last[trial_id] = {}
+        c = st.cell
+        return {
+            "dataset_size": c.dataset_size,
+            "epochs": c.epochs,
+            "lora_r": c.lora_r,
+            "cell": c.key,
+            "optuna_study": st.study.study_name,
+            "members": [
+                {"optuna_trial": int(number), "learning_rate": float(lr), "seed": int(seed), "phase": phase}
+                for number, lr, seed, phase in members
+            ],
+        }
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         live = self._live.get(trial_id)
+        if trial_id in self._packs:  # a pack: the result is one member's
+            st, members = self._packs[trial_id]
+            i = int(result.get("member", -1))
+            if not 0 <= i < len(members):
+                return
+            self._pack_last[trial_id][i] = dict(result)
+            live = (st, members[i][0], members[i][1])
         value = result.get(SELECT_METRIC)
         if live is None or value is None or not math.isfinite(value):
             return
@@ -275,10 +333,19 @@ class CellSearcher(Searcher):
             pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._packs:  # a pack: tell Optuna each member's own end
+            st, members = self._packs.pop(trial_id)
+            last = self._pack_last.pop(trial_id, {})
+            for i, (number, phase) in enumerate(members):
+                self._tell(st, number, phase, last.get(i), error)
+            return
         live = self._live.pop(trial_id, None)
         if live is None:
             return
         st, number, phase = live
+        self._tell(st, number, phase, result, error)
+
+    def _tell(self, st: _CellState, number: int, phase: str, result: dict | None, error: bool) -> None:
         status = _trial_status(result, error)
         value = (result or {}).get(SELECT_METRIC)
         state = {
@@ -325,6 +392,8 @@ def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
         from scaling import train  # imported in the worker: torch stays out of the driver
 
         spec = StudySpec.model_validate(spec_dict)
+        if "members" in config:
+            return _run_pack(spec, config)
         cfg = train.TrialConfig(
             model=spec.model,
             task_kind=spec.task.kind,
@@ -369,6 +438,70 @@ def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
             _trim_heap()
 
     return trainable
+
+
+def _run_pack(spec: StudySpec, config: dict) -> None:
+    """One Ray trial = one pack: the members train together on one base (scaling/packed.py);
+    every result is one member's, tagged with its index and Optuna trial number."""
+    from scaling import train
+    from scaling.packed import run_packed
+
+    members = config["members"]
+    cfgs = [
+        train.TrialConfig(
+            model=spec.model,
+            task_kind=spec.task.kind,
+            task_digits=spec.task.digits,
+            task_path=spec.task.path,
+            task_seed=spec.task.seed,
+            dataset_size=int(config["dataset_size"]),
+            epochs=int(config["epochs"]),
+            learning_rate=float(m["learning_rate"]),
+            lora_r=int(config["lora_r"]),
+            lora_alpha=spec.lora.alpha_for(int(config["lora_r"])),
+            lora_dropout=spec.lora.dropout,
+            target_modules=tuple(spec.lora.target_modules),
+            batch_size=spec.train.batch_size,
+            seed=int(m["seed"]),
+            validation_size=spec.eval.validation_size,
+            test_size=spec.eval.test_size,
+            warmup_fraction=spec.train.warmup_fraction,
+            weight_decay=spec.train.weight_decay,
+            threads=max(1, int(spec.resources.cpus)),
+        )
+        for m in members
+    ]
+    last_epoch = [0] * len(members)
+
+    def tag(i: int) -> dict[str, Any]:
+        return {"epochs": cfgs[i].epochs, "member": i, "optuna_trial": int(members[i]["optuna_trial"])}
+
+    def reporter(i: int) -> Callable[[dict], None]:
+        def report(metrics: dict) -> None:
+            last_epoch[i] = int(metrics.get("epoch", 0))
+            tune.report({**metrics, **_worker_stats(), **tag(i), "status": "ok", "error": ""})
+
+        return report
+
+    try:
+        out = run_packed(cfgs, reports=[reporter(i) for i in range(len(cfgs))], cache=_WORKER_CACHE,
+                         threads=cfgs[0].threads)  # fmt: skip
+        for r in out:  # anything but bad hyperparameters is an infrastructure fault: Ray retries the pack
+            if isinstance(r, BaseException) and not isinstance(r, train.TrialDiverged | ValueError):
+                raise r
+        for i, r in enumerate(out):
+            if isinstance(r, BaseException):  # this member's hyperparameters failed: the others stand
+                tune.report(
+                    {
+                        "epoch": last_epoch[i] + 1,
+                        **tag(i),
+                        "status": "failed",
+                        "error": f"{type(r).__name__}: {r}",
+                        SELECT_METRIC: float("nan"),
+                    }
+                )
+    finally:
+        _trim_heap()
 
 
 def _trim_heap() -> None:
@@ -417,8 +550,33 @@ class _Recorder(Callback):
         self.buffers.setdefault(trial.trial_id, []).append(dict(result))
 
     def _flush(self, trial: Any, status: str, error: str = "") -> None:
+        rows, base = self._rows(trial.config, self.buffers.pop(trial.trial_id, []), status, error)
+        append_rows(self.run_dir, rows)
+        self.counts[status] += 1
+        if self.on_done:
+            self.on_done(status, base)
+
+    def _flush_pack(self, trial: Any, error: str | None = None) -> None:
+        """A pack's members become the rows a solo trial each would have written, in one append;
+        error (the pack itself failed) fails every member."""
         cfg = trial.config
         results = self.buffers.pop(trial.trial_id, [])
+        rows: list[dict] = []
+        done: list[tuple[str, dict]] = []
+        for i, m in enumerate(cfg["members"]):
+            mine = [r for r in results if r.get("member") == i]
+            status = "failed" if error is not None else _trial_status(mine[-1] if mine else None, False)
+            solo = {**{k: cfg[k] for k in ("dataset_size", "epochs", "lora_r", "cell", "optuna_study")}, **m}
+            member_rows, base = self._rows(solo, mine, status, error or "")
+            rows += member_rows
+            done.append((status, base))
+        append_rows(self.run_dir, rows)
+        for status, base in done:
+            self.counts[status] += 1
+            if self.on_done:
+                self.on_done(status, base)
+
+    def _rows(self, cfg: dict, results: list[dict], status: str, error: str) -> tuple[list[dict], dict]:
         evals = [r for r in results if r.get("status") != "failed"]
         failed = [r for r in results if r.get("status") == "failed"]
         if failed and not error:
@@ -444,12 +602,11 @@ class _Recorder(Callback):
         rows = [{**base, **{k: r.get(k) for k in _ROW_KEYS}, "node": r.get("node_ip")} for r in evals]
         if not rows:  # a failure before the first evaluation is still a row
             rows = [{**base, "epoch": 0, "node": (failed[-1].get("node_ip") if failed else None)}]
-        append_rows(self.run_dir, rows)
-        self.counts[status] += 1
-        if self.on_done:
-            self.on_done(status, base)
+        return rows, base
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if "members" in trial.config:
+            return self._flush_pack(trial)
         last = trial.last_result or {}
         self._flush(trial, _trial_status(last, False))
 
@@ -469,7 +626,10 @@ class _Recorder(Callback):
             pass
         if not err and trial.error_file and os.path.exists(trial.error_file):
             err = Path(trial.error_file).read_text().strip().splitlines()[-1]
-        self._flush(trial, "failed", (err or "trial errored")[:2000])
+        err = (err or "trial errored")[:2000]
+        if "members" in trial.config:
+            return self._flush_pack(trial, err)
+        self._flush(trial, "failed", err)
 
 
 # 5. The sweep --------------------------------------------------------------------
@@ -500,7 +660,9 @@ def _check_same_study(spec: StudySpec, run_dir: Path) -> None:
             )
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude={"source"}), sort_keys=False))
+        # packing is how the study runs, not what it is: off (the default), spec.yaml is as before
+        exclude = {"source"} | ({"packing"} if spec.packing.adapters_per_worker == 1 else set())
+        saved.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude=exclude), sort_keys=False))
 
 
 def _init_ray(spec: StudySpec) -> None:

@@ -211,3 +211,94 @@ def test_trial_finished_in_optuna_but_missing_from_table_is_rerun(ray_local, tmp
     assert sorted(df2["trial_id"]) == sorted(df["trial_id"])
     trials = next(iter(_storage_trials(again.optuna_url, "gap/").values()))
     assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_packed_sweep_writes_the_rows_of_solo_trials(ray_local, tmp_path, monkeypatch):
+    """packing.adapters_per_worker=3: one Ray trial trains a cell's 3 Optuna trials as one pack;
+    the table and Optuna hold exactly what 3 solo trials would, with the same numbers."""
+    from scaling import train
+    from scaling.sweep import CellSearcher, run_sweep
+
+    ray_trials: list[int] = []  # members per Ray trial the searcher started
+    start, start_pack = CellSearcher._start, CellSearcher._start_pack
+    monkeypatch.setattr(CellSearcher, "_start", lambda self, *a: ray_trials.append(1) or start(self, *a))
+    monkeypatch.setattr(
+        CellSearcher, "_start_pack", lambda self, tid, st, m: ray_trials.append(len(m)) or start_pack(self, tid, st, m)
+    )
+
+    spec = small_spec(
+        "packed", axes={"dataset_size": [64], "epochs": [2]}, trials_per_cell=3, packing={"adapters_per_worker": 3}
+    )
+    res = run_sweep(spec, out=tmp_path / "run")
+    assert ray_trials == [3]  # one Ray trial, one pack of three
+    assert res.counts == {"ok": 3, "failed": 0, "pruned": 0}
+    df = read_results(res.run_dir)
+    assert len(df) == 3 * 2 and df["trial_id"].nunique() == 3
+    assert not df.duplicated(["trial_id", "epoch"]).any()
+    assert set(df["status"]) == {"ok"} and sorted(set(df["epoch"])) == [1, 2]
+    assert df["learning_rate"].nunique() == 3  # constant liar: three distinct asks
+    final = df.sort_values("epoch").groupby("trial_id").tail(1)
+    (name, trials), = _storage_trials(res.optuna_url, "packed/").items()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for t in trials:
+        row = final[final["trial_id"] == f"{name}#{t.number}"]
+        assert row["val_eval_loss"].item() == pytest.approx(t.value)
+        assert row["learning_rate"].item() == pytest.approx(t.params["learning_rate"])
+
+    # each packed trial reports what train.run_trial reports for its config alone
+    solo_cache: dict = {}
+    for tid, rows in df.groupby("trial_id"):
+        rows = rows.sort_values("epoch")
+        cfg = train.TrialConfig(
+            model=spec.model, task_kind="addition", task_digits=2, task_path=None, task_seed=0,
+            dataset_size=64, epochs=2, learning_rate=float(rows["learning_rate"].iloc[0]),
+            lora_r=spec.lora.r, lora_alpha=spec.lora.alpha_for(spec.lora.r), lora_dropout=0.0,
+            target_modules=tuple(spec.lora.target_modules), batch_size=32, seed=int(rows["seed"].iloc[0]),
+            validation_size=64, test_size=64, warmup_fraction=spec.train.warmup_fraction,
+            weight_decay=spec.train.weight_decay, threads=1,
+        )  # fmt: skip
+        alone = train.run_trial(cfg, cache=solo_cache)
+        assert list(rows["epoch"]) == [m["epoch"] for m in alone]
+        for (_, got), want in zip(rows.iterrows(), alone, strict=True):
+            for k in train.METRIC_KEYS:
+                if k != "wall_seconds":
+                    assert abs(float(got[k]) - float(want[k])) <= 1e-4, (tid, k, got[k], want[k])
+
+    # resume: the plan is complete, nothing re-runs
+    assert run_sweep(spec, out=tmp_path / "run").trials_run == 0
+
+
+def test_packing_with_early_stopping_is_refused():
+    from scaling.spec import SpecError
+
+    with pytest.raises(SpecError, match="adapters_per_worker > 1 cannot be combined with early_stopping"):
+        small_spec("pe", packing={"adapters_per_worker": 2}, early_stopping={"method": "asha"})
+
+
+def test_packed_members_fail_alone_and_max_trials_counts_members(ray_local, tmp_path):
+    from scaling.sweep import run_sweep
+
+    # diverging LRs: each member of the pack is its own failed row and its own Optuna FAIL
+    spec = small_spec(
+        "pdiverge", axes={"dataset_size": [64], "epochs": [1]}, learning_rate={"low": 1e29, "high": 1e30},
+        packing={"adapters_per_worker": 2},
+    )  # fmt: skip
+    res = run_sweep(spec, out=tmp_path / "div")
+    assert res.counts["failed"] == 2
+    df = read_results(res.run_dir)
+    assert df["trial_id"].nunique() == 2 and (df["status"] == "failed").all()
+    assert df["error"].str.contains("Diverged|nan|inf", case=False).all()
+    trials = next(iter(_storage_trials(res.optuna_url, "pdiverge/").values()))
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+
+    # max_trials counts Optuna trials, not packs; resume plans exactly the rest
+    spec = small_spec(
+        "ppartial", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=3, packing={"adapters_per_worker": 3}
+    )
+    first = run_sweep(spec, out=tmp_path / "run", max_trials=2)
+    assert first.trials_run == 2
+    assert run_sweep(spec, out=tmp_path / "run").trials_run == 1
+    df = read_results(tmp_path / "run")
+    assert df["trial_id"].nunique() == 3 and set(df["status"]) == {"ok"}
+    trials = next(iter(_storage_trials(first.optuna_url, "ppartial/").values()))
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
