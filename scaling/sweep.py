@@ -387,6 +387,33 @@ def _trial_status(result: dict | None, error: bool) -> str:
 
 
 # 3. The trial, as Ray runs it in a worker ---------------------------------------
+def _trial_config(spec: StudySpec, config: dict, *, learning_rate: float, seed: int) -> Any:
+    """The train.TrialConfig of one trial: the cell's axes from `config`, the rest from the spec."""
+    from scaling import train
+
+    return train.TrialConfig(
+        model=spec.model,
+        task_kind=spec.task.kind,
+        task_digits=spec.task.digits,
+        task_path=spec.task.path,
+        task_seed=spec.task.seed,
+        dataset_size=int(config["dataset_size"]),
+        epochs=int(config["epochs"]),
+        learning_rate=float(learning_rate),
+        lora_r=int(config["lora_r"]),
+        lora_alpha=spec.lora.alpha_for(int(config["lora_r"])),
+        lora_dropout=spec.lora.dropout,
+        target_modules=tuple(spec.lora.target_modules),
+        batch_size=spec.train.batch_size,
+        seed=int(seed),
+        validation_size=spec.eval.validation_size,
+        test_size=spec.eval.test_size,
+        warmup_fraction=spec.train.warmup_fraction,
+        weight_decay=spec.train.weight_decay,
+        threads=max(1, int(spec.resources.cpus)),
+    )
+
+
 def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
     def trainable(config: dict) -> None:
         from scaling import train  # imported in the worker: torch stays out of the driver
@@ -394,27 +421,7 @@ def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
         spec = StudySpec.model_validate(spec_dict)
         if "members" in config:
             return _run_pack(spec, config)
-        cfg = train.TrialConfig(
-            model=spec.model,
-            task_kind=spec.task.kind,
-            task_digits=spec.task.digits,
-            task_path=spec.task.path,
-            task_seed=spec.task.seed,
-            dataset_size=int(config["dataset_size"]),
-            epochs=int(config["epochs"]),
-            learning_rate=float(config["learning_rate"]),
-            lora_r=int(config["lora_r"]),
-            lora_alpha=spec.lora.alpha_for(int(config["lora_r"])),
-            lora_dropout=spec.lora.dropout,
-            target_modules=tuple(spec.lora.target_modules),
-            batch_size=spec.train.batch_size,
-            seed=int(config["seed"]),
-            validation_size=spec.eval.validation_size,
-            test_size=spec.eval.test_size,
-            warmup_fraction=spec.train.warmup_fraction,
-            weight_decay=spec.train.weight_decay,
-            threads=max(1, int(spec.resources.cpus)),
-        )
+        cfg = _trial_config(spec, config, learning_rate=config["learning_rate"], seed=config["seed"])
         last: dict[str, Any] = {"epoch": 0}
 
         def report(metrics: dict) -> None:
@@ -447,30 +454,7 @@ def _run_pack(spec: StudySpec, config: dict) -> None:
     from scaling.packed import run_packed
 
     members = config["members"]
-    cfgs = [
-        train.TrialConfig(
-            model=spec.model,
-            task_kind=spec.task.kind,
-            task_digits=spec.task.digits,
-            task_path=spec.task.path,
-            task_seed=spec.task.seed,
-            dataset_size=int(config["dataset_size"]),
-            epochs=int(config["epochs"]),
-            learning_rate=float(m["learning_rate"]),
-            lora_r=int(config["lora_r"]),
-            lora_alpha=spec.lora.alpha_for(int(config["lora_r"])),
-            lora_dropout=spec.lora.dropout,
-            target_modules=tuple(spec.lora.target_modules),
-            batch_size=spec.train.batch_size,
-            seed=int(m["seed"]),
-            validation_size=spec.eval.validation_size,
-            test_size=spec.eval.test_size,
-            warmup_fraction=spec.train.warmup_fraction,
-            weight_decay=spec.train.weight_decay,
-            threads=max(1, int(spec.resources.cpus)),
-        )
-        for m in members
-    ]
+    cfgs = [_trial_config(spec, config, learning_rate=m["learning_rate"], seed=m["seed"]) for m in members]
     last_epoch = [0] * len(members)
 
     def tag(i: int) -> dict[str, Any]:
