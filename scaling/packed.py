@@ -70,12 +70,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
 
 from scaling.train import (
     METRIC_KEYS,
     TrialConfig,
     TrialDiverged,
+    _attach_lora,
     _Base,
     _cache_kwarg,
     _fingerprint,
@@ -366,16 +366,7 @@ class Pack:
         base = self._base
         self._wrap(False)
         try:
-            torch.manual_seed(cfg.seed)
-            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                              target_modules=list(cfg.target_modules), bias="none",
-                              task_type="CAUSAL_LM")  # fmt: skip
-            try:
-                with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x
-                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-                    peft_model = get_peft_model(base.model, lora)
-            except ValueError as e:
-                raise ValueError(f"target_modules {cfg.target_modules} do not fit model {cfg.model!r}: {e}") from e
+            peft_model = _attach_lora(base.model, cfg)
             try:
                 init, order = {}, []
                 for name, mod in base.model.named_modules():

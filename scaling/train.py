@@ -295,6 +295,21 @@ def _non_embedding_params(model: torch.nn.Module) -> int:
 # 6. The trial
 
 
+def _attach_lora(model: torch.nn.Module, cfg: TrialConfig) -> torch.nn.Module:
+    """peft LoRA on `model`, initialised under torch.manual_seed(cfg.seed): the one place a
+    trial's adapter is made, so a packed trial (scaling/packed.py) starts from the same A, B."""
+    torch.manual_seed(cfg.seed)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), bias="none",
+                      task_type="CAUSAL_LM")  # fmt: skip
+    try:
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return get_peft_model(model, lora)
+    except ValueError as e:
+        raise ValueError(f"target_modules {cfg.target_modules} do not fit model {cfg.model!r}: {e}") from e
+
+
 def run_trial(
     cfg: TrialConfig,
     *,
@@ -325,16 +340,7 @@ def run_trial(
 
         # 6b. the adapter: only LoRA A/B matrices are trainable; B = 0 at init, so the trial
         # starts exactly at the base model
-        torch.manual_seed(cfg.seed)
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.target_modules), bias="none",
-                          task_type="CAUSAL_LM")  # fmt: skip
-        try:
-            with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-                peft_model = get_peft_model(base.model, lora)
-        except ValueError as e:
-            raise ValueError(f"target_modules {cfg.target_modules} do not fit model {cfg.model!r}: {e}") from e
+        peft_model = _attach_lora(base.model, cfg)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in params)
         # Kaplan's C = 6·N·T, N = non-embedding params of base + adapters. With a frozen base
