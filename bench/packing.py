@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -47,6 +48,33 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"  # what run_trial and Pack pick
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"CPU, {os.cpu_count()} cores (torch {torch.__version__})"
+
+
+def _gpu_peak_mb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+
+
 # -----------------------------------------------------------------------------
 # The child process: one measurement, one JSON line on stdout
 
@@ -63,12 +91,18 @@ def _child(args: argparse.Namespace) -> None:
     if args.child == "fresh":  # baseline (a): everything from a cold cache
         w, c = time.perf_counter(), time.process_time()
         train.run_trial(cfgs[0], cache=cache)
+        _sync()
         out.update(run_s=time.perf_counter() - w, run_cpu_s=time.process_time() - c)
     else:
         t1 = time.perf_counter()
-        base = train._get_base(cfgs[0], cache, "cpu")  # a warm worker: base loaded, data tokenized
+        base = train._get_base(cfgs[0], cache, _device())  # a warm worker: base loaded, data tokenized
         train._get_data(cfgs[0], cache, base)
-        out.update(setup_s=time.perf_counter() - t1, rss_setup_mb=_rss_mb())
+        if args.child == "packed" and _device() == "cuda":  # warm the pack's kernels, as seq's first trial
+            run_packed(cfgs[:1], cache=cache)  # warms its own; the sequential loop gets the same below
+        if args.child == "seq" and _device() == "cuda":
+            train.run_trial(cfgs[0], cache=cache)
+        _sync()
+        out.update(setup_s=time.perf_counter() - t1, rss_setup_mb=_rss_mb(), gpu_setup_mb=_gpu_peak_mb())
         w, c = time.perf_counter(), time.process_time()
         if args.child == "seq":  # baseline (b)
             for cfg in cfgs:
@@ -78,9 +112,17 @@ def _child(args: argparse.Namespace) -> None:
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 raise failed[0]
+        _sync()
         out.update(run_s=time.perf_counter() - w, run_cpu_s=time.process_time() - c)
     out["rss_peak_mb"] = _rss_mb()
+    out["gpu_peak_mb"] = _gpu_peak_mb()
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def _dump(path: str, fresh: list, rows: list) -> None:
+    with open(path, "w") as f:
+        json.dump({"device": _device_name(), "fresh": fresh,
+                   "rows": [{"k": k, "seq": s, "packed": p} for k, s, p in rows]}, f, indent=1)
 
 
 def _spawn(args: argparse.Namespace, mode: str, k: int) -> dict:
@@ -106,6 +148,9 @@ def main() -> None:
     ap.add_argument("--dataset-size", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--eval-size", type=int, default=200)
+    ap.add_argument("--fresh-once", action="store_true",
+                    help="time baseline (a) once, not again between the Ks (a machine nobody else uses)")
+    ap.add_argument("--json", help="also write every measurement to this file")
     ap.add_argument("--child", choices=("fresh", "seq", "packed"))
     ap.add_argument("--k", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1, help="per K, keep the fastest of n runs of each side")
@@ -118,7 +163,8 @@ def main() -> None:
     ensure_base_model("tiny-llama")  # a cold build is not what this bench measures
     ks = [int(k) for k in args.ks.split(",")]
     print(f"cell: D={args.dataset_size}, epochs={args.epochs}, eval {args.eval_size}+{args.eval_size}, "
-          f"batch 32, LoRA r=8 on 7 projections; 1 thread per process", flush=True)  # fmt: skip
+          f"batch 32, LoRA r=8 on 7 projections; 1 thread per process; device: {_device_name()}",
+          flush=True)  # fmt: skip
     rows, fresh = [], [_spawn(args, "fresh", 1)]
     for i, k in enumerate(ks):
         got: dict[str, dict] = {}
@@ -127,8 +173,11 @@ def main() -> None:
                 res = _spawn(args, mode, k)
                 if mode not in got or res["run_s"] < got[mode]["run_s"]:
                     got[mode] = res
-            fresh.append(_spawn(args, "fresh", 1))
+            if not args.fresh_once:
+                fresh.append(_spawn(args, "fresh", 1))
         rows.append((k, got["seq"], got["packed"]))
+        if args.json:  # after every K, so a run cut short keeps what it measured
+            _dump(args.json, fresh, rows)
         s, p = got["seq"], got["packed"]
         print(f"  K={k:2d}: sequential {s['run_s']:6.1f} s, packed {p['run_s']:6.1f} s "
               f"(cold {p['process_s']:.1f} s), fresh trial {fresh[-1]['process_s']:.1f} s", flush=True)  # fmt: skip
@@ -158,6 +207,13 @@ def main() -> None:
     print("CPU seconds per packed trial vs K (flat = compute-bound: packing shares only overheads): "
           + ", ".join(f"K={k}: {p['run_cpu_s'] / k:.2f}" for k, _, p in rows)
           + f"; alone: {sum(s['run_cpu_s'] for _, s, _ in rows) / sum(k for k, _, _ in rows):.2f}")
+    if any(p["gpu_peak_mb"] for _, _, p in rows):
+        print("GPU memory, peak allocated per process: "
+              + ", ".join(f"K={k}: packed {p['gpu_peak_mb']:.0f} MB" for k, _, p in rows)
+              + f"; one trial alone {fresh[0]['gpu_peak_mb']:.0f} MB (base {rows[0][2]['gpu_setup_mb']:.0f} MB)")  # fmt: skip
+    if args.json:
+        _dump(args.json, fresh, rows)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -262,17 +262,22 @@ def _evaluate_packed(model, layout: _Layout, adapters: list[_Adapter], names: li
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             n = len(chunk)
-            # teacher-forced scoring
+            # teacher-forced scoring: per adapter, sums over its own copy of the chunk, all G
+            # from one cross-entropy and one host sync
             x, y = _right_padded(chunk, pad_id, device)  # (n, T), (n, T)
             logits = model(input_ids=x.repeat(G, 1)).logits.float()  # (G*n, T, V)
-            mask = y != -100  # (n, T)
-            n_tokens += mask.sum().item()
+            Y = y.repeat(G, 1)
+            mask = Y != -100  # (G*n, T)
+            n_tokens += sum(len(a) for _, a in chunk)
+            nll = F.cross_entropy(logits.transpose(1, 2), Y, ignore_index=-100, reduction="none")
+            sums = torch.stack([
+                nll.view(G, -1).sum(1),  # ignored positions are 0
+                ((logits.argmax(-1) == Y) & mask).view(G, -1).sum(1).to(nll.dtype),
+            ]).tolist()  # fmt: skip
             for g in range(G):
-                lg = logits[g * n : (g + 1) * n]  # (n, T, V): adapter g's copy of the chunk
-                nll = F.cross_entropy(lg.transpose(1, 2), y, ignore_index=-100, reduction="none")
-                loss_sum[g] += nll[mask].sum().item()
-                logprob_sum[g] -= nll.sum().item()
-                correct[g] += ((lg.argmax(-1) == y) & mask).sum().item()
+                loss_sum[g] += sums[0][g]
+                logprob_sum[g] -= sums[0][g]
+                correct[g] += int(sums[1][g])
             # greedy decoding, batched with left padding and the KV cache
             answers = [a for _, a in chunk]
             steps = max(len(a) for a in answers)
@@ -443,52 +448,71 @@ class Pack:
         left: list[PackedTrial] = []
 
         # 1. each adapter's own batch, right-padded as run_trial pads it, then packed:
-        # G groups of n rows (a short group is filled with padding rows nobody reads)
+        # G groups of n rows (a short group is filled with rows nobody reads: pad inputs,
+        # -100 targets). Assembled on the CPU and moved in one copy.
         batches = [a.next_batch() for a in adapters]
-        xy = [_right_padded(b, pad_id, device) for b in batches]  # [(n_g, T_g), (n_g, T_g)]
+        xy = [_right_padded(b, pad_id, "cpu") for b in batches]  # [(n_g, T_g), (n_g, T_g)]
         n = max(x.shape[0] for x, _ in xy)
         T = max(x.shape[1] for x, _ in xy)
-        X = torch.full((G * n, T), pad_id, dtype=torch.long, device=device)  # (G*n, T)
-        for g, (x, _) in enumerate(xy):
+        X = torch.full((G * n, T), pad_id, dtype=torch.long)  # (G*n, T)
+        Y = torch.full((G * n, T), -100, dtype=torch.long)
+        for g, (x, y) in enumerate(xy):
             X[g * n : g * n + x.shape[0], : x.shape[1]] = x
+            Y[g * n : g * n + y.shape[0], : y.shape[1]] = y
+        X, Y = X.to(device), Y.to(device)
+        n_ans = [sum(len(ans) for _, ans in b) for b in batches]  # target tokens per adapter
 
-        # 2. one forward of the base; each adapter's loss over its own rows and columns
+        # 2. one forward of the base; every adapter's mean loss over its own target tokens
+        # from one cross-entropy over the whole pack (one host sync for all G values)
         base.model.train()
         _bind(self._layout, adapters, self._names)
         try:
             logits = base.model(input_ids=X).logits  # (G*n, T, V)
         finally:
             self._layout.weights = self._layout.scale = None
-        losses, values, n_ans = [], [], []
-        for g, (x, y) in enumerate(xy):
-            lg = logits[g * n : g * n + x.shape[0], : x.shape[1]]  # (n_g, T_g, V)
-            loss = F.cross_entropy(lg.float().transpose(1, 2), y, ignore_index=-100)
-            losses.append(loss)
-            values.append(loss.item())
-            n_ans.append(int((y != -100).sum()))
+        nll = F.cross_entropy(logits.float().transpose(1, 2), Y, ignore_index=-100, reduction="none")
+        counts = torch.tensor(n_ans, dtype=nll.dtype).to(device)
+        losses = nll.view(G, n * T).sum(1) / counts  # (G,): run_trial's mean-reduced loss
+        values = losses.detach().tolist()
 
         # 3. one backward for all: the adapters share no parameter, so each gets the gradient
-        # of its own loss. A non-finite loss is left out so it cannot reach anyone else.
+        # of its own loss. A non-finite loss is left out so it cannot reach anyone else (its
+        # rows' logits would send NaN through the shared cross-entropy: then each finite
+        # adapter's loss is taken from its own slice instead).
         for a in adapters:
             for group in a.opt.param_groups:
                 group["lr"] = a.lr_at(a.step)
             a.opt.zero_grad(set_to_none=True)
-        finite = [loss for loss, v in zip(losses, values, strict=True) if math.isfinite(v)]
-        if finite:
-            torch.stack(finite).sum().backward()
-        del logits, losses, finite
+        finite = [g for g, v in enumerate(values) if math.isfinite(v)]
+        if len(finite) == G:
+            losses.sum().backward()
+        elif finite:
+            torch.stack([
+                F.cross_entropy(logits[g * n : (g + 1) * n].float().transpose(1, 2),
+                                Y[g * n : (g + 1) * n], ignore_index=-100)
+                for g in finite
+            ]).sum().backward()  # fmt: skip
+        del logits, nll, losses
 
-        # 4. per adapter: clip its own gradient, check it (run_trial's rule), step its AdamW
+        # 4. per adapter: its own gradient norm (all G from one batched norm and one host
+        # sync), run_trial's divergence rule, its clipping to norm 1 and its AdamW step
+        live = [adapters[g] for g in finite]
+        norms = [math.nan] * G
+        slot = {g: i for i, g in enumerate(finite)}  # adapter index -> row of totals
+        if live:
+            per_tensor = torch._foreach_norm([p.grad for a in live for p in a.params], 2.0)
+            P = len(live[0].params)  # the same target modules in every adapter: equal counts
+            totals = torch.linalg.vector_norm(torch.stack(per_tensor).view(len(live), P), 2.0, dim=1)
+            for g, norm in zip(finite, totals.tolist(), strict=True):
+                norms[g] = norm
         for g, a in enumerate(adapters):
-            v = values[g]
-            if math.isfinite(v):
-                grad_norm = torch.nn.utils.clip_grad_norm_(a.params, 1.0, foreach=True).item()
-            else:
-                grad_norm = math.nan
+            v, grad_norm = values[g], norms[g]
             if not (math.isfinite(v) and math.isfinite(grad_norm) and (grad_norm > 0 or v == 0)):
                 self._leave(a, error=a.diverged(v, grad_norm))
                 left.append(a.handle)
                 continue
+            # what clip_grad_norm_(params, 1.0) does with the norm it computes
+            torch.nn.utils.clip_grads_with_norm_(a.params, 1.0, totals[slot[g]], foreach=True)
             a.opt.step()
             a.step += 1
             a.loss_sum += v * n_ans[g]

@@ -74,7 +74,7 @@ def test_multi_lora_linear_matches_peft_per_group():
             layer.lora_A["default"].weight.copy_(As[g])
             layer.lora_B["default"].weight.copy_(Bs[g])
             torch.testing.assert_close(got[2 * g : 2 * g + 2], layer(x[2 * g : 2 * g + 2]),
-                                       rtol=1e-6, atol=1e-6)  # fmt: skip
+                                       rtol=1e-5, atol=1e-5)  # fmt: skip  (values ~10-100)
     layout.weights = None
     assert torch.equal(MultiLoRALinear(layer.base_layer, "0", layout)(x), layer.base_layer(x))
 
