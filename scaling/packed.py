@@ -523,6 +523,7 @@ class Pack:
         ending = [a for a in adapters if a.handle.status == "running" and a.epoch_done]
         if ending:
             results = self._evaluate(ending)
+            reported = []
             for a in ending:  # callbacks after all evaluations: they may add() or raise
                 v, t = results[id(a)]
                 metrics = {
@@ -541,8 +542,17 @@ class Pack:
                 try:
                     if a.report is not None:
                         a.report(metrics)
-                    stop = a.should_stop is not None and a.should_stop(metrics)
                 except Exception as e:  # a broken callback fails its own trial, not the pack
+                    self._leave(a, error=e)
+                    left.append(a.handle)
+                    continue
+                reported.append((a, metrics))
+            # every report before any should_stop: a stopping rule that ranks the members
+            # at this epoch sees all of them, not just those that came first
+            for a, metrics in reported:
+                try:
+                    stop = a.should_stop is not None and a.should_stop(metrics)
+                except Exception as e:
                     self._leave(a, error=e)
                     left.append(a.handle)
                     continue

@@ -59,7 +59,8 @@ COLUMNS: dict[str, str] = {
     "train_loss": "float64",
     **{f"{split}_{m}": "float64" for split in ("val", "test") for m in METRICS},
     "trainable_params": "Int64",
-    "wall_seconds": "float64",
+    "wall_seconds": "float64",  # since the trial started; a packed trial shared it (pack_size)
+    "pack_size": "Int64",  # most adapters trained at once in this trial's pack; 1 = alone
     "worker_pid": "Int64",  # the Ray worker process that ran the trial (reused between trials)
     "worker_rss_mb": "float64",  # its resident memory after this evaluation: leaks show here
     "status": "string",  # ok | failed | pruned

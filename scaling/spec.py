@@ -194,9 +194,10 @@ class SeedsSpec(_Frozen):
 
 class PackingSpec(_Frozen):
     # K LoRA trials of one cell trained at once on one copy of the base (scaling/packed.py):
-    # one Ray trial runs a pack of K Optuna trials. 1 = off, the default until packing is
-    # measured to win where the study runs: on 2 CPU cores K=8 gave only 1.2x over a warm
-    # loop of single trials; on a GPU with a small base it is the large win.
+    # one Ray trial runs a pack of K Optuna trials. 1 = off, the default: on 2 CPU cores K=8
+    # gave only 1.2x over a warm loop of single trials (2.4x over a process per trial), and a
+    # pack is one failure domain (a dead worker re-runs all K). On an H100 K=8 gave 6.4x over
+    # a process per trial: GPU specs turn it on (search_spaces/cluster_gpu.yaml).
     adapters_per_worker: Annotated[int, Field(ge=1)] = 1
 
 
@@ -242,13 +243,6 @@ class StudySpec(_Frozen):
         if isinstance(ds, LogRange) and ds.low >= ds.high:
             raise ValueError(f"axes.dataset_size.low must be < high, got low={ds.low} high={ds.high}")
         k = self.packing.adapters_per_worker
-        if k > 1 and self.early_stopping.method != "none":
-            # a pack is one Ray trial: Ray's schedulers would stop all K adapters together
-            raise ValueError(
-                f"packing.adapters_per_worker > 1 cannot be combined with early_stopping.method "
-                f"{self.early_stopping.method!r} (not supported yet), got adapters_per_worker={k}; "
-                f"set early_stopping.method: none or adapters_per_worker: 1"
-            )
         if k > 1 and self.lora.dropout != 0:
             raise ValueError(
                 f"packing.adapters_per_worker > 1 requires lora.dropout 0 (packed adapters train "

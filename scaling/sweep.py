@@ -212,11 +212,12 @@ class CellSearcher(Searcher):
             if self.spec.packing.adapters_per_worker > 1:
                 # one Ray trial = one pack of up to K Optuna trials of this cell, asked at once
                 # (TPE's constant liar keeps the K pending asks apart)
-                n = min(
-                    self.spec.packing.adapters_per_worker,
-                    self.spec.trials_per_cell - st.done_search - st.in_flight_search,
-                    self._budget(),
+                # with early stopping a pack also carries as many queued configs, which join as
+                # members are stopped (the next config takes the freed slot)
+                per_pack = self.spec.packing.adapters_per_worker * (
+                    2 if self.spec.early_stopping.method != "none" else 1
                 )
+                n = min(per_pack, self.spec.trials_per_cell - st.done_search - st.in_flight_search, self._budget())
                 members = [(*self._ask_search(st), self.spec.seeds.base, "search") for _ in range(n)]
                 st.in_flight_search += n
                 return self._start_pack(trial_id, st, members)
@@ -298,7 +299,19 @@ class CellSearcher(Searcher):
         self._packs[trial_id] = (st, [(number, phase) for number, _, _, phase in members])
         self._pack_last[trial_id] = {}
         c = st.cell
+        extra: dict[str, Any] = {}
+        if self.spec.early_stopping.method != "none":
+            # the pack stops its own members (scaling/stopping.py) against the cell's other
+            # LR-search trials: their validation losses per epoch, as the storage has them now
+            mine = {number for number, *_ in members}
+            history: dict[int, list[float]] = {}
+            for t in st.study.get_trials(deepcopy=False):
+                if t.number not in mine and t.user_attrs.get("phase", "search") == "search":
+                    for epoch, v in t.intermediate_values.items():
+                        history.setdefault(int(epoch), []).append(float(v))
+            extra = {"stop_history": history, "active": self.spec.packing.adapters_per_worker}
         return {
+            **extra,
             "dataset_size": c.dataset_size,
             "epochs": c.epochs,
             "lora_r": c.lora_r,
@@ -452,10 +465,21 @@ def _run_pack(spec: StudySpec, config: dict) -> None:
     every result is one member's, tagged with its index and Optuna trial number."""
     from scaling import train
     from scaling.packed import run_packed
+    from scaling.stopping import RungTable
 
     members = config["members"]
     cfgs = [_trial_config(spec, config, learning_rate=m["learning_rate"], seed=m["seed"]) for m in members]
     last_epoch = [0] * len(members)
+    es = spec.early_stopping
+    table = None
+    if es.method != "none":
+        table = RungTable(es.method, max_epochs=cfgs[0].epochs, grace_epochs=es.grace_epochs,
+                          reduction_factor=es.reduction_factor, history=config.get("stop_history"))  # fmt: skip
+
+    def stopper(i: int) -> Callable[[dict], bool] | None:
+        if table is None or members[i]["phase"] != "search":
+            return None  # repeats of the best LR always finish
+        return lambda metrics: table.should_stop(i, metrics["epoch"], metrics[SELECT_METRIC])
 
     def tag(i: int) -> dict[str, Any]:
         return {"epochs": cfgs[i].epochs, "member": i, "optuna_trial": int(members[i]["optuna_trial"])}
@@ -463,13 +487,16 @@ def _run_pack(spec: StudySpec, config: dict) -> None:
     def reporter(i: int) -> Callable[[dict], None]:
         def report(metrics: dict) -> None:
             last_epoch[i] = int(metrics.get("epoch", 0))
+            if table is not None and members[i]["phase"] == "search":
+                table.record(i, last_epoch[i], metrics[SELECT_METRIC])
             tune.report({**metrics, **_worker_stats(), **tag(i), "status": "ok", "error": ""})
 
         return report
 
     try:
-        out = run_packed(cfgs, reports=[reporter(i) for i in range(len(cfgs))], cache=_WORKER_CACHE,
-                         threads=cfgs[0].threads)  # fmt: skip
+        out = run_packed(cfgs, reports=[reporter(i) for i in range(len(cfgs))],
+                         should_stops=[stopper(i) for i in range(len(cfgs))], cache=_WORKER_CACHE,
+                         threads=cfgs[0].threads, max_adapters=config.get("active"))  # fmt: skip
         for r in out:  # anything but bad hyperparameters is an infrastructure fault: Ray retries the pack
             if isinstance(r, BaseException) and not isinstance(r, train.TrialDiverged | ValueError):
                 raise r
@@ -551,6 +578,7 @@ class _Recorder(Callback):
             mine = [r for r in results if r.get("member") == i]
             status = "failed" if error is not None else _trial_status(mine[-1] if mine else None, False)
             solo = {**{k: cfg[k] for k in ("dataset_size", "epochs", "lora_r", "cell", "optuna_study")}, **m}
+            solo["pack_size"] = min(cfg.get("active") or len(cfg["members"]), len(cfg["members"]))
             member_rows, base = self._rows(solo, mine, status, error or "")
             rows += member_rows
             done.append((status, base))
@@ -579,6 +607,7 @@ class _Recorder(Callback):
             "seed": cfg["seed"],
             "model": self.spec.model,
             "task": self.spec.task.kind if self.spec.task.kind != "addition" else f"addition{self.spec.task.digits}",
+            "pack_size": cfg.get("pack_size", 1),
             "status": status,
             "error": error or None,
             "recorded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -776,9 +805,12 @@ class _PerCellScheduler(FIFOScheduler):
         return True
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self._for(trial).on_trial_add(tune_controller, trial)
+        if "members" not in trial.config:  # a pack stops its own members (scaling/stopping.py)
+            self._for(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if "members" in trial.config:
+            return TrialScheduler.CONTINUE
         value = result.get(SELECT_METRIC)
         if result.get("status") == "failed" or value is None or not math.isfinite(value):
             return TrialScheduler.CONTINUE
@@ -789,6 +821,8 @@ class _PerCellScheduler(FIFOScheduler):
         return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if "members" in trial.config:
+            return
         value = (result or {}).get(SELECT_METRIC)
         if result and value is not None and math.isfinite(value):
             self._for(trial).on_trial_complete(tune_controller, trial, result)
@@ -796,13 +830,16 @@ class _PerCellScheduler(FIFOScheduler):
             self.on_trial_remove(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        if "members" in trial.config:
+            return
         try:
             self._for(trial).on_trial_remove(tune_controller, trial)
         except KeyError:  # already forgotten by the cell's scheduler
             pass
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        self._for(trial).on_trial_error(tune_controller, trial)
+        if "members" not in trial.config:
+            self._for(trial).on_trial_error(tune_controller, trial)
 
     def __getstate__(self) -> dict:
         return {"spec": self.spec, "_cells": {}, "stopped": 0}

@@ -57,7 +57,7 @@ def test_sweep_end_to_end_then_resume_adds_nothing(ray_local, tmp_path):
     assert len(df) == 2 * (1 + 2) * 2
     assert df["trial_id"].nunique() == 8
     assert not df.duplicated(["trial_id", "epoch"]).any()
-    assert set(df["status"]) == {"ok"}
+    assert set(df["status"]) == {"ok"} and set(df["pack_size"]) == {1}
     for col in ("val_eval_loss", "test_eval_loss", "val_exact_match", "train_flops", "wall_seconds", "node"):
         assert df[col].notna().all(), col
     lrs = df.drop_duplicates("trial_id")["learning_rate"]
@@ -231,6 +231,7 @@ def test_packed_sweep_writes_the_rows_of_solo_trials(ray_local, tmp_path, monkey
     )
     res = run_sweep(spec, out=tmp_path / "run")
     assert ray_trials == [3]  # one Ray trial, one pack of three
+    assert set(read_results(res.run_dir)["pack_size"]) == {3}
     assert res.counts == {"ok": 3, "failed": 0, "pruned": 0}
     df = read_results(res.run_dir)
     assert len(df) == 3 * 2 and df["trial_id"].nunique() == 3
@@ -268,11 +269,39 @@ def test_packed_sweep_writes_the_rows_of_solo_trials(ray_local, tmp_path, monkey
     assert run_sweep(spec, out=tmp_path / "run").trials_run == 0
 
 
-def test_packing_with_early_stopping_is_refused():
-    from scaling.spec import SpecError
+def test_packed_asha_stops_members_alone_and_the_next_config_joins(ray_local, tmp_path, monkeypatch):
+    from scaling.sweep import CellSearcher, run_sweep
 
-    with pytest.raises(SpecError, match="adapters_per_worker > 1 cannot be combined with early_stopping"):
-        small_spec("pe", packing={"adapters_per_worker": 2}, early_stopping={"method": "asha"})
+    packs: list[int] = []
+    start_pack = CellSearcher._start_pack
+    monkeypatch.setattr(
+        CellSearcher, "_start_pack", lambda self, tid, st, m: packs.append(len(m)) or start_pack(self, tid, st, m)
+    )
+    # one cell, 3 epochs, a wide LR range; packs of 3 adapters with ASHA (rungs at epochs 1, 2):
+    # one Ray trial carries 6 configs, 3 train at once and a queued one joins when one is stopped
+    spec = small_spec(
+        "pasha", axes={"dataset_size": [128], "epochs": [3]}, trials_per_cell=6,
+        learning_rate={"low": 1e-5, "high": 1e-1},
+        early_stopping={"method": "asha", "grace_epochs": 1, "reduction_factor": 2},
+        packing={"adapters_per_worker": 3}, resources={"max_concurrent": 1},
+    )  # fmt: skip
+    res = run_sweep(spec, out=tmp_path / "run")
+    assert packs == [6]
+    assert res.counts["ok"] + res.counts["pruned"] == 6 and res.counts["pruned"] >= 2
+    df = read_results(res.run_dir)
+    assert df["trial_id"].nunique() == 6 and set(df["pack_size"]) == {3}
+    assert not df.duplicated(["trial_id", "epoch"]).any()
+    last = df.sort_values("epoch").groupby("trial_id").tail(1)
+    pruned, ok = last[last.status == "pruned"], last[last.status == "ok"]
+    assert (pruned["epoch"] < 3).all() and (ok["epoch"] == 3).all()
+    # a stopped member was worse than some other trial of the cell at the epoch it stopped
+    for _, row in pruned.iterrows():
+        others = df[(df.epoch == row.epoch) & (df.trial_id != row.trial_id)]["val_eval_loss"]
+        assert row.val_eval_loss > others.min()
+    trials = next(iter(_storage_trials(res.optuna_url, "pasha/").values()))
+    states = sorted(t.state.name for t in trials)
+    assert states.count("PRUNED") == len(pruned) and states.count("COMPLETE") == len(ok)
+    assert pruned["train_tokens"].max() < ok["train_tokens"].min()  # the compute saved is real
 
 
 def test_packed_members_fail_alone_and_max_trials_counts_members(ray_local, tmp_path):
