@@ -191,6 +191,20 @@ class CellSearcher(Searcher):
             return Searcher.FINISHED
         # (a) trials a dead driver left RUNNING: re-run them under their own number
         for st in self.cells:
+            if st.orphans and self.spec.packing.adapters_per_worker > 1:
+                # packed: up to K of the cell's leftovers train together, each under its number
+                n = min(self.spec.packing.adapters_per_worker, len(st.orphans), self._budget())
+                members = []
+                for t in st.orphans[:n]:
+                    phase = t.user_attrs.get("phase", "search")
+                    seed = int(t.user_attrs.get("seed", self.spec.seeds.base))
+                    if phase == "repeat":
+                        st.in_flight_repeat += 1
+                    else:
+                        st.in_flight_search += 1
+                    members.append((t.number, t.params["learning_rate"], seed, phase))
+                del st.orphans[:n]
+                return self._start_pack(trial_id, st, members)
             if st.orphans:
                 t = st.orphans.pop(0)
                 phase = t.user_attrs.get("phase", "search")

@@ -304,6 +304,35 @@ def test_packed_asha_stops_members_alone_and_the_next_config_joins(ray_local, tm
     assert pruned["train_tokens"].max() < ok["train_tokens"].min()  # the compute saved is real
 
 
+def test_a_dead_drivers_leftovers_rerun_as_one_pack(ray_local, tmp_path, monkeypatch):
+    from scaling.sweep import CellSearcher, cell_study_name, run_sweep
+
+    packs: list[list[int]] = []
+    start_pack = CellSearcher._start_pack
+    monkeypatch.setattr(
+        CellSearcher, "_start_pack",
+        lambda self, tid, st, m: packs.append([x[0] for x in m]) or start_pack(self, tid, st, m),
+    )  # fmt: skip
+    spec = small_spec("porphan", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=3,
+                      packing={"adapters_per_worker": 3})  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    # what a driver killed mid-pack leaves: two asked trials, RUNNING, no rows
+    study = optuna.create_study(study_name=cell_study_name(spec, spec.cells()[0]),
+                                storage=spec.optuna_url(run), direction="minimize")  # fmt: skip
+    for lr in (2e-3, 5e-3):
+        study.enqueue_trial({"learning_rate": lr}, user_attrs={"phase": "search", "seed": 0})
+        study.ask().suggest_float("learning_rate", 1e-3, 3e-2, log=True)
+    res = run_sweep(spec, out=run)
+    assert res.orphans_resumed == 2 and res.counts == {"ok": 3, "failed": 0, "pruned": 0}
+    assert packs == [[0, 1], [2]]  # the leftovers together under their own numbers, then the rest
+    df = read_results(run)
+    assert sorted(df["optuna_trial"]) == [0, 1, 2]
+    assert sorted(df[df.optuna_trial < 2]["learning_rate"]) == pytest.approx([2e-3, 5e-3])
+    (trials,) = _storage_trials(res.optuna_url, "porphan/").values()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+
+
 def test_packed_members_fail_alone_and_max_trials_counts_members(ray_local, tmp_path):
     from scaling.sweep import run_sweep
 
