@@ -11,46 +11,50 @@ the stacked adapters per projection). Each trial keeps everything that defines i
 result: its peft initialisation under its seed, its data order, its AdamW, its warmup +
 cosine schedule, its gradient clipping, its evaluations and its metrics dicts. Packing
 is an optimisation, not a change of result: a packed trial reports the metrics that
-``train.run_trial`` reports for the same config, to float rounding (at most ~1e-5 seen,
+``train.run_trial`` reports for the same config, to float rounding (bench/
+packing_equivalence.py, 4 ragged configs: at most 9.5e-7 on CPU and 2.4e-6 on an H100,
 on the per-example summed log-prob; the tests hold every metric, exact match and
 accuracy included, to 1e-4). Trials leave the pack when they
 finish, fail (a diverging learning rate fails that trial only) or are stopped, and new
 ones may join at any step, so a pack can be fed continuously.
 
 Where it pays: wherever one trial alone leaves the device idle, which is the rule for
-LoRA on a GPU with a small or mid-size base. Published GPU figures: PLoRA (Yan et al.,
-2025, arXiv:2508.02932) up to 12.8x training throughput and 7.52x shorter makespan
-for a LoRA hyperparameter search; LoRAFusion (Zhu et al., 2025, arXiv:2510.00206) up to
-1.96x end-to-end over Megatron-LM, 1.46x over mLoRA. On a CPU it pays little: one
-trial's batch (32 sequences x ~8 tokens) already keeps a core's matmuls busy, so K
-trials cost K times the arithmetic of the frozen base and of the LoRA products, and
-only per-call overhead is shared. Measured with bench/packing.py on a 2-core AMD EPYC
-VM shared with other jobs (1 thread per process, tiny base, D=1000, 2 epochs, eval
-200+200), K = 4 / 8 / 16: 1.19 / 1.20 / 1.20x the trials per hour of back-to-back
-run_trial in a warm worker (1.31 / 1.41 / 1.23x in another run), 2.20 / 2.40 / 3.06x
-of one trial per fresh process; peak RSS 560 / 692 / 1027 MB for the pack against
-468 MB for each single-trial process. So on CPU workers K = 4-8 is enough; the memory
-saving (one base, one runtime) is the larger win there.
+LoRA on a GPU with a small or mid-size base. Measured with bench/packing.py on an NVIDIA
+H100 80GB (torch 2.11, the demo's tiny base and task, D=1000, 2 epochs, eval 200+200;
+bench/results/packing_h100*.txt), trials per hour at K = 4 / 8 / 16: 2.6 / 4.0 / 5.6x a
+warm loop of single trials and 3.1 / 5.1 / 12.6x one trial per fresh process (best of 2
+runs; a single run gave 3.0 / 2.7 / 6.0x and 3.5 / 6.4 / 12.6x); GPU memory 128 / 188 /
+309 MB for the pack against 84 MB per single trial. There the step is bound by kernel
+launches and host syncs, not arithmetic, so a pack keeps the base's launches fixed and
+syncs the host twice per step for all K adapters (one cross-entropy and one batched
+gradient norm). Published GPU figures: PLoRA (Yan et al., 2025, arXiv:2508.02932) up to
+12.8x training throughput and 7.52x shorter makespan for a LoRA hyperparameter search;
+LoRAFusion (Zhu et al., 2025, arXiv:2510.00206) up to 1.96x end-to-end over
+Megatron-LM, 1.46x over mLoRA. On a CPU it pays little: one trial's batch (32 sequences
+x ~8 tokens) already keeps a core's matmuls busy, so K trials cost K times the
+arithmetic, and only per-call overhead is shared. On a 2-core AMD EPYC VM shared with
+other jobs (1 thread per process), K = 4 / 8 / 16 gave 1.19 / 1.20 / 1.20x a warm loop
+and 2.20 / 2.40 / 3.06x one trial per fresh process; peak RSS 560 / 692 / 1027 MB for the
+pack against 468 MB for each single-trial process.
 
-How a pack maps onto Ray Tune (recommendation for sweep.py)
--------------------------------------------------------------
-(A) *one Ray trial = one pack* (recommended). The searcher suggests K configs of one
-    cell (same D and epochs, K learning rates/seeds, K Optuna trials asked at once;
-    TPE's constant_liar already handles K pending trials); the trainable builds one
-    ``Pack`` on the worker's cached base and calls ``run_packed(cfgs, reports=[...])``;
-    each report carries its adapter index, so the recorder writes K trial_ids and the
-    searcher tells K Optuna trials, each its own COMPLETE / FAIL. Resources stay simple
-    (a pack is an ordinary trial with the spec's cpus/gpus), failures stay per adapter
-    (``run_packed`` returns the exception in that adapter's place), and a Ray retry
-    re-runs a pack deterministically. A cell's trials have the same step count, so they
-    run in lockstep and finish together: nothing is wasted on ragged ends.
-(B) *one Ray trial per adapter, a shared actor hosts the pack*: keeps Tune's one trial =
-    one config, and uses ``Pack.add`` to let trials join as Tune starts them, but Tune
-    has to stop trials it does not run (a killed trial must leave the actor's pack),
-    the resources of the actor are invisible to Tune's scheduler, and the actor is a
-    second failure domain. Worth it only for mixed packs on big GPUs.
-Set K so that K x batch_size rows fill the device (on a GPU: until the step time
-starts to grow with K; on a CPU: 4-8).
+How a pack maps onto Ray Tune (what sweep.py does)
+--------------------------------------------------
+(A) *one Ray trial = one pack*. The searcher asks a cell's Optuna study for K trials at
+    once (TPE's constant_liar keeps K pending asks apart); the trainable calls
+    ``run_packed(cfgs, reports=[...], should_stops=[...])`` on the worker's cached base;
+    each report carries its member index, so the recorder writes K trial_ids and the
+    searcher tells K Optuna trials, each its own COMPLETE / PRUNED / FAIL. Resources stay
+    simple (a pack is an ordinary trial with the spec's cpus/gpus), failures stay per
+    adapter (``run_packed`` returns the exception in that adapter's place), and a Ray
+    retry re-runs a pack deterministically. With early stopping the pack carries 2K
+    configs, K train at once, scaling/stopping.py stops members by the cell's rule and a
+    queued config joins in the freed slot (``max_adapters``).
+(B) *one Ray trial per adapter, a shared actor hosts the pack* (not built): keeps Tune's
+    one trial = one config and uses ``Pack.add`` as Tune starts trials, but Tune has to
+    stop trials it does not run, the actor's resources are invisible to Tune's scheduler,
+    and the actor is a second failure domain. Worth it only for mixed packs on big GPUs.
+Set K so that K x batch_size rows fill the device (on a GPU: until the step time starts
+to grow with K; on a CPU: 4-8).
 
 Read top to bottom:
   1. MultiLoRALinear: the base nn.Linear plus the stacked adapters of the current layout
