@@ -6,7 +6,7 @@
    agrees: the same LR, or each one inside the other's lr_low-lr_high interval;
 3. print the figures (goal: >= 2x less compute, best LR agreeing in >= 80 % of cells).
 
-    .venv/bin/python bench/early_stopping.py [--trials 8] [--epochs 4]
+    .venv/bin/python bench/early_stopping.py [--trials 8] [--epochs 4] [--packing K]
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from scaling.records import read_results
 from scaling.spec import parse_spec
 
 
-def _spec(name: str, *, trials: int, epochs: int, sizes: list[int], method: str, rf: float):
+def _spec(name: str, *, trials: int, epochs: int, sizes: list[int], method: str, rf: float, packing: int):
     return parse_spec(
         {
+            "packing": {"adapters_per_worker": packing},
             "name": name,
             "axes": {"dataset_size": sizes, "epochs": [epochs]},
             "learning_rate": {"low": 3e-4, "high": 3e-2},
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--sizes", default="300,600,1200,2400")
     ap.add_argument("--reduction-factor", type=float, default=3)
+    ap.add_argument("--packing", type=int, default=1,
+                    help="adapters per worker in both runs (K > 1: packs stop their own members)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -65,7 +68,7 @@ def main() -> None:
         for method in ("none", "asha"):
             spec = _spec(
                 f"es-{method}", trials=args.trials, epochs=args.epochs, sizes=sizes, method=method,
-                rf=args.reduction_factor,
+                rf=args.reduction_factor, packing=args.packing,
             )  # fmt: skip
             t0 = time.perf_counter()
             res = run_sweep(spec, out=Path(tmp) / method)
