@@ -95,8 +95,8 @@ def _child(args: argparse.Namespace) -> None:
         out.update(run_s=time.perf_counter() - w, run_cpu_s=time.process_time() - c)
     else:
         t1 = time.perf_counter()
-        base = train._get_base(cfgs[0], cache, _device())  # a warm worker: base loaded, data tokenized
-        train._get_data(cfgs[0], cache, base)
+        base = train.get_base(cfgs[0], cache, _device())  # a warm worker: base loaded, data tokenized
+        train.get_data(cfgs[0], cache, base)
         if args.child == "packed" and _device() == "cuda":  # warm the pack's kernels, as seq's first trial
             run_packed(cfgs[:1], cache=cache)  # warms its own; the sequential loop gets the same below
         if args.child == "seq" and _device() == "cuda":

@@ -77,18 +77,18 @@ import torch.nn.functional as F
 
 from scaling.train import (
     METRIC_KEYS,
+    Tokenized,
     TrialConfig,
     TrialDiverged,
-    _attach_lora,
-    _Base,
-    _cache_kwarg,
-    _fingerprint,
-    _get_base,
-    _get_data,
-    _left_padded,
-    _non_embedding_params,
-    _right_padded,
-    _Tokenized,
+    WorkerBase,
+    attach_lora,
+    cache_kwarg,
+    get_base,
+    get_data,
+    left_padded,
+    non_embedding_params,
+    right_padded,
+    weights_fingerprint,
 )
 
 __all__ = ["MultiLoRALinear", "Pack", "PackedTrial", "run_packed"]
@@ -162,8 +162,8 @@ class PackedTrial:
 class _Adapter:
     """State of one trial: everything train.run_trial keeps in its locals."""
 
-    def __init__(self, cfg: TrialConfig, handle: PackedTrial, *, train: _Tokenized,
-                 val: _Tokenized, test: _Tokenized, init: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    def __init__(self, cfg: TrialConfig, handle: PackedTrial, *, train: Tokenized,
+                 val: Tokenized, test: Tokenized, init: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  base_params: int, t0: float,
                  report: Callable[[dict], None] | None,
                  should_stop: Callable[[dict], bool] | None):  # fmt: skip
@@ -200,7 +200,7 @@ class _Adapter:
         frac = (step - self.warmup) / max(1, self.total_steps - self.warmup)
         return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * frac))
 
-    def next_batch(self) -> _Tokenized:
+    def next_batch(self) -> Tokenized:
         if self.pos >= len(self.order):  # a new epoch: a fresh shuffle from the trial's generator
             self.epoch += 1
             self.order = torch.randperm(len(self.train), generator=self.gen).tolist()
@@ -254,7 +254,7 @@ _EVAL_KEYS = ("eval_loss", "token_accuracy", "exact_match", "answer_logprob")
 
 @torch.no_grad()
 def _evaluate_packed(model, layout: _Layout, adapters: list[_Adapter], names: list[str],
-                     items: _Tokenized, *, pad_id: int, cache_kw: str, batch_size: int,
+                     items: Tokenized, *, pad_id: int, cache_kw: str, batch_size: int,
                      device: str) -> list[dict[str, float]]:  # fmt: skip
     G = len(adapters)
     if not items:
@@ -268,7 +268,7 @@ def _evaluate_packed(model, layout: _Layout, adapters: list[_Adapter], names: li
             n = len(chunk)
             # teacher-forced scoring: per adapter, sums over its own copy of the chunk, all G
             # from one cross-entropy and one host sync
-            x, y = _right_padded(chunk, pad_id, device)  # (n, T), (n, T)
+            x, y = right_padded(chunk, pad_id, device)  # (n, T), (n, T)
             logits = model(input_ids=x.repeat(G, 1)).logits.float()  # (G*n, T, V)
             Y = y.repeat(G, 1)
             mask = Y != -100  # (G*n, T)
@@ -285,7 +285,7 @@ def _evaluate_packed(model, layout: _Layout, adapters: list[_Adapter], names: li
             # greedy decoding, batched with left padding and the KV cache
             answers = [a for _, a in chunk]
             steps = max(len(a) for a in answers)
-            ids, attn, pos = (t.repeat(G, 1) for t in _left_padded([p for p, _ in chunk], pad_id, device))
+            ids, attn, pos = (t.repeat(G, 1) for t in left_padded([p for p, _ in chunk], pad_id, device))
             out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
             generated = []
             for k in range(steps):
@@ -335,21 +335,21 @@ class Pack:
         self.threads = threads  # None: the first config's threads
         self.trials: list[PackedTrial] = []  # every handle ever added, in order
         self._active: list[_Adapter] = []
-        self._base: _Base | None = None
+        self._base: WorkerBase | None = None
         self._names: list[str] = []  # the wrapped modules, in model order
         self._targets: tuple[str, ...] | None = None
         self._layout = _Layout()
         self._closed = False
 
     # 4a. the base model and the wrappers
-    def _open(self, cfg: TrialConfig) -> _Base:
+    def _open(self, cfg: TrialConfig) -> WorkerBase:
         if self._base is None:
-            self._base = _get_base(cfg, self.cache, self.device)
+            self._base = get_base(cfg, self.cache, self.device)
             self.cache.pop("base", None)  # ours while the pack is open: run_trial must not use it
             for p in self._base.model.parameters():
                 p.requires_grad_(False)
-            self._base_params = _non_embedding_params(self._base.model)
-            self._cache_kw = _cache_kwarg(self._base.model)
+            self._base_params = non_embedding_params(self._base.model)
+            self._cache_kw = cache_kwarg(self._base.model)
             if self.threads is None:
                 self.threads = cfg.threads
         elif self._base.key != (cfg.model, self.device):
@@ -375,7 +375,7 @@ class Pack:
         base = self._base
         self._wrap(False)
         try:
-            peft_model = _attach_lora(base.model, cfg)
+            peft_model = attach_lora(base.model, cfg)
             try:
                 init, order = {}, []
                 for name, mod in base.model.named_modules():
@@ -414,7 +414,7 @@ class Pack:
         prev = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            train, val, test = _get_data(cfg, self.cache, base)
+            train, val, test = get_data(cfg, self.cache, base)
             t0 = time.perf_counter()  # as in run_trial: the clock starts once base and data are ready
             init = self._peft_init(cfg)
         finally:
@@ -455,7 +455,7 @@ class Pack:
         # G groups of n rows (a short group is filled with rows nobody reads: pad inputs,
         # -100 targets). Assembled on the CPU and moved in one copy.
         batches = [a.next_batch() for a in adapters]
-        xy = [_right_padded(b, pad_id, "cpu") for b in batches]  # [(n_g, T_g), (n_g, T_g)]
+        xy = [right_padded(b, pad_id, "cpu") for b in batches]  # [(n_g, T_g), (n_g, T_g)]
         n = max(x.shape[0] for x, _ in xy)
         T = max(x.shape[1] for x, _ in xy)
         X = torch.full((G * n, T), pad_id, dtype=torch.long)  # (G*n, T)
@@ -613,7 +613,7 @@ class Pack:
         self._wrap(False)
         base = self._base
         base.model.eval()
-        if _fingerprint(base.model) != base.fingerprint:  # never expected; don't trust it
+        if weights_fingerprint(base.model) != base.fingerprint:  # never expected; don't trust it
             warnings.warn(f"base model {base.key[0]!r} changed in a pack; dropping it",
                           RuntimeWarning, stacklevel=2)  # fmt: skip
         elif "base" not in self.cache:

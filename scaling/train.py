@@ -28,7 +28,13 @@ from peft import LoraConfig, get_peft_model
 from scaling.models import load_base_model
 from scaling.tasks import Example, TaskError, make_task
 
-__all__ = ["METRIC_KEYS", "TrialConfig", "TrialDiverged", "run_trial"]
+__all__ = [
+    "METRIC_KEYS", "TrialConfig", "TrialDiverged", "run_trial",
+    # the parts of a trial that scaling/packed.py shares, so a packed trial is built
+    # exactly as a solo one: the worker's base, its data, the batches, the adapter
+    "WorkerBase", "Tokenized", "attach_lora", "cache_kwarg", "get_base", "get_data",
+    "left_padded", "non_embedding_params", "right_padded", "weights_fingerprint",
+]  # fmt: skip
 
 # the keys of every dict passed to report(), in this order
 METRIC_KEYS = (
@@ -101,7 +107,7 @@ class TrialDiverged(RuntimeError):
 
 
 @dataclass
-class _Base:
+class WorkerBase:
     key: tuple
     model: torch.nn.Module
     tokenizer: object
@@ -111,7 +117,7 @@ class _Base:
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _fingerprint(model: torch.nn.Module) -> dict[str, int]:
+def weights_fingerprint(model: torch.nn.Module) -> dict[str, int]:
     """Per tensor, the integer sum of its raw bits: exact and independent of summation order
     (so of the thread count), computed on the device, cheap even for a 7B base."""
     with torch.no_grad():
@@ -121,7 +127,7 @@ def _fingerprint(model: torch.nn.Module) -> dict[str, int]:
         }
 
 
-def _get_base(cfg: TrialConfig, cache: dict, device: str) -> _Base:
+def get_base(cfg: TrialConfig, cache: dict, device: str) -> WorkerBase:
     key = (cfg.model, device)
     base = cache.get("base")
     if base is None or base.key != key:
@@ -129,7 +135,7 @@ def _get_base(cfg: TrialConfig, cache: dict, device: str) -> _Base:
         model, tokenizer = load_base_model(cfg.model, device=device)
         for p in model.parameters():
             p.requires_grad_(False)
-        base = _Base(key=key, model=model, tokenizer=tokenizer, fingerprint=_fingerprint(model))
+        base = WorkerBase(key=key, model=model, tokenizer=tokenizer, fingerprint=weights_fingerprint(model))
         cache["base"] = base
     return base
 
@@ -138,10 +144,10 @@ def _get_base(cfg: TrialConfig, cache: dict, device: str) -> _Base:
 # 3. Tokenizing: prompt ids (with the tokenizer's own bos, if it adds one) and answer
 # ids = completion ids + eos. Loss, accuracy and log-prob are over answer ids only.
 
-_Tokenized = list[tuple[list[int], list[int]]]  # [(prompt_ids, answer_ids)]
+Tokenized = list[tuple[list[int], list[int]]]  # [(prompt_ids, answer_ids)]
 
 
-def _tokenize(examples: list[Example], tokenizer, *, split: str, max_len: int) -> _Tokenized:
+def _tokenize(examples: list[Example], tokenizer, *, split: str, max_len: int) -> Tokenized:
     if not examples:
         return []
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
@@ -171,7 +177,7 @@ def _tokenize(examples: list[Example], tokenizer, *, split: str, max_len: int) -
     return out
 
 
-def _get_data(cfg: TrialConfig, cache: dict, base: _Base) -> tuple[_Tokenized, _Tokenized, _Tokenized]:
+def get_data(cfg: TrialConfig, cache: dict, base: WorkerBase) -> tuple[Tokenized, Tokenized, Tokenized]:
     """(train, validation, test) token ids; the task and its tokens are cached per worker."""
     key = (cfg.task_kind, cfg.task_digits, cfg.task_path, cfg.task_seed,
            cfg.validation_size, cfg.test_size, base.key)  # fmt: skip
@@ -196,7 +202,7 @@ def _get_data(cfg: TrialConfig, cache: dict, base: _Base) -> tuple[_Tokenized, _
 # 4. Batches
 
 
-def _right_padded(items: _Tokenized, pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(items: Tokenized, pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids (B, T) = prompt + answer + pad, and targets (B, T) = the next token at answer
     positions, -100 elsewhere. Padding sits after every real token, so a causal model needs
     no attention mask: real tokens never attend to it."""
@@ -210,7 +216,7 @@ def _right_padded(items: _Tokenized, pad_id: int, device: str) -> tuple[torch.Te
     return x.to(device), y.to(device)
 
 
-def _left_padded(prompts: list[list[int]], pad_id: int, device: str):
+def left_padded(prompts: list[list[int]], pad_id: int, device: str):
     """input_ids, attention_mask, position_ids (B, T) for batched greedy decoding."""
     T = max(len(p) for p in prompts)
     x = torch.full((len(prompts), T), pad_id, dtype=torch.long)
@@ -226,13 +232,13 @@ def _left_padded(prompts: list[list[int]], pad_id: int, device: str):
 # 5. Evaluation
 
 
-def _cache_kwarg(model: torch.nn.Module) -> str:
+def cache_kwarg(model: torch.nn.Module) -> str:
     """transformers 5 renamed the KV-cache argument and output from past_key_values to cache."""
     return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
-def _evaluate(model, items: _Tokenized, *, pad_id: int, cache_kw: str, batch_size: int,
+def _evaluate(model, items: Tokenized, *, pad_id: int, cache_kw: str, batch_size: int,
               device: str) -> dict[str, float]:  # fmt: skip
     """eval_loss: mean cross-entropy per answer token; token_accuracy: teacher-forced argmax
     over answer tokens; answer_logprob: mean over examples of the summed log-prob of the
@@ -243,7 +249,7 @@ def _evaluate(model, items: _Tokenized, *, pad_id: int, cache_kw: str, batch_siz
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         # teacher-forced scoring
-        x, y = _right_padded(chunk, pad_id, device)  # (B, T), (B, T)
+        x, y = right_padded(chunk, pad_id, device)  # (B, T), (B, T)
         logits = model(input_ids=x).logits.float()  # (B, T, V)
         mask = y != -100  # (B, T)
         nll = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-100, reduction="none")  # (B, T)
@@ -254,7 +260,7 @@ def _evaluate(model, items: _Tokenized, *, pad_id: int, cache_kw: str, batch_siz
         # greedy decoding, batched with left padding and the KV cache
         answers = [a for _, a in chunk]
         steps = max(len(a) for a in answers)  # longest completion + eos
-        ids, attn, pos = _left_padded([p for p, _ in chunk], pad_id, device)
+        ids, attn, pos = left_padded([p for p, _ in chunk], pad_id, device)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
         generated = []
         for k in range(steps):
@@ -279,7 +285,7 @@ def _evaluate(model, items: _Tokenized, *, pad_id: int, cache_kw: str, batch_siz
     }
 
 
-def _non_embedding_params(model: torch.nn.Module) -> int:
+def non_embedding_params(model: torch.nn.Module) -> int:
     """Kaplan's N: every parameter except embedding tables (a tied lm_head is the embedding)."""
     emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     seen: set[int] = set()
@@ -295,7 +301,7 @@ def _non_embedding_params(model: torch.nn.Module) -> int:
 # 6. The trial
 
 
-def _attach_lora(model: torch.nn.Module, cfg: TrialConfig) -> torch.nn.Module:
+def attach_lora(model: torch.nn.Module, cfg: TrialConfig) -> torch.nn.Module:
     """peft LoRA on `model`, initialised under torch.manual_seed(cfg.seed): the one place a
     trial's adapter is made, so a packed trial (scaling/packed.py) starts from the same A, B."""
     torch.manual_seed(cfg.seed)
@@ -329,25 +335,25 @@ def run_trial(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    base = _get_base(cfg, cache, device)
+    base = get_base(cfg, cache, device)
     peft_model = None
     try:
         # 6a. data (validated before anything is trained)
-        train, val, test = _get_data(cfg, cache, base)
+        train, val, test = get_data(cfg, cache, base)
         tok = base.tokenizer
         pad_id = tok.pad_token_id
         t0 = time.perf_counter()  # the trial's clock starts once the base model is loaded
 
         # 6b. the adapter: only LoRA A/B matrices are trainable; B = 0 at init, so the trial
         # starts exactly at the base model
-        peft_model = _attach_lora(base.model, cfg)
+        peft_model = attach_lora(base.model, cfg)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in params)
         # Kaplan's C = 6·N·T, N = non-embedding params of base + adapters. With a frozen base
         # the backward pass still flows through every base matrix (activation gradients), so
         # we keep 6·N·T; strictly the frozen weights' own gradients (2·N·T) are skipped, so
         # ~4·N·T is spent, but 6·N·T keeps the axis comparable with full fine-tunes.
-        n_flop_params = _non_embedding_params(peft_model)
+        n_flop_params = non_embedding_params(peft_model)
 
         # 6c. AdamW; linear warmup then cosine decay to zero over all steps of the trial
         opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -362,7 +368,7 @@ def run_trial(
             return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * frac))
 
         gen = torch.Generator().manual_seed(cfg.seed)
-        cache_kw = _cache_kwarg(base.model)
+        cache_kw = cache_kwarg(base.model)
         eval_batch = 4 * cfg.batch_size  # no activations kept for backward: 4x fits
         history: list[dict] = []
         step, train_tokens = 0, 0
@@ -373,7 +379,7 @@ def run_trial(
             loss_sum, loss_tokens = 0.0, 0
             for start in range(0, len(order), cfg.batch_size):
                 batch = [train[i] for i in order[start : start + cfg.batch_size]]
-                x, y = _right_padded(batch, pad_id, device)  # (B, T), (B, T)
+                x, y = right_padded(batch, pad_id, device)  # (B, T), (B, T)
                 logits = peft_model(input_ids=x).logits  # (B, T, V)
                 n_ans = int((y != -100).sum())
                 loss = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=-100)
@@ -429,7 +435,7 @@ def run_trial(
             base.model = peft_model.unload()
             del peft_model
             base.model.eval()
-            if _fingerprint(base.model) != base.fingerprint:  # never expected; don't trust it
+            if weights_fingerprint(base.model) != base.fingerprint:  # never expected; don't trust it
                 warnings.warn(f"base model {cfg.model!r} changed during a trial; reloading it",
                               RuntimeWarning, stacklevel=2)  # fmt: skip
                 cache.pop("base", None)

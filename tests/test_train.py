@@ -131,7 +131,7 @@ def test_divergence_raises_and_leaves_the_cache_clean(first_trial):
     with pytest.raises(TrialDiverged, match=r"epoch 1, step \d+ \(learning_rate=1000"):
         run_trial(_cfg(learning_rate=1e3), cache=cache)
     base = cache["base"]
-    assert train_mod._fingerprint(base.model) == base.fingerprint
+    assert train_mod.weights_fingerprint(base.model) == base.fingerprint
     assert not any("lora_" in k for k in base.model.state_dict())
     again = run_trial(_cfg(), cache=cache)  # the next trial in this worker is unaffected
     assert _strip_wall(again) == _strip_wall(first_trial["history"])
@@ -184,7 +184,7 @@ def test_batched_eval_matches_one_by_one_generate(tiny_model):
     examples += [Example(f"c{n}=", str(n)) for n in (4711, 12, 905, 3)]
     items = train_mod._tokenize(examples, tok, split="test", max_len=64)
     got = train_mod._evaluate(model, items, pad_id=tok.pad_token_id, batch_size=5, device="cpu",
-                              cache_kw=train_mod._cache_kwarg(model))  # fmt: skip
+                              cache_kw=train_mod.cache_kwarg(model))  # fmt: skip
     exact, nll, n_tok, correct, logprob = 0, 0.0, 0, 0, 0.0
     with torch.no_grad():
         for p, a in items:
