@@ -317,6 +317,14 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> StudySpec:
     return spec
 
 
+def with_packing(spec: StudySpec, adapters_per_worker: int) -> StudySpec:
+    """The spec with packing.adapters_per_worker replaced (the sweep's --adapters-per-worker),
+    validated again: a pack still needs lora.dropout 0."""
+    data = spec.model_dump(mode="json", exclude={"source"})
+    data["packing"] = {"adapters_per_worker": adapters_per_worker}
+    return parse_spec(data, source=f"{spec.source} with --adapters-per-worker")
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study spec file."""
     p = Path(path)

@@ -110,3 +110,17 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(SpecError, match="must be a mapping"):
         load_spec(tmp_path / "list.yaml")
+
+
+def test_with_packing_overrides_and_validates_again():
+    from scaling.spec import with_packing
+
+    spec = load_spec(ROOT / "search_spaces" / "demo.yaml")
+    packed = with_packing(spec, 4)
+    assert packed.packing.adapters_per_worker == 4 and spec.packing.adapters_per_worker == 1
+    assert packed.model_dump(exclude={"packing", "source"}) == spec.model_dump(exclude={"packing", "source"})
+    with pytest.raises(SpecError, match=r"with --adapters-per-worker: packing.adapters_per_worker: .*got 0"):
+        with_packing(spec, 0)
+    dropout = parse_spec({**spec.model_dump(mode="json", exclude={"source"}), "lora": {"dropout": 0.1}})
+    with pytest.raises(SpecError, match="requires lora.dropout 0"):
+        with_packing(dropout, 2)
