@@ -191,29 +191,15 @@ class CellSearcher(Searcher):
             return Searcher.FINISHED
         # (a) trials a dead driver left RUNNING: re-run them under their own number
         for st in self.cells:
-            if st.orphans and self.spec.packing.adapters_per_worker > 1:
-                # packed: up to K of the cell's leftovers train together, each under its number
-                n = min(self.spec.packing.adapters_per_worker, len(st.orphans), self._budget())
-                members = []
-                for t in st.orphans[:n]:
-                    phase = t.user_attrs.get("phase", "search")
-                    seed = int(t.user_attrs.get("seed", self.spec.seeds.base))
-                    if phase == "repeat":
-                        st.in_flight_repeat += 1
-                    else:
-                        st.in_flight_search += 1
-                    members.append((t.number, t.params["learning_rate"], seed, phase))
-                del st.orphans[:n]
+            if not st.orphans:
+                continue
+            # packed: up to K of the cell's leftovers train together, each under its number
+            n = min(self.spec.packing.adapters_per_worker, len(st.orphans), self._budget())
+            members = [self._claim_orphan(st, t) for t in st.orphans[:n]]
+            del st.orphans[:n]
+            if self.spec.packing.adapters_per_worker > 1:
                 return self._start_pack(trial_id, st, members)
-            if st.orphans:
-                t = st.orphans.pop(0)
-                phase = t.user_attrs.get("phase", "search")
-                seed = int(t.user_attrs.get("seed", self.spec.seeds.base))
-                if phase == "repeat":
-                    st.in_flight_repeat += 1
-                else:
-                    st.in_flight_search += 1
-                return self._start(trial_id, st, t.number, t.params["learning_rate"], seed, phase)
+            return self._start(trial_id, st, *members[0])
         # (b) LR search: the cell with least work, the most expensive first on ties
         open_cells = [
             st for st in self.cells if st.done_search + st.in_flight_search < self.spec.trials_per_cell
@@ -265,6 +251,16 @@ class CellSearcher(Searcher):
         if waiting or self._live or self._packs:
             return None  # Ray asks again when a trial finishes
         return Searcher.FINISHED
+
+    def _claim_orphan(self, st: _CellState, t: optuna.trial.FrozenTrial) -> tuple[int, float, int, str]:
+        """A leftover trial, counted in flight again: (Optuna number, its LR, its seed, phase)."""
+        phase = t.user_attrs.get("phase", "search")
+        if phase == "repeat":
+            st.in_flight_repeat += 1
+        else:
+            st.in_flight_search += 1
+        seed = int(t.user_attrs.get("seed", self.spec.seeds.base))
+        return t.number, t.params["learning_rate"], seed, phase
 
     def _ask_search(self, st: _CellState) -> tuple[int, float]:
         """Ask the cell's study for one LR-search trial: (Optuna number, learning rate)."""
