@@ -319,9 +319,11 @@ class CellSearcher(Searcher):
                 if t.number not in mine and t.user_attrs.get("phase", "search") == "search":
                     for epoch, v in t.intermediate_values.items():
                         history.setdefault(int(epoch), []).append(float(v))
-            extra = {"stop_history": history, "active": self.spec.packing.adapters_per_worker}
+            extra = {"stop_history": history}
         return {
             **extra,
+            # how many members train at once; the rest (early stopping) wait for a free slot
+            "active": min(self.spec.packing.adapters_per_worker, len(members)),
             "dataset_size": c.dataset_size,
             "epochs": c.epochs,
             "lora_r": c.lora_r,
@@ -486,9 +488,11 @@ def _run_pack(spec: StudySpec, config: dict) -> None:
         table = RungTable(es.method, max_epochs=cfgs[0].epochs, grace_epochs=es.grace_epochs,
                           reduction_factor=es.reduction_factor, history=config.get("stop_history"))  # fmt: skip
 
+    judged = [table is not None and m["phase"] == "search" for m in members]  # repeats always finish
+
     def stopper(i: int) -> Callable[[dict], bool] | None:
-        if table is None or members[i]["phase"] != "search":
-            return None  # repeats of the best LR always finish
+        if not judged[i]:
+            return None
         return lambda metrics: table.should_stop(i, metrics["epoch"], metrics[SELECT_METRIC])
 
     def tag(i: int) -> dict[str, Any]:
@@ -497,7 +501,7 @@ def _run_pack(spec: StudySpec, config: dict) -> None:
     def reporter(i: int) -> Callable[[dict], None]:
         def report(metrics: dict) -> None:
             last_epoch[i] = int(metrics.get("epoch", 0))
-            if table is not None and members[i]["phase"] == "search":
+            if judged[i]:
                 table.record(i, last_epoch[i], metrics[SELECT_METRIC])
             tune.report({**metrics, **_worker_stats(), **tag(i), "status": "ok", "error": ""})
 
@@ -506,7 +510,7 @@ def _run_pack(spec: StudySpec, config: dict) -> None:
     try:
         out = run_packed(cfgs, reports=[reporter(i) for i in range(len(cfgs))],
                          should_stops=[stopper(i) for i in range(len(cfgs))], cache=_WORKER_CACHE,
-                         threads=cfgs[0].threads, max_adapters=config.get("active"))  # fmt: skip
+                         threads=cfgs[0].threads, max_adapters=config["active"])  # fmt: skip
         for r in out:  # anything but bad hyperparameters is an infrastructure fault: Ray retries the pack
             if isinstance(r, BaseException) and not isinstance(r, train.TrialDiverged | ValueError):
                 raise r
@@ -588,7 +592,7 @@ class _Recorder(Callback):
             mine = [r for r in results if r.get("member") == i]
             status = "failed" if error is not None else _trial_status(mine[-1] if mine else None, False)
             solo = {**{k: cfg[k] for k in ("dataset_size", "epochs", "lora_r", "cell", "optuna_study")}, **m}
-            solo["pack_size"] = min(cfg.get("active") or len(cfg["members"]), len(cfg["members"]))
+            solo["pack_size"] = cfg["active"]
             member_rows, base = self._rows(solo, mine, status, error or "")
             rows += member_rows
             done.append((status, base))
@@ -766,7 +770,9 @@ def run_sweep(
 
 
 def _scheduler(spec: StudySpec) -> Any:
-    if spec.early_stopping.method == "none":
+    if spec.early_stopping.method == "none" or spec.packing.adapters_per_worker > 1:
+        # packed, every Ray trial is a pack (leftovers too), and a pack stops its own
+        # members (scaling/stopping.py): Ray's schedulers could only stop all K at once
         return None
     return _PerCellScheduler(spec)
 
@@ -815,12 +821,9 @@ class _PerCellScheduler(FIFOScheduler):
         return True
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        if "members" not in trial.config:  # a pack stops its own members (scaling/stopping.py)
-            self._for(trial).on_trial_add(tune_controller, trial)
+        self._for(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if "members" in trial.config:
-            return TrialScheduler.CONTINUE
         value = result.get(SELECT_METRIC)
         if result.get("status") == "failed" or value is None or not math.isfinite(value):
             return TrialScheduler.CONTINUE
@@ -831,8 +834,6 @@ class _PerCellScheduler(FIFOScheduler):
         return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        if "members" in trial.config:
-            return
         value = (result or {}).get(SELECT_METRIC)
         if result and value is not None and math.isfinite(value):
             self._for(trial).on_trial_complete(tune_controller, trial, result)
@@ -840,16 +841,13 @@ class _PerCellScheduler(FIFOScheduler):
             self.on_trial_remove(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        if "members" in trial.config:
-            return
         try:
             self._for(trial).on_trial_remove(tune_controller, trial)
         except KeyError:  # already forgotten by the cell's scheduler
             pass
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        if "members" not in trial.config:
-            self._for(trial).on_trial_error(tune_controller, trial)
+        self._for(trial).on_trial_error(tune_controller, trial)
 
     def __getstate__(self) -> dict:
         return {"spec": self.spec, "_cells": {}, "stopped": 0}
