@@ -18,6 +18,7 @@ import optuna
 import psutil
 import pytest
 import yaml
+from conftest import live_trials
 
 from scaling.records import read_results
 from scaling.spec import load_spec, parse_spec
@@ -43,24 +44,6 @@ def _raylet_pid(node) -> int:
         return node.all_processes[rc.PROCESS_TYPE_RAYLET][0].process.pid
     except (AttributeError, KeyError, IndexError):  # a node still starting or already gone
         return -1
-
-
-def _running_with_an_epoch(db: Path) -> list[tuple[int, int]]:
-    import sqlite3
-
-    if not db.exists():
-        return []
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute(
-                "SELECT t.number, COUNT(v.step) FROM trials t JOIN trial_intermediate_values v "
-                "ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING' GROUP BY t.trial_id"
-            ).fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return []
 
 
 def _runs_a_trial(node) -> bool:
@@ -128,7 +111,7 @@ def test_a_worker_node_dies_mid_sweep_and_its_trial_reruns_elsewhere(three_node_
         for n in nodes:
             for pid in _descendants(_raylet_pid(n)):
                 where.setdefault(pid, str(_raylet_pid(n)))
-        if "removed" not in event and _running_with_an_epoch(run / "optuna.db"):
+        if "removed" not in event and any(epochs >= 1 for *_, epochs in live_trials(run / "optuna.db")):
             # a trial is mid-training: take down a worker node that is running one
             victim = next((n for n in nodes if _runs_a_trial(n)), None)
             if victim is not None:

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from conftest import live_trials
 from scipy.stats import theilslopes
 
 from scaling.records import read_results
@@ -99,26 +99,6 @@ def ray_attempts(run_dir: Path) -> dict[str, int]:
             tid = f"{cfg['optuna_study']}#{cfg['optuna_trial']}"
             out[tid] = out.get(tid, 0) + json.loads(runtime_json)["num_failures"]
     return out
-
-
-def live_trials(db: Path) -> list[tuple[str, int, int]]:
-    """(study, trial number, epochs reported) of RUNNING Optuna trials, read-only, so that
-    watching never races the sweep creating its tables."""
-    if not db.exists():
-        return []
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute(
-                "SELECT s.study_name, t.number, COUNT(v.step) FROM trials t "
-                "JOIN studies s ON s.study_id = t.study_id "
-                "LEFT JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
-                "WHERE t.state = 'RUNNING' GROUP BY t.trial_id"
-            ).fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:  # tables not created yet
-        return []
 
 
 def trials_in_table(run_dir: Path) -> int:
