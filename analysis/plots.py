@@ -102,6 +102,16 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
+def _finish_log_log(ax, drawn: bool, empty_text: str, *, legend_size: float = 7.5) -> None:
+    """Log-log axes with a legend once something is drawn; else say why the panel is empty."""
+    if not drawn:
+        _empty(ax, empty_text)
+        return
+    ax.set_xscale("log")
+    _plain_log_y(ax)
+    ax.legend(fontsize=legend_size, loc="best")  # matplotlib's default placement, said aloud
+
+
 # ---- 1. loss vs data -------------------------------------------------------------
 
 
@@ -166,12 +176,7 @@ def plot_loss_vs_data(series: Sequence[Mapping[str, Any]], *, y_label: str = "te
         if ho and all(np.isfinite([ho.get("x", np.nan), ho.get("y", np.nan)])):
             ax.plot([ho["x"]], [ho["y"]], "x", color=c, ms=9, mew=2, zorder=5,
                     label=f"{s['label']}: hold-out prediction")  # fmt: skip
-    if not drawn:
-        _empty(ax, "no completed trials with a test loss")
-    else:
-        ax.set_xscale("log")
-        _plain_log_y(ax)
-        ax.legend(fontsize=7.5, loc="best")
+    _finish_log_log(ax, drawn, "no completed trials with a test loss")
     ax.set_xlabel(_D_LABEL)
     ax.set_ylabel(y_label + " (log scale)")
     ax.set_title(title, fontsize=11)
@@ -296,12 +301,7 @@ def plot_lr_rule(best: pd.DataFrame, curves: Sequence[Mapping[str, Any]],
         )
     if predictions:
         ax.plot([], [], "D", color="0.3", mfc="white", label="predicted for unseen sizes")
-    if not drawn:
-        _empty(ax, "no cell has a best learning rate")
-    else:
-        ax.set_xscale("log")
-        _plain_log_y(ax)
-        ax.legend(fontsize=7.5, loc="best")
+    _finish_log_log(ax, drawn, "no cell has a best learning rate")
     ax.set_xlabel(_D_LABEL)
     ax.set_ylabel("best learning rate (log scale)")
     ax.set_title("Best learning rate vs dataset size, and the fitted LR rule (hollow: at the searched edge)",
@@ -385,12 +385,7 @@ def plot_compute(
         df = pd.DataFrame({"x": x[ok], "y": y[ok]}).groupby("x")["y"].mean()
         ax.plot(df.index, df.to_numpy(), "o-", color=series_colour(i), ms=5, label=s["label"])
         drawn = True
-    if not drawn:
-        _empty(ax, "no compute recorded")
-    else:
-        ax.set_xscale("log")
-        _plain_log_y(ax)
-        ax.legend(fontsize=8)
+    _finish_log_log(ax, drawn, "no compute recorded", legend_size=8)
     ax.set_xlabel(x_label)
     ax.set_ylabel("test eval loss (nats per answer token, log scale)")
     ax.set_title(
