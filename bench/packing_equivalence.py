@@ -12,9 +12,10 @@ import time
 
 import torch
 
+from analysis.table import METRIC_KEYS
 from scaling.models import BUILTIN_TINY, ensure_base_model
 from scaling.packed import run_packed
-from scaling.train import METRIC_KEYS, TrialConfig, run_trial
+from scaling.train import TrialConfig, run_trial
 
 
 def _cfg(**overrides) -> TrialConfig:

@@ -75,8 +75,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from analysis.table import METRIC_KEYS
 from scaling.train import (
-    METRIC_KEYS,
     Tokenized,
     TrialConfig,
     TrialDiverged,

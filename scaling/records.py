@@ -1,9 +1,6 @@
-"""The results table: one row per evaluation, one Parquet file per run directory.
-
-Columns (see DESIGN.md). Metrics carry a split prefix: ``val_*`` is the
-validation set (the only split any selection reads: Optuna, early stopping,
-best LR), ``test_*`` is the held-out test set (the only split reported as a
-headline number or fed to the laws).
+"""The run directory on disk: its results table (one row per evaluation, one Parquet file),
+appended atomically, and the lock a sweep holds on it. The names and dtypes of the
+columns are analysis.table's (COLUMNS), shared with the analysis side.
 
 Writes are append-only in meaning and atomic in fact: the new file is written
 beside the old one and renamed over it, so a crash leaves either the old or the
@@ -21,10 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.table import COLUMNS, RESULTS_FILE
+
 __all__ = [
-    "COLUMNS",
-    "METRICS",
-    "RESULTS_FILE",
     "RecordsError",
     "RunLock",
     "RunLocked",
@@ -32,43 +28,6 @@ __all__ = [
     "read_results",
     "empty_table",
 ]
-
-RESULTS_FILE = "results.parquet"
-
-METRICS = ("eval_loss", "token_accuracy", "exact_match", "answer_logprob")
-
-# name -> pandas dtype; the order is the column order of the file
-COLUMNS: dict[str, str] = {
-    "study": "string",
-    "trial_id": "string",
-    "optuna_trial": "Int64",
-    "cell": "string",
-    "phase": "string",  # search | repeat (extra seeds of the cell's best config)
-    "dataset_size": "Int64",
-    "epochs": "Int64",
-    "learning_rate": "float64",
-    "lora_r": "Int64",
-    "lora_alpha": "float64",
-    "seed": "Int64",
-    "model": "string",
-    "task": "string",
-    "epoch": "Int64",
-    "step": "Int64",
-    "train_tokens": "Int64",
-    "train_flops": "float64",
-    "train_loss": "float64",
-    **{f"{split}_{m}": "float64" for split in ("val", "test") for m in METRICS},
-    "trainable_params": "Int64",
-    "wall_seconds": "float64",  # since the trial started; a packed trial shared it (pack_size)
-    "pack_size": "Int64",  # most adapters trained at once in this trial's pack; 1 = alone
-    "worker_pid": "Int64",  # the Ray worker process that ran the trial (reused between trials)
-    "worker_rss_mb": "float64",  # its resident memory after this evaluation: leaks show here
-    "status": "string",  # ok | failed | pruned
-    "error": "string",
-    "node": "string",
-    "recorded_at": "string",
-}
-
 
 class RecordsError(ValueError):
     """A results table is missing, unreadable or has the wrong shape."""

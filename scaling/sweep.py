@@ -40,7 +40,8 @@ from typing import Any
 
 import yaml
 
-from scaling.records import RESULTS_FILE, RunLock, append_rows, read_results
+from analysis.table import RESULTS_FILE, ROW_KEYS, SELECT_METRIC
+from scaling.records import RunLock, append_rows, read_results
 from scaling.spec import Cell, SpecError, StudySpec
 
 # Ray Tune writes CSV/JSON/TensorBoard logs per trial by default; our table is the record.
@@ -56,7 +57,6 @@ from ray.tune.search import Searcher  # noqa: E402
 
 __all__ = ["run_sweep", "SweepResult", "CellSearcher", "open_storage", "cell_study_name"]
 
-SELECT_METRIC = "val_eval_loss"  # selection reads the validation split only
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # With Tune's per-trial loggers off (our table is the record), Tune's end-of-run
 # analysis warns that it finds no result.json; that is expected, not a problem.
@@ -553,11 +553,6 @@ def _worker_stats() -> dict[str, Any]:
 
 
 # 4. Recording rows in the driver -------------------------------------------------
-_ROW_KEYS = (
-    "epoch", "step", "train_tokens", "train_flops", "train_loss", "trainable_params", "wall_seconds",
-    "worker_pid", "worker_rss_mb",
-    *(f"{s}_{m}" for s in ("val", "test") for m in ("eval_loss", "token_accuracy", "exact_match", "answer_logprob")),
-)  # fmt: skip
 
 
 class _Recorder(Callback):
@@ -626,7 +621,7 @@ class _Recorder(Callback):
             "error": error or None,
             "recorded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
-        rows = [{**base, **{k: r.get(k) for k in _ROW_KEYS}, "node": r.get("node_ip")} for r in evals]
+        rows = [{**base, **{k: r.get(k) for k in ROW_KEYS}, "node": r.get("node_ip")} for r in evals]
         if not rows:  # a failure before the first evaluation is still a row
             rows = [{**base, "epoch": 0, "node": (failed[-1].get("node_ip") if failed else None)}]
         return rows, base

@@ -25,24 +25,17 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
+from analysis.table import METRIC_KEYS
 from scaling.models import load_base_model
 from scaling.tasks import Example, TaskError, make_task
 
 __all__ = [
-    "METRIC_KEYS", "TrialConfig", "TrialDiverged", "run_trial",
+    "TrialConfig", "TrialDiverged", "run_trial",
     # the parts of a trial that scaling/packed.py shares, so a packed trial is built
     # exactly as a solo one: the worker's base, its data, the batches, the adapter
     "WorkerBase", "Tokenized", "attach_lora", "cache_kwarg", "get_base", "get_data",
     "left_padded", "non_embedding_params", "right_padded", "weights_fingerprint",
 ]  # fmt: skip
-
-# the keys of every dict passed to report(), in this order
-METRIC_KEYS = (
-    "epoch", "step", "train_loss", "train_tokens", "train_flops", "wall_seconds",
-    "val_eval_loss", "val_token_accuracy", "val_exact_match", "val_answer_logprob",
-    "test_eval_loss", "test_token_accuracy", "test_exact_match", "test_answer_logprob",
-    "trainable_params",
-)  # fmt: skip
 
 # -----------------------------------------------------------------------------
 # 1. Config

@@ -7,10 +7,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from analysis.table import METRIC_KEYS
 from scaling.models import BUILTIN_TINY
 from scaling.packed import MultiLoRALinear, Pack, run_packed
 from scaling.packed import _Layout as Layout
-from scaling.train import METRIC_KEYS, TrialConfig, TrialDiverged, run_trial
+from scaling.train import TrialConfig, TrialDiverged, run_trial
 
 EVAL = 64  # small eval sets keep the tests quick
 TOL = 1e-4

@@ -7,7 +7,8 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 
-from scaling.records import COLUMNS, RecordsError, RunLock, RunLocked, append_rows, read_results
+from analysis.table import COLUMNS
+from scaling.records import RecordsError, RunLock, RunLocked, append_rows, read_results
 
 
 def _row(trial: str, epoch: int, **kw):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from analysis.table import METRIC_KEYS
 from scaling.records import read_results
 from scaling.spec import parse_spec
 
@@ -261,7 +262,7 @@ def test_packed_sweep_writes_the_rows_of_solo_trials(ray_local, tmp_path, monkey
         alone = train.run_trial(cfg, cache=solo_cache)
         assert list(rows["epoch"]) == [m["epoch"] for m in alone]
         for (_, got), want in zip(rows.iterrows(), alone, strict=True):
-            for k in train.METRIC_KEYS:
+            for k in METRIC_KEYS:
                 if k != "wall_seconds":
                     assert abs(float(got[k]) - float(want[k])) <= 1e-4, (tid, k, got[k], want[k])
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import scaling.train as train_mod
+from analysis.table import METRIC_KEYS
 from scaling.models import BUILTIN_TINY, load_base_model
 from scaling.tasks import Example, TaskError, make_task
-from scaling.train import METRIC_KEYS, TrialConfig, TrialDiverged, run_trial
+from scaling.train import TrialConfig, TrialDiverged, run_trial
 
 pytestmark = pytest.mark.slow
 
