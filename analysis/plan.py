@@ -1,7 +1,7 @@
 """Plan the next run for a compute budget: the dataset size, epochs and learning rate predicted best.
 
     from analysis.plan import plan_budget
-    p = plan_budget("runs/demo", budget_flops=1e15)      # or budget_hours=2.0
+    p = plan_budget(read_run("runs/demo"), budget_flops=1e15)   # or budget_hours=2.0
     p["choice"]   # {"dataset_size", "epochs", "learning_rate", "predicted_loss", "lo", "hi", ...}
 
 The rule, top to bottom:
@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.report import BOOTSTRAP, LEVEL, Analysis, analyse, clean
+from analysis.findings import BOOTSTRAP, LEVEL, Analysis, analyse
+from analysis.table import Run, clean
 
 __all__ = ["PlanError", "plan_budget"]
 
@@ -79,13 +79,13 @@ def _learning_rate(an: Analysis, d: float, e: float) -> dict[str, Any]:
             "lr_source": f"best LR of the nearest cell (D={int(r['dataset_size'])}, epochs={int(r['epochs'])}); no LR rule"}  # fmt: skip
 
 
-def plan_budget(source: str | Path | pd.DataFrame | Analysis, *, budget_flops: float | None = None,
+def plan_budget(source: Run | pd.DataFrame | Analysis, *, budget_flops: float | None = None,
                 budget_hours: float | None = None, max_dataset_size: float | None = None,
                 bootstrap: int = BOOTSTRAP, seed: int = 0, level: float = LEVEL) -> dict[str, Any]:  # fmt: skip
     """The (dataset size, epochs, LR) predicted best for a budget; see the module docstring.
 
-    ``source``: a run directory, results table, or an `analyse` result (reused
-    as is). Exactly one of ``budget_flops`` and ``budget_hours``. Returns a
+    ``source``: a Run (`scaling.records.read_run`), a results table, or an
+    `analyse` result (reused as is). Exactly one of ``budget_flops`` and ``budget_hours``. Returns a
     JSON-safe dict: budget_flops, budget_hours, flops_per_example,
     flops_per_second, examples, max_dataset_size, candidates (one per epochs
     setting), choice, close_call, data_constrained (or None), notes.

@@ -11,15 +11,30 @@ reported as a headline number or fed to the laws).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
 __all__ = [
     "COLUMNS",
     "EVAL_KEYS",
+    "LOSS",
+    "MAXIMISED",
     "METRICS",
     "METRIC_KEYS",
     "RESULTS_FILE",
     "ROW_KEYS",
+    "Run",
+    "SELECT",
     "SELECT_METRIC",
     "SPLITS",
+    "clean",
+    "trial_summary",
 ]
 
 RESULTS_FILE = "results.parquet"
@@ -31,6 +46,10 @@ SPLITS = ("val", "test")
 EVAL_KEYS = tuple(f"{s}_{m}" for s in SPLITS for m in METRICS)
 
 SELECT_METRIC = "val_eval_loss"  # selection reads the validation split only
+SELECT = SELECT_METRIC  # what selection reads
+LOSS = "test_eval_loss"  # the laws' y: test split of the val-selected config
+# metrics where higher is better; every other metric (the losses) is minimised
+MAXIMISED = ("token_accuracy", "exact_match", "answer_logprob")
 
 # the keys of every metrics dict a trial reports (one per evaluation), in this order
 METRIC_KEYS = (
@@ -75,3 +94,112 @@ COLUMNS: dict[str, str] = {
     "node": "string",
     "recorded_at": "string",
 }
+
+
+@dataclass(frozen=True)
+class Run:
+    """What analysis is handed: the results table plus plain facts about the study (no file I/O here).
+
+    ``spec`` is the study spec as a plain dict (spec.yaml as written), ``facts`` the values derived
+    from it (StudySpec.facts(): dataset_sizes, epochs, planned_trials), ``run_dir`` where it came
+    from (a label and the default report folder, never read here), ``spec_file`` the spec copy's
+    path, ``optuna_url`` the Optuna storage and ``optuna_exists`` whether a sqlite one is on disk.
+    """
+
+    table: pd.DataFrame
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+    spec_file: str | None = None
+    optuna_url: str | None = None
+    optuna_exists: bool | None = None
+
+
+# ---- plain values --------------------------------------------------------------
+
+
+def _py(v: Any) -> Any:
+    """A plain Python scalar: numpy unwrapped, pandas NA -> None."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, np.generic):
+        v = v.item()
+    return v
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy: numpy/pandas scalars unwrapped, NaN/inf -> None, tuples -> lists."""
+    if isinstance(value, Mapping):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    value = _py(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---- THE per-trial summary ---------------------------------------------------------
+
+
+def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: its axes, LR, status, final metrics, FLOPs, wall time and error.
+
+    status: "failed" if any row failed, else "pruned" if any row was pruned,
+    else "ok". Final values come from the trial's last evaluated epoch;
+    train_flops and wall_seconds are cumulative per trial, so their final
+    value is what the trial spent. A packed trial's wall_seconds is its whole
+    pack's (K adapters trained at once, pack_size = K): the summary's
+    wall_seconds is the trial's share, the pack's time / pack_size, so that
+    summing over trials counts every pack's time once (pack_wall_seconds keeps
+    the pack's own).
+    """
+    cols = ["trial_id", "cell", "phase", "dataset_size", "epochs", "lora_r", "learning_rate", "seed",
+            "status", "error", "train_flops", "wall_seconds", "pack_size", "pack_wall_seconds", "last_epoch", "model",
+            "task"]  # fmt: skip
+    if table.empty:
+        return pd.DataFrame(columns=cols)
+    df = table.copy()
+    for c in ("cell", "phase", "error", "model", "task", "lora_r", "seed", "epoch", "train_flops",
+              "wall_seconds", "pack_size", "dataset_size", "epochs", "learning_rate"):  # fmt: skip
+        if c not in df.columns:
+            df[c] = np.nan
+    df["_status"] = df["status"].astype("string").fillna("").astype(str)
+    df["_epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype(float).fillna(-1.0)
+    df = df.sort_values(["trial_id", "_epoch"], kind="stable")
+    g = df.groupby("trial_id", sort=False)
+    last = g.tail(1).set_index("trial_id")
+    out = pd.DataFrame(index=last.index)
+    for c in (
+        "cell",
+        "phase",
+        "dataset_size",
+        "epochs",
+        "lora_r",
+        "learning_rate",
+        "seed",
+        "model",
+        "task",
+    ):
+        out[c] = last[c]
+    st = g["_status"].agg(
+        lambda s: "failed" if (s == "failed").any() else "pruned" if (s == "pruned").any() else "ok"
+    )
+    out["status"] = st
+    out["error"] = g["error"].agg(
+        lambda s: next((str(v) for v in s if isinstance(v, str) and v), None)
+    )
+    out["train_flops"] = g["train_flops"].agg(lambda s: pd.to_numeric(s, errors="coerce").max())
+    out["pack_wall_seconds"] = g["wall_seconds"].agg(lambda s: pd.to_numeric(s, errors="coerce").max())
+    # a table without pack_size (written before packing) trained every trial alone
+    pack = g["pack_size"].agg(lambda s: pd.to_numeric(s, errors="coerce").max())
+    out["pack_size"] = pack.where(pack >= 1, 1.0).fillna(1.0).astype(float)
+    out["wall_seconds"] = out["pack_wall_seconds"] / out["pack_size"]
+    out["last_epoch"] = last["_epoch"].where(last["_epoch"] >= 0)
+    for c in table.columns:
+        if c.startswith(("val_", "test_")):
+            out[c] = pd.to_numeric(last[c], errors="coerce").astype(float)
+    return out.reset_index()
+

@@ -148,31 +148,46 @@ def sweep(
     console.print(f"  Ray Tune state  {res.run_dir / 'ray'}")
 
 
-def _print_cells(run_dir: Path) -> None:
-    from analysis.lr import best_lr
+def _selection_or_fail(df, where: Path, *, metric: str = "eval_loss", bootstrap: int = 0):
+    """The one selection (analysis.selection): validation picks, per LoRA rank, in the metric's direction."""
+    from analysis.selection import select
 
-    df = _table_or_fail(run_dir)
-    ok = df[df["status"] == "ok"]
-    if ok.empty:
+    try:
+        return select(df, metric=metric, bootstrap=bootstrap)
+    except ValueError as err:
+        _fail(f"{where}: {err}")
+
+
+def _print_cells(where: Path, df=None) -> None:
+    """The chosen config of every cell of the table at ``where`` (or of ``df``, read from there)."""
+    import numpy as np
+
+    from analysis.table import trial_summary
+
+    df = _table_or_fail(where) if df is None else df
+    if (df["status"] == "ok").sum() == 0:
         console.print("[yellow]no completed trials yet[/]")
         return
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        best = best_lr(df, bootstrap=0)
-    final = ok.sort_values("epoch").groupby("trial_id").tail(1)
-    t = Table(title=f"best learning rate per cell (selected on validation; test metrics shown) — {run_dir}")
-    for col in ("D", "epochs", "trials", "best lr", "val loss", "test loss", "test exact", "worst/best val loss"):
+    sel = _selection_or_fail(df, where)
+    trials = trial_summary(df)
+    ok = trials[trials["status"] == "ok"]
+    t = Table(title=f"best learning rate per cell (selected on validation; test metrics shown) — {where}")
+    cols = ["D", "epochs", *(["r"] if "lora_r" in sel.by else []), "trials", "best lr", "val loss", "test loss",
+            "test exact", "worst/best val loss"]  # fmt: skip
+    for col in cols:
         t.add_column(col, justify="right")
-    for _, b in best.iterrows():
-        cell = final[(final["dataset_size"] == b["dataset_size"]) & (final["epochs"] == b["epochs"])]
-        chosen = cell[cell["trial_id"] == b["trial_id_best"]]
-        test_loss = chosen["test_eval_loss"].iloc[0] if len(chosen) else float("nan")
-        test_em = chosen["test_exact_match"].iloc[0] if len(chosen) else float("nan")
+    for _, b in sel.best.iterrows():
+        same = np.ones(len(ok), dtype=bool)
+        for c in sel.by:
+            same &= (ok[c].astype(float) == float(b[c])).to_numpy()
+        cell = ok[same]
+        chosen = sel.points[sel.points["trial_id"] == b["trial_id_best"]]
+        test_loss = chosen["test_eval_loss"].iloc[0] if len(chosen) and "test_eval_loss" in chosen else float("nan")
+        test_em = chosen["test_exact_match"].iloc[0] if len(chosen) and "test_exact_match" in chosen else float("nan")
         spread = cell["val_eval_loss"].max() / cell["val_eval_loss"].min() if len(cell) else float("nan")
+        rank = [str(b["lora_r"])] if "lora_r" in sel.by else []
         t.add_row(
-            str(b["dataset_size"]), str(b["epochs"]), str(b["n_trials"]), f"{b['lr_best']:.2e}",
+            str(b["dataset_size"]), str(b["epochs"]), *rank, str(b["n_trials"]), f"{b['lr_best']:.2e}",
             _fmt(b["metric_best"]), _fmt(float(test_loss)), _fmt(float(test_em)), _fmt(float(spread)),
         )  # fmt: skip
     console.print(t)
@@ -184,7 +199,7 @@ def show(run_dir: Annotated[Path, typer.Argument(help="run directory or results.
     df = _table_or_fail(run_dir)
     counts = df.drop_duplicates("trial_id")["status"].value_counts().to_dict()
     console.print(f"{run_dir}: {df['trial_id'].nunique()} trials ({counts}), {len(df)} rows")
-    _print_cells(run_dir if run_dir.is_dir() else run_dir.parent)
+    _print_cells(run_dir, df)
     failed = df[df["status"] == "failed"].drop_duplicates("trial_id")
     for _, r in failed.head(10).iterrows():
         console.print(f"[red]failed[/] {r['trial_id']}: {r['error']}")
@@ -204,20 +219,36 @@ def _read_any(path: Path):
         _fail(f"{path}: cannot read the table: {type(err).__name__}: {err}")
 
 
+def _is_run_table(df) -> bool:
+    """A results table a sweep wrote (one row per evaluation), as opposed to a plain (x, y) table."""
+    from analysis.table import SELECT
+
+    return all(c in df.columns for c in ("trial_id", "status", "learning_rate", SELECT))
+
+
 @app.command()
 def fit(
-    table: Annotated[Path, typer.Argument(help="CSV or Parquet table")],
+    table: Annotated[Path, typer.Argument(help="run directory, results table, or a plain CSV/Parquet (x, y) table")],
     law: Annotated[str, typer.Option(help="power | chinchilla | data_constrained | bnsl | multiplicative")] = "power",
     x: Annotated[str, typer.Option(help="input column(s), comma separated")] = "dataset_size",
     y: Annotated[str, typer.Option(help="output column")] = "test_eval_loss",
+    epochs: Annotated[int | None, typer.Option(help="on a run: fit only this epochs setting (as the report does)")] = None,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for CIs")] = 0,
     seed: int = 0,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
 ) -> None:
-    """Fit a scaling law to a table."""
+    """Fit a scaling law to a table; on a run, to the test points of the configs chosen on validation."""
     from analysis.fit import FitError, fit_law
 
     df = _read_any(table)
+    if _is_run_table(df):
+        if y not in df.columns:
+            _fail(f"{table}: column {y!r} not found (has {list(df.columns)})")
+        df = _selection_or_fail(df, table).points
+        if epochs is not None:
+            df = df[df["epochs"] == float(epochs)]
+            if df.empty:
+                _fail(f"{table}: --epochs {epochs}: no chosen config has epochs={epochs}")
     cols = [c.strip() for c in x.split(",") if c.strip()]
     try:
         f = fit_law(law=law, data=df, x=cols if len(cols) > 1 else cols[0], y=y, bootstrap=bootstrap, seed=seed)
@@ -243,28 +274,33 @@ def fit(
 @app.command("best-lr")
 def best_lr_cmd(
     run_dir: Annotated[Path, typer.Argument(help="run directory or results table")],
-    metric: str = "eval_loss",
+    metric: Annotated[str, typer.Option(help="validation metric; losses are minimised, exact_match, "
+                                              "token_accuracy and answer_logprob maximised")] = "eval_loss",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Best learning rate per (dataset size, epochs) cell and the fitted LR rule."""
-    from analysis.lr import best_lr, lr_rule
+    """Best learning rate per (dataset size, epochs[, LoRA rank]) cell and the fitted LR rule."""
+    from analysis.lr import BOOTSTRAP, lr_rule
 
     df = _read_any(run_dir)
+    sel = _selection_or_fail(df, run_dir, metric=metric, bootstrap=BOOTSTRAP)
+    best = sel.best
     try:
-        best = best_lr(df, metric=metric)
         rule = lr_rule(best) if best["lr_best"].notna().sum() >= 2 else None
     except ValueError as err:
         _fail(f"{run_dir}: {err}")
     if as_json:
-        out = {"cells": json.loads(best.to_json(orient="records")), "rule": rule.to_dict() if rule else None}
+        out = {"metric": metric, "mode": sel.mode, "cells": json.loads(best.to_json(orient="records")),
+               "rule": rule.to_dict() if rule else None}  # fmt: skip
         typer.echo(json.dumps(out, default=float))
         return
-    t = Table(title=f"best learning rate per cell ({metric}, validation split)")
-    for c in ("D", "epochs", "lr*", "interval", metric, "trials", "at edge"):
+    t = Table(title=f"best learning rate per cell ({metric}, validation split, {sel.mode}imised)")
+    cols = ["D", "epochs", *(["r"] if "lora_r" in sel.by else []), "lr*", "interval", metric, "trials", "at edge"]
+    for c in cols:
         t.add_column(c, justify="right")
     for _, b in best.iterrows():
+        rank = [str(b["lora_r"])] if "lora_r" in sel.by else []
         t.add_row(
-            str(b["dataset_size"]), str(b["epochs"]), f"{b['lr_best']:.2e}",
+            str(b["dataset_size"]), str(b["epochs"]), *rank, f"{b['lr_best']:.2e}",
             f"[{_fmt(b['lr_low'])}, {_fmt(b['lr_high'])}]", _fmt(b["metric_best"]), str(b["n_trials"]),
             "yes" if b["at_edge"] else "",
         )  # fmt: skip
@@ -284,33 +320,44 @@ def emergence(
     y: Annotated[str, typer.Option(help="metric column")] = "test_exact_match",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Is there a sudden jump in a metric? (with the continuous-metric check on run tables)"""
-    from analysis.emergence import detect_jumps
+    """Is there a sudden jump in a metric? On a run: per series, on the configs chosen on validation
+    (mean over their seeds), with the continuous-metric check, as the report does."""
+    from analysis.emergence import check_mirage, detect_jumps
+    from analysis.selection import higher_is_better, series, series_points
 
     df = _read_any(table)
     for col in (x, y):
         if col not in df.columns:
             _fail(f"{table}: column {col!r} not found (has {list(df.columns)})")
-    data = df
-    if "status" in df.columns:
-        data = df[df["status"] == "ok"]
-    agg = data.groupby(x)[y].max().reset_index()  # the best a config reached at each x
-    try:
-        res = detect_jumps(agg[x].to_numpy(float), agg[y].to_numpy(float), higher_is_better=not y.endswith("loss"))
-    except ValueError as err:
-        _fail(f"{table}: {err}")
-    out: dict[str, Any] = {"jump": res.to_dict()}
-    if "status" in df.columns and y.endswith("exact_match"):
-        from analysis.emergence import check_mirage
-
-        split = y.split("_", 1)[0] if y.startswith(("val_", "test_")) else "test"
-        out["mirage"] = check_mirage(df, x, split=split).to_dict()
+    run = _is_run_table(df)
+    if run:
+        sel = _selection_or_fail(df, table)
+        groups = [(s["label"], series_points(sel.points, s["key"])) for s in series(sel.points, sel.series_cols)]
+    else:  # a plain table: its rows are the points (mean over repeated x)
+        groups = [("all", df)]
+    out: dict[str, Any] = {"x": x, "y": y, "series": []}
+    for label, pts in groups:
+        g = pts.groupby(x)[y].mean().dropna()
+        try:
+            res = detect_jumps(g.index.to_numpy(float), g.to_numpy(float), higher_is_better=higher_is_better(y))
+        except ValueError as err:
+            _fail(f"{table}: {label}: {err}")
+        entry: dict[str, Any] = {"label": label, "jump": res.to_dict()}
+        if run and y.endswith("exact_match"):
+            split = y.split("_", 1)[0] if y.startswith(("val_", "test_")) else "test"
+            metric = y.split("_", 1)[1] if y.startswith(("val_", "test_")) else y
+            cont = [m for m in ("eval_loss", "token_accuracy", "answer_logprob")
+                    if f"{split}_{m}" in pts and pts[f"{split}_{m}"].notna().any()]  # fmt: skip
+            entry["mirage"] = check_mirage(pts, x, discontinuous=metric, continuous=cont, split=split,
+                                           agg="mean").to_dict()  # fmt: skip
+        out["series"].append(entry)
     if as_json:
         typer.echo(json.dumps(out, default=float))
         return
-    console.print(f"[bold]{res.verdict}[/]: {res.reason}")
-    if "mirage" in out:
-        console.print(f"[bold]{out['mirage']['verdict']}[/]: {out['mirage']['reason']}")
+    for e in out["series"]:
+        console.print(f"{e['label']}: [bold]{e['jump']['verdict']}[/]: {e['jump']['reason']}")
+        if "mirage" in e:
+            console.print(f"{e['label']}: [bold]{e['mirage']['verdict']}[/]: {e['mirage']['reason']}")
 
 
 # -- report and plan ---------------------------------------------------------------
@@ -323,7 +370,7 @@ def report(
 ) -> None:
     """Write report.html (self-contained), report.md (+ PNGs) and report.json for a run."""
     from analysis.report import write_report
-    from scaling.records import RecordsError
+    from scaling.records import RecordsError, read_run
 
     if not run_dir.exists():
         _fail(f"{run_dir}: no such run directory")
@@ -334,7 +381,7 @@ def report(
     with console.status(f"analysing {run_dir} ..."), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every warning worth reading is in the report itself
         try:
-            paths = write_report(run_dir, out=out, bootstrap=bootstrap, seed=seed)
+            paths = write_report(read_run(run_dir), out=out, bootstrap=bootstrap, seed=seed)
         except RecordsError as err:
             _fail(str(err))
         except OSError as err:  # an --out that is a file, or not writable
@@ -368,14 +415,14 @@ def plan(
     import warnings
 
     from analysis.plan import PlanError, plan_budget
-    from scaling.records import RecordsError
+    from scaling.records import RecordsError, read_run
 
     if not run_dir.exists():
         _fail(f"{run_dir}: no such run directory")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            p = plan_budget(run_dir, budget_flops=budget, budget_hours=budget_hours, max_dataset_size=max_data,
+            p = plan_budget(read_run(run_dir), budget_flops=budget, budget_hours=budget_hours, max_dataset_size=max_data,
                             bootstrap=bootstrap, seed=seed)  # fmt: skip
     except (PlanError, RecordsError) as err:
         _fail(f"{run_dir}: {err}")

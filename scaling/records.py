@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.table import COLUMNS, RESULTS_FILE
+from analysis.table import COLUMNS, RESULTS_FILE, Run
 
 __all__ = [
     "RecordsError",
@@ -27,6 +27,7 @@ __all__ = [
     "append_rows",
     "read_results",
     "empty_table",
+    "read_run",
 ]
 
 class RecordsError(ValueError):
@@ -130,3 +131,52 @@ class RunLock:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+
+# ---- the run directory handed to analysis -------------------------------------------------
+
+
+def _load_spec(run_dir: Path | None) -> tuple[dict[str, Any], Any]:
+    """(raw spec dict, validated StudySpec or None) from run_dir/spec.yaml."""
+    if run_dir is None or not (run_dir / "spec.yaml").exists():
+        return {}, None
+    import yaml
+
+    try:
+        raw = yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}
+    except yaml.YAMLError:
+        return {}, None
+    if not isinstance(raw, dict):
+        return {}, None
+    try:
+        from scaling.spec import parse_spec
+
+        return raw, parse_spec(raw, source=str(run_dir / "spec.yaml"))
+    except Exception:  # a moved task file or an older spec: the raw dict still describes it
+        return raw, None
+
+
+def read_run(path: str | Path) -> Run:
+    """The results table plus the spec facts of a run, as analysis takes them (analysis.table.Run).
+
+    ``path``: a run directory, or a results file (its folder is then the run directory). Raises
+    RecordsError when there is no readable results table.
+    """
+    p = Path(path)
+    run_dir = p if p.is_dir() else p.parent
+    table = read_results(p)
+    raw, spec = _load_spec(run_dir)
+    storage = raw.get("storage")
+    if isinstance(storage, dict) and storage.get("optuna"):
+        url = str(storage["optuna"])
+    else:
+        url = f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+    return Run(
+        table=table,
+        spec=raw,
+        facts=spec.facts() if spec is not None else {},
+        run_dir=run_dir,
+        spec_file=str(run_dir / "spec.yaml") if (run_dir / "spec.yaml").exists() else None,
+        optuna_url=url,
+        optuna_exists=(run_dir / "optuna.db").exists() if url.startswith("sqlite") else None,
+    )

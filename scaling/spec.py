@@ -269,6 +269,14 @@ class StudySpec(_Frozen):
     def optuna_url(self, run_dir: Path) -> str:
         return self.storage.optuna or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
 
+    def facts(self) -> dict[str, Any]:
+        """What analysis needs to know about the study beyond the raw spec, as plain values."""
+        return {
+            "dataset_sizes": list(self.axes.dataset_sizes()),
+            "epochs": list(self.axes.epoch_values()),
+            "planned_trials": self.planned_trials(),
+        }
+
 
 def _loc(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not str(p).startswith(("function-after", "list[", "LogRange"))]

@@ -77,7 +77,7 @@ def test_lr_sensitivity_panels_and_failed_trials():
 
 
 def test_analysis_imports_neither_ray_nor_torch():
-    code = ("import sys, analysis.report, analysis.plan, analysis.plots; "
-            "bad = [m for m in ('ray', 'torch', 'matplotlib.pyplot') if m in sys.modules]; "
+    code = ("import sys, analysis.report, analysis.plan, analysis.plots, analysis.selection, analysis.findings; "
+            "bad = [m for m in ('ray', 'torch', 'matplotlib.pyplot', 'scaling') if m in sys.modules]; "
             "assert not bad, bad")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

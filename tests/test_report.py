@@ -33,10 +33,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from analysis.findings import analyse, dc_multiplier
 from analysis.plan import PlanError, plan_budget
-from analysis.report import analyse, build_report, dc_multiplier, write_report
+from analysis.report import build_report, write_report
 from scaling.cli import app
-from scaling.records import append_rows
+from scaling.records import append_rows, read_run
 from scaling.spec import parse_spec
 
 SIZES = (250, 500, 1000, 2000, 4000, 8000, 16000, 32000)
@@ -158,7 +159,7 @@ def synth_run(tmp_path_factory):
     run = write_run(tmp_path_factory.mktemp("runs") / "synth", synthetic_rows(), spec_dict())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        an = analyse(run, bootstrap=100, seed=0)
+        an = analyse(read_run(run), bootstrap=100, seed=0)
         rep = build_report(an)
     out = run / "report"
     return run, an, rep, out
@@ -306,7 +307,7 @@ def test_one_dataset_size_still_writes_a_report(tmp_path):
     run = write_run(tmp_path / "one", rows, spec_dict(sizes=(1000,), epochs=(2,), repeat=0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        paths = write_report(run, bootstrap=20)
+        paths = write_report(read_run(run), bootstrap=20)
     doc = json.loads(paths.json.read_text())
     assert doc["errors"] == []
     s = doc["data"]["series"][0]
@@ -329,7 +330,7 @@ def test_all_failed_still_writes_a_report(tmp_path):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        paths = write_report(run, out=tmp_path / "out", bootstrap=20)
+        paths = write_report(read_run(run), out=tmp_path / "out", bootstrap=20)
     doc = json.loads(paths.json.read_text())
     assert doc["errors"] == []
     assert doc["study"]["trials"] == {**doc["study"]["trials"], "total": 3, "failed": 3, "ok": 0}
@@ -365,7 +366,7 @@ def test_edge_optimum_recommends_widening(tmp_path):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        an = analyse(run, bootstrap=0, sections=("study", "lr", "recommendations"))
+        an = analyse(read_run(run), bootstrap=0, sections=("study", "lr", "recommendations"))
     assert [e["edge"] for e in an.numbers["lr"]["edges"]] == ["high"] * 3
     rec = next(r for r in an.numbers["recommendations"] if r["kind"] == "lr_range")
     assert rec["side"] == "high" and "upward" in rec["text"] and rec["cells"] == 3

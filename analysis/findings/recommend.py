@@ -1,0 +1,140 @@
+"""Section 6, recommendations: what the next run should change, derived from the numbers of
+sections 1-5."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from analysis.findings.common import (
+    HOLDOUT_BAD,
+    PAYS_Z,
+    WIDE_CI,
+    Analysis,
+    Finding,
+    _ci,
+    _d,
+    _f,
+    _g,
+    _pct,
+)
+
+__all__ = ["recommend_finding"]
+
+
+def recommend_finding(an: Analysis) -> Finding:
+    recs: list[dict[str, Any]] = []
+    N = an.numbers
+
+    def add(kind: str, text: str, **data: Any) -> None:
+        recs.append({"kind": kind, "text": text, **data})
+
+    study = N.get("study", {})
+    tr = study.get("trials", {})
+    if tr.get("total", 0) == 0:
+        add("run", "The table holds no trials: run `scaling sweep` on the spec first.")
+    elif tr.get("ok", 0) == 0:
+        kinds = study.get("failure_kinds") or [{"error": "n/a", "trials": 0}]
+        add("failures", f"No trial completed ({tr.get('failed', 0)} failed, {tr.get('pruned', 0)} pruned); the most "
+            f"common error is: {kinds[0]['error']} ({kinds[0]['trials']} trials). Fix it before reading any law.",
+            error=kinds[0]["error"])  # fmt: skip
+    elif tr.get("failed", 0):
+        div = [
+            f
+            for f in study.get("failed_trials", [])
+            if re.search(r"diverg|\bnan\b|\binf\b", f["error"], re.I)
+        ]
+        diverged = len(div)
+        lowest = min(
+            (f["learning_rate"] for f in div if math.isfinite(_f(f["learning_rate"]))),
+            default=math.nan,
+        )
+        extra = (f" {diverged} of them diverged (non-finite loss), the lowest at learning rate {_g(lowest)}: keep "
+                 "learning_rate.high below it." if diverged else "")  # fmt: skip
+        add("failures", f"{tr['failed']} of {tr['total']} trials failed; see section 1 for their errors.{extra}",
+            failed=tr["failed"], diverged=diverged)  # fmt: skip
+    # LR range
+    edges = N.get("lr", {}).get("edges", [])
+    for side, word in (
+        ("high", "upward"),
+        ("low", "downward"),
+        ("both", "around the single value"),
+    ):
+        cells = [e for e in edges if e["edge"] == side]
+        if cells:
+            rng = N["lr"].get("searched_range") or [None, None]
+            names = ", ".join(f"D={_d(c['dataset_size'])} epochs={c['epochs']}" for c in cells)
+            bound = rng[1] if side == "high" else rng[0]
+            add("lr_range", f"Widen the learning-rate range {word}"
+                + (f" (beyond {_g(bound)})" if bound is not None and side != "both" else "")
+                + f": the best LR sits at the edge of the search in {len(cells)} cell(s) ({names}), so their optimum "
+                "is censored and the LR rule leaves them out.", side=side, cells=len(cells))  # fmt: skip
+    # seeds, sizes, and whether more data pays
+    data = N.get("data", {})
+    has_seeds = any((s.get("seed_noise") or {}).get("dof", 0) > 0 for s in data.get("series", []))
+    if an.points is not None and len(an.points) and not has_seeds:
+        add("seeds", "No cell has repeat seeds of its best config, so noise is estimated from the scatter around the "
+            "fit only: set seeds.repeat_best: 2 (or more) in the spec for error bars.")  # fmt: skip
+    for s in data.get("series", []):
+        ex = s.get("exponent")
+        if not ex:
+            if s.get("reason"):
+                add("sizes", f"{s['label']}: add dataset sizes: {s['reason']}.", series=s["label"])
+            continue
+        lo, hi = ex["ci"]
+        a = ex["alpha"]
+        if (
+            lo is not None
+            and hi is not None
+            and math.isfinite(lo)
+            and math.isfinite(hi)
+            and a > 0
+            and (hi - lo) / a > WIDE_CI
+        ):
+            add("seeds", f"{s['label']}: the exponent alpha={_g(a)} has a wide {an.level:.0%} interval {_ci(lo, hi)}: "
+                "add seeds (seeds.repeat_best) and dataset sizes to pin it down.", series=s["label"])  # fmt: skip
+        g = s.get("gain_2x") or {}
+        z = g.get("gain_over_noise", math.nan)
+        if math.isfinite(_f(z)):
+            if z >= PAYS_Z:
+                add("more_data", f"{s['label']}: more data still pays: doubling D from {_d(g['from'])} to {_d(g['to'])} "
+                    f"is predicted to lower test loss by {_g(g['gain'])} {_ci(g['lo'], g['hi'])}, {_g(z, 2)}x the "
+                    f"{g['noise_kind']} ({_g(g['noise'])}).", series=s["label"], gain_over_noise=z)  # fmt: skip
+            else:
+                add("more_data", f"{s['label']}: doubling D from {_d(g['from'])} to {_d(g['to'])} is predicted to lower "
+                    f"test loss by only {_g(g['gain'])}, {_g(z, 2)}x the {g['noise_kind']} ({_g(g['noise'])}): "
+                    "the next doubling would hardly be measurable; spend elsewhere (epochs, rank, learning rate).",
+                    series=s["label"], gain_over_noise=z)  # fmt: skip
+        h = s.get("holdout") or {}
+        if math.isfinite(_f(h.get("mape"))) and h["mape"] > HOLDOUT_BAD:
+            add("holdout", f"{s['label']}: the law fitted without the largest size misses it by {_pct(h['mape'])}: "
+                "treat extrapolations with care and add a larger size.", series=s["label"])  # fmt: skip
+    for dc in N.get("epochs", {}).get("data_constrained", []):
+        rows = [r for r in dc.get("effective_data", []) if r["epochs"] > 1 and r["studied"]]
+        if rows:
+            r = rows[-1]
+            worth = r["repeat_worth"]
+            if worth < 0.5:
+                add("epochs", f"Repeated epochs add little: {r['epochs']} epochs over D examples are worth "
+                    f"{_g(r['multiplier'])}x D fresh examples (each repeat {_pct(worth)} of a fresh one); "
+                    "prefer fresh data over more epochs.", repeat_worth=worth)  # fmt: skip
+            else:
+                add("epochs", f"Repeating is nearly as good as fresh data up to {r['epochs']} epochs (each repeat is "
+                    f"worth {_pct(worth)} of a fresh example): when data is scarce, more epochs are a good use of "
+                    "compute.", repeat_worth=worth)  # fmt: skip
+    for e in N.get("emergence", {}).get("series", []):
+        if e["mirage"] == "genuine jump" and e["interval"]:
+            add("emergence", f"{e['label']}: {e['metric']} and a continuous metric jump between D={_d(e['interval'][0])} "
+                f"and D={_d(e['interval'][1])}: add dataset sizes in that range to resolve the transition.")  # fmt: skip
+        elif e["mirage"] == "metric artefact":
+            add("emergence", f"{e['label']}: the jump of {e['metric']} is an artefact of the metric; track "
+                "token accuracy and answer log-prob to forecast it.")  # fmt: skip
+        elif e["mirage"] == "insufficient":
+            add(
+                "emergence",
+                f"{e['label']}: add dataset sizes (at least 4) to judge whether {e['metric']} jumps.",
+            )
+    if not recs:
+        add("none", "Nothing stands out: the numbers above raise no warning.")
+    return Finding(numbers=recs)
