@@ -68,6 +68,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import stdtrit  # Student t quantile; scipy.stats costs ~0.7 s to import
 
+from analysis.table import trial_summary
+
 __all__ = [
     "LREdgeWarning",
     "LRRule",
@@ -203,25 +205,18 @@ def _neighbours(searched: np.ndarray, u: float) -> tuple[float, float]:
 def _trial_summary(
     data: pd.DataFrame, *, by: tuple[str, ...], metric_col: str, use: str, sign: float
 ) -> pd.DataFrame:
-    """One row per trial: by..., trial_id, lr, status, value."""
+    """One row per trial: by..., trial_id, lr, status, value (from analysis.table.trial_summary)."""
     df = data.copy()
     df["_lr"] = pd.to_numeric(df["learning_rate"], errors="coerce").astype(float)
-    df["_v"] = pd.to_numeric(df[metric_col], errors="coerce").astype(float)
     status = (
         df["status"].astype("string").fillna("")
         if "status" in df.columns
         else pd.Series("ok", index=df.index)
     )
-    df["_status"] = status.astype(str)
-    df["_epoch"] = (
-        pd.to_numeric(df["epoch"], errors="coerce").astype(float)
-        if "epoch" in df.columns
-        else np.arange(len(df), dtype=float)
-    )
     # a failed row may lack its LR (it counts as failed, not as a searched LR); else an error
     bad_lr = df[
         (~(df["_lr"] > 0) | ~np.isfinite(df["_lr"]))
-        & ~(df["_status"].eq("failed") & df["_lr"].isna())
+        & ~(status.astype(str).eq("failed") & df["_lr"].isna())
     ]
     if len(bad_lr):
         row = bad_lr.iloc[0]
@@ -240,22 +235,17 @@ def _trial_summary(
         key = spread.index[int(np.argmax(spread.to_numpy() > 1e-9))]
         raise ValueError(f"trial {key!r} has more than one learning_rate; each trial must use one")
 
-    usable = (df["_status"] != "failed") & np.isfinite(df["_v"])
-    df["_pruned"] = df["_status"].eq("pruned")
-    trials = df.groupby(keys, sort=True).agg(lr=("_lr", "first"), pruned=("_pruned", "any"))
-    u = df[usable].sort_values("_epoch", kind="stable")
-    g = u.groupby(keys, sort=True)["_v"]
-    if use == "final":
-        value = g.last()
-    else:
-        value = g.min() if sign > 0 else g.max()
-    trials["value"] = value.reindex(trials.index)
+    summary = trial_summary(data, by=by, value=metric_col, use=use, higher=sign < 0).set_index(keys)
+    trials = df.groupby(keys, sort=True).agg(lr=("_lr", "first"))
+    s = summary.reindex(trials.index)
+    trials = trials.reset_index()
+    trials["value"] = s["value"].to_numpy(dtype=float)
     trials["status"] = np.where(
         ~np.isfinite(trials["value"].to_numpy(dtype=float)),
         "failed",
-        np.where(trials["pruned"], "pruned", "ok"),
+        np.where(s["pruned"].to_numpy(dtype=bool), "pruned", "ok"),
     )
-    return trials.drop(columns="pruned").reset_index()
+    return trials
 
 
 def best_lr(

@@ -144,7 +144,14 @@ def clean(value: Any) -> Any:
 # ---- THE per-trial summary ---------------------------------------------------------
 
 
-def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
+def trial_summary(
+    table: pd.DataFrame,
+    *,
+    by: tuple[str, ...] = (),
+    value: str | None = None,
+    use: str = "final",
+    higher: bool = False,
+) -> pd.DataFrame:
     """One row per trial: its axes, LR, status, final metrics, FLOPs, wall time and error.
 
     status: "failed" if any row failed, else "pruned" if any row was pruned,
@@ -154,23 +161,33 @@ def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
     pack's (K adapters trained at once, pack_size = K): the summary's
     wall_seconds is the trial's share, the pack's time / pack_size, so that
     summing over trials counts every pack's time once (pack_wall_seconds keeps
-    the pack's own).
+    the pack's own). ``pruned`` says whether any row of the trial was pruned.
+
+    ``value`` (a metric column) adds the trial's "value" of it: the last
+    finite value among its rows that did not fail (use="final"), or its best
+    over those rows (use="best_epoch": max if ``higher`` else min); NaN when it
+    has none. ``by`` (columns) splits a trial id reused in several cells into
+    one row per cell. A table without status counts every row "ok"; one without epoch
+    takes its rows in order.
     """
     cols = ["trial_id", "cell", "phase", "dataset_size", "epochs", "lora_r", "learning_rate", "seed",
             "status", "error", "train_flops", "wall_seconds", "pack_size", "pack_wall_seconds", "last_epoch", "model",
-            "task"]  # fmt: skip
+            "task", "pruned", *([] if value is None else ["value"])]  # fmt: skip
     if table.empty:
         return pd.DataFrame(columns=cols)
     df = table.copy()
+    if "status" not in df.columns:
+        df["status"] = "ok"
     for c in ("cell", "phase", "error", "model", "task", "lora_r", "seed", "epoch", "train_flops",
               "wall_seconds", "pack_size", "dataset_size", "epochs", "learning_rate"):  # fmt: skip
         if c not in df.columns:
             df[c] = np.nan
     df["_status"] = df["status"].astype("string").fillna("").astype(str)
     df["_epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype(float).fillna(-1.0)
-    df = df.sort_values(["trial_id", "_epoch"], kind="stable")
-    g = df.groupby("trial_id", sort=False)
-    last = g.tail(1).set_index("trial_id")
+    keys = [*by, "trial_id"]
+    df = df.sort_values([*keys, "_epoch"], kind="stable")
+    g = df.groupby(keys, sort=False)
+    last = g.tail(1).set_index(keys)
     out = pd.DataFrame(index=last.index)
     for c in (
         "cell",
@@ -183,11 +200,13 @@ def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
         "model",
         "task",
     ):
-        out[c] = last[c]
+        if c not in keys:
+            out[c] = last[c]
     st = g["_status"].agg(
         lambda s: "failed" if (s == "failed").any() else "pruned" if (s == "pruned").any() else "ok"
     )
     out["status"] = st
+    out["pruned"] = g["_status"].agg(lambda s: bool((s == "pruned").any()))
     out["error"] = g["error"].agg(
         lambda s: next((str(v) for v in s if isinstance(v, str) and v), None)
     )
@@ -201,5 +220,11 @@ def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
     for c in table.columns:
         if c.startswith(("val_", "test_")):
             out[c] = pd.to_numeric(last[c], errors="coerce").astype(float)
+    if value is not None:
+        v = pd.to_numeric(df[value], errors="coerce").astype(float)
+        usable = df.assign(_v=v)[(df["_status"] != "failed") & np.isfinite(v)]
+        gv = usable.groupby(keys, sort=False)["_v"]
+        picked = gv.last() if use == "final" else gv.max() if higher else gv.min()
+        out["value"] = picked.reindex(out.index).astype(float)
     return out.reset_index()
 
