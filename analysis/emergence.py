@@ -85,6 +85,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
+from analysis.table import trial_summary
+
 __all__ = [
     "JumpResult",
     "MirageResult",
@@ -601,8 +603,11 @@ def check_mirage(
     direction.update(dict(higher_is_better or {}))
     kwargs = dict(jump_kwargs or {})
 
-    # 2. completed rows with a usable x
+    # 2. completed rows with a usable x; a run table (trial_id) is one row per trial first, its
+    # final evaluation (analysis.table.trial_summary, the summary every analysis command reads)
     df = table
+    if "trial_id" in df.columns:
+        df = trial_summary(df, carry=(x, *columns.values(), *([sel_col] if sel_col else [])))
     if "status" in df.columns:
         df = df[df["status"].astype("string").fillna("") == "ok"]
     xv = pd.to_numeric(df[x], errors="coerce").astype(float)

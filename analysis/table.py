@@ -148,6 +148,7 @@ def trial_summary(
     table: pd.DataFrame,
     *,
     by: tuple[str, ...] = (),
+    carry: tuple[str, ...] = (),
     value: str | None = None,
     use: str = "final",
     higher: bool = False,
@@ -167,7 +168,7 @@ def trial_summary(
     finite value among its rows that did not fail (use="final"), or its best
     over those rows (use="best_epoch": max if ``higher`` else min); NaN when it
     has none. ``by`` (columns) splits a trial id reused in several cells into
-    one row per cell. A table without status counts every row "ok"; one without epoch
+    one row per cell; ``carry`` (columns) adds their final values too. A table without status counts every row "ok"; one without epoch
     takes its rows in order.
     """
     cols = ["trial_id", "cell", "phase", "dataset_size", "epochs", "lora_r", "learning_rate", "seed",
@@ -220,6 +221,9 @@ def trial_summary(
     for c in table.columns:
         if c.startswith(("val_", "test_")):
             out[c] = pd.to_numeric(last[c], errors="coerce").astype(float)
+    for c in carry:
+        if c not in out.columns and c not in keys and c in last.columns:
+            out[c] = last[c]
     if value is not None:
         v = pd.to_numeric(df[value], errors="coerce").astype(float)
         usable = df.assign(_v=v)[(df["_status"] != "failed") & np.isfinite(v)]
