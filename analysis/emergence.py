@@ -607,7 +607,9 @@ def check_mirage(
     # final evaluation (analysis.table.trial_summary, the summary every analysis command reads)
     df = table
     if "trial_id" in df.columns:
+        order = pd.unique(df["trial_id"])  # the table's order: means and ties come out as before
         df = trial_summary(df, carry=(x, *columns.values(), *([sel_col] if sel_col else [])))
+        df = df.set_index("trial_id").loc[order].reset_index()
     if "status" in df.columns:
         df = df[df["status"].astype("string").fillna("") == "ok"]
     xv = pd.to_numeric(df[x], errors="coerce").astype(float)
