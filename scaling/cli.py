@@ -342,7 +342,8 @@ def emergence(
             res = detect_jumps(g.index.to_numpy(float), g.to_numpy(float), higher_is_better=higher_is_better(y))
         except ValueError as err:
             _fail(f"{table}: {label}: {err}")
-        entry: dict[str, Any] = {"label": label, "jump": res.to_dict()}
+        entry: dict[str, Any] = {"label": label, "points": {"x": g.index.tolist(), "y": g.tolist()},
+                                 "jump": res.to_dict()}  # fmt: skip
         if run and y.endswith("exact_match"):
             split = y.split("_", 1)[0] if y.startswith(("val_", "test_")) else "test"
             metric = y.split("_", 1)[1] if y.startswith(("val_", "test_")) else y
