@@ -1,8 +1,10 @@
-"""The results table's names: one row per evaluation, the columns and their dtypes.
+"""The results table's names, the Run analysis is handed, and THE per-trial summary.
 
 Nothing of the project's run machinery lives here (no file I/O, no ray, no torch): this is the
 vocabulary both sides share. ``scaling`` writes rows with these names (records, the sweep's
-recorder, a trial's metrics dict); ``analysis`` reads tables with them.
+recorder, a trial's metrics dict) and reads a run directory into a `Run`; ``analysis`` reads
+tables with them, and every analysis that needs one row per trial (the report, best_lr, the
+CLI, the mirage check) gets it from `trial_summary`.
 
 Metrics carry a split prefix: ``val_*`` is the validation set (the only split any selection
 reads: Optuna, early stopping, best LR), ``test_*`` is the held-out test set (the only split

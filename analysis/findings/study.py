@@ -112,7 +112,8 @@ def study_finding(an: Analysis) -> Finding:
         "flops_per_second": float(flops[good].sum() / wall[good].sum()) if good.any() else None,
         "flops_per_example": float(fpe.median()) if len(fpe) else None,
         "note": "train_flops = 6 x (parameters in the forward pass) x training tokens, summed over trials; "
-                "flops_per_second is per trial (one trial's resources), from completed trials; "
+                "flops_per_second is per trial (one trial's resources), from completed trials; a packed trial's "
+                "seconds are its share of the pack's (wall_seconds / pack_size), so a pack's time counts once; "
                 "elapsed_seconds spans the first to the last recorded trial end",
     }  # fmt: skip
 
