@@ -38,6 +38,7 @@ def _seed_noise(pts: pd.DataFrame, y: str) -> tuple[float, int]:
 
 
 def data_finding(an: Analysis) -> Finding:
+    """Section 2: per series, the power law of test loss on D, its extrapolation, gain and hold-out."""
     loss: list[dict[str, Any]] = []
     loss_fits: dict[str, LawFit] = {}
     out: dict[str, Any] = {"y": LOSS, "law": "power: L(D) = E + A * D^-alpha", "series": []}

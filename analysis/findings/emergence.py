@@ -23,6 +23,7 @@ _PLAIN = {
 
 
 def emergence_finding(an: Analysis) -> Finding:
+    """Section 5: jump and mirage verdicts per series and discontinuous metric."""
     em: dict[str, Any] = {"series": [], "metrics": []}
     out: dict[str, Any] = {"x": "dataset_size", "split": "test", "agg": "mean over the seeds of the chosen config",
                            "series": []}  # fmt: skip

@@ -27,6 +27,7 @@ def dc_multiplier(epochs: Any, r_star: Any) -> np.ndarray:
 
 
 def epochs_finding(an: Analysis) -> Finding:
+    """Section 3: the data-constrained law, loss against compute, and the rank comparison."""
     figs: dict[str, Any] = {"effective": None, "compute": []}
     dc_fits: dict[str, LawFit] = {}
     out: dict[str, Any] = {"data_constrained": [], "rank_comparison": []}

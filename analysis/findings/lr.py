@@ -92,6 +92,7 @@ def _importances(an: Analysis) -> dict[str, Any]:
 
 
 def lr_finding(an: Analysis) -> Finding:
+    """Section 4: the chosen LR per cell, edges, the LR rule with its predictions, importances."""
     figs: dict[str, Any] = {}
     rule: LRRule | None = None
     out: dict[str, Any] = {"metric": SELECT, "cells": [], "edges": [], "predictions": []}

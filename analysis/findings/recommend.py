@@ -24,6 +24,7 @@ __all__ = ["recommend_finding"]
 
 
 def recommend_finding(an: Analysis) -> Finding:
+    """Section 6: what the next run should change, read off the sections before it."""
     recs: list[dict[str, Any]] = []
     N = an.numbers
 

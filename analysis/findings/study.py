@@ -26,6 +26,7 @@ def _redact(url: str) -> str:
 
 
 def study_finding(an: Analysis) -> Finding:
+    """Section 1: the spec, trial counts, failures by kind, compute, and the Optuna storage."""
     s, t, facts = an.spec, an.trials, an.run.facts
     out: dict[str, Any] = {}
 
