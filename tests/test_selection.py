@@ -152,3 +152,17 @@ def test_fit_on_a_run_fits_the_chosen_configs(tmp_path):
     assert res.exit_code == 0, res.output
     p = json.loads(res.output)["params"]
     assert (p["E"], p["A"], p["alpha"]) == pytest.approx((1.0, 2.0, 0.3), rel=1e-3)
+
+
+def test_rendering_only_reads_the_analysis():
+    from analysis.report import build_report
+    from analysis.table import clean
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        an = analyse(pd.DataFrame(emergence_rows()), bootstrap=0)
+        before = json.dumps(clean(an.numbers), sort_keys=True)
+        rep = build_report(an)
+        build_report(an)
+    assert json.dumps(clean(an.numbers), sort_keys=True) == before
+    assert rep.numbers["figures"] and "figures" not in an.numbers
