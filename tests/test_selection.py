@@ -166,3 +166,19 @@ def test_rendering_only_reads_the_analysis():
         build_report(an)
     assert json.dumps(clean(an.numbers), sort_keys=True) == before
     assert rep.numbers["figures"] and "figures" not in an.numbers
+
+
+def test_plan_budget_hours_under_packing():
+    from analysis.plan import plan_budget
+
+    rate = 1.0e9  # FLOPs/s of one worker, whether it trains one adapter or a pack of 2
+    rows = []
+    for r in emergence_rows():  # 2 LRs per cell, trained as one pack of 2
+        flops = 6.0e5 * r["dataset_size"]
+        rows.append({**r, "train_flops": flops, "wall_seconds": 2 * flops / rate, "pack_size": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = plan_budget(pd.DataFrame(rows), budget_hours=0.5, bootstrap=0)
+    assert p["flops_per_second"] == pytest.approx(rate)
+    assert p["budget_flops"] == pytest.approx(0.5 * 3600 * rate)
+    assert p["choice"]["dataset_size"] == pytest.approx(0.5 * 3600 * rate / 6.0e5)
