@@ -25,19 +25,23 @@ How a cell is searched (u = ln lr; every step below reads only the trials)
    (diverged) above the best bounds it from above, as does any PRUNED trial
    (the early stopper judged it worse); a trial that failed with no complete
    trial yet sends the search below it.
-3. Refine.  Once bracketed (or at a range edge), the next LR is the vertex of
-   the parabola through the best trial and its two neighbours (Brent's
-   safeguard: when a neighbour has no value, or the vertex falls within
-   MIN_GAP of a tried LR, a golden-section step into the larger side instead).
+3. Refine.  Once bracketed (or at a range edge), the estimate u* is the
+   vertex of a least-squares parabola over the best and up to WINDOW complete
+   trials on each side, clipped to the bracket.  The next LR is u* itself,
+   then u* -+ REFINE_STEP (the side with less support first), then 2 steps
+   out; each only if no tried LR lies within half a step of it; else the
+   middle of the widest gap inside the bracket.  Steps stay >= x2: closer LRs
+   differ by less than seed noise and the fit learns little from them.
 4. Packs and parallel asks.  The trials asked before the earlier ones are told
    (RUNNING, with their LR set) are *pending*.  The sampler plans
    ``max(pack_size, pending + 1)`` LRs from the finished trials and returns the
    first planned LR no pending trial already holds.  A plan of n > 1 LRs is a
-   log-spaced set: for a fresh cell, n evenly spaced LRs over u0 +- PACK_SPREAD
-   x s (the whole range without a rule), nearest the prediction first; when not
-   bracketed, n steps out on the missing side(s); when bracketed, n evenly
-   spaced LRs inside the bracket.  So a pack of K is a bracket around the
-   prediction and the next pack refines it.
+   log-spaced set, nearest the estimate first: for a fresh cell, n evenly
+   spaced LRs over u0 +- PACK_SPREAD x s (the whole range without a rule);
+   when not bracketed, n steps out on the missing side(s); when bracketed, n
+   LRs around u*, (bracket / (n + 1)) or REFINE_STEP / 2 apart, whichever is
+   wider, inside the bracket when they fit.  So a pack of K is a bracket around
+   the prediction and the next pack refines it.
 
 Study attributes (the sweep sets them; `cell_attrs` builds them)
 ----------------------------------------------------------------
@@ -79,12 +83,14 @@ AXES_ATTR = "axes"  # study user attr: {axis name: value} of the cell
 AXES = ("dataset_size", "epochs", "lora_r")  # read as plain user attrs when "axes" is absent
 PARAM = "learning_rate"  # the one parameter this sampler searches
 GROW = 2.0  # an open side steps out 2x further each time: a far optimum is found in log time
-MIN_STEP = math.log(1.5)  # a x1.5 LR step: smaller steps drown in seed noise on real curves
+MIN_STEP = math.log(2.0)  # a x2 LR step: smaller ones drown in seed noise (bench: x1.5 misses 1.3x)
 PACK_SPREAD = 1.5  # a fresh pack spans u0 +- 1.5 s: about the 3-trial bracket's reach (-2s, +s)
 LEVEL = 0.8  # prediction interval used as the step: ~85% of normal errors fall in (-2s, +s)
-MIN_GAP = 0.02  # in ln LR (2%): a refinement closer than this to a tried LR learns nothing
+PACK_REFINE = (
+    0.5  # a refining pack's LRs are >= REFINE_STEP / 2 apart: K of them span a wide window
+)
+REFINE_STEP = math.log(2.0)  # refinement spacing: x2 keeps the curvature above noise
 WINDOW = 2  # complete trials each side of the best in the final fit: loss is a parabola in ln LR only locally
-GOLDEN = (3.0 - math.sqrt(5.0)) / 2.0  # 0.382: golden-section fraction of the larger side
 
 
 def cell_attrs(*, group: str, axes: Mapping[str, float]) -> dict[str, Any]:
@@ -452,8 +458,14 @@ class BracketSampler(BaseSampler):
         # refine inside the bracket (or between the range edge and the best's neighbour)
         a = cell.left if cell.left is not None else ub
         b = cell.right if cell.right is not None else ub
-        if n > 1:
-            return [a + (b - a) * j / (n + 1) for j in range(1, n + 1)]
+        if n > 1:  # n LRs around the estimate, inside the bracket when they fit in it
+            v = float(cell.u_star if cell.u_star is not None else ub)
+            gap = max((b - a) / (n + 1), PACK_REFINE * REFINE_STEP)
+            span = gap * (n - 1)
+            in_lo, in_hi = (a, b) if span < b - a else (lo, hi)
+            start = min(max(v - span / 2.0, in_lo), max(in_lo, in_hi - span))
+            pts = [min(start + gap * j, hi) for j in range(n)]
+            return sorted(pts, key=lambda p: (abs(p - v), p))
         return [self._refine_one(cell, a, b)]
 
     def _step(self, study: Study, cell: CellLR) -> float:
@@ -466,20 +478,23 @@ class BracketSampler(BaseSampler):
 
     @staticmethod
     def _refine_one(cell: CellLR, a: float, b: float) -> float:
-        ub = float(cell.best)  # type: ignore[arg-type]
+        """One refinement LR inside [a, b]: the estimate, then its +-REFINE_STEP neighbours."""
+        v = float(cell.u_star if cell.u_star is not None else cell.best)  # type: ignore[arg-type]
         tried = np.array(sorted({*cell.u.tolist(), *cell.bounds}))
-        wl = cell.value_at(a) if a != ub else None
-        wr = cell.value_at(b) if b != ub else None
-        wb = cell.value_at(ub)
-        cand = None
-        if wl is not None and wr is not None and wb is not None:
-            cand = _vertex([(a, wl), (ub, wb), (b, wr)])
-        if cand is not None and a < cand < b and np.min(np.abs(tried - cand)) >= MIN_GAP:
-            return float(cand)
-        # golden-section step from the best into the larger side
-        if b - ub >= ub - a:
-            return ub + GOLDEN * (b - ub)
-        return ub - GOLDEN * (ub - a)
+        h = REFINE_STEP
+
+        def room(t: float) -> float:
+            return float(np.min(np.abs(tried - min(max(t, a), b))))
+
+        # the vertex first; then the side of it with less support; then one step further out
+        sides = sorted((v - h, v + h), key=lambda t: (-room(t), t))
+        for target in (v, *sides, v - 2 * h, v + 2 * h):
+            if room(target) >= h / 2:
+                return min(max(target, a), b)
+        # all of them tried: split the widest gap between tried LRs inside the bracket
+        pts = np.unique(np.clip(np.concatenate([[a, b], tried]), a, b))
+        i = int(np.argmax(np.diff(pts))) if pts.size > 1 else 0
+        return float(0.5 * (pts[i] + pts[min(i + 1, pts.size - 1)]))
 
 
 def _clip_steps(

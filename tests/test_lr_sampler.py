@@ -195,8 +195,13 @@ def test_a_cold_pack_is_a_log_spaced_grid_over_the_range_and_the_next_pack_refin
     assert c.bracketed
     second = suggest_pack(study, k)
     u2 = np.log([t.params["learning_rate"] for t in second])
-    np.testing.assert_allclose(np.diff(np.sort(u2)), (c.right - c.left) / (k + 1), rtol=1e-9)
-    assert np.all((u2 > c.left) & (u2 < c.right))
+    # k LRs around the first pack's estimate, x2^(1/2) apart (wider than 1/(k+1) of this bracket),
+    # inside the bracket, nearest the estimate first
+    assert (c.right - c.left) / (k + 1) < math.log(2) / 2
+    np.testing.assert_allclose(np.diff(np.sort(u2)), math.log(2) / 2, rtol=1e-9)
+    assert np.all((u2 >= c.left) & (u2 <= c.right))
+    assert u2.min() < c.u_star < u2.max()
+    assert abs(u2[0] - c.u_star) <= math.log(2) / 2
     for t in second:
         study.tell(t, loss(t.params["learning_rate"], d=d, e=e))
     assert summarise_cell(study).lr == pytest.approx(truth(d, e), rel=0.3)
