@@ -510,18 +510,28 @@ def _clip_steps(
 
 
 def _first_free(plan: list[float], pending: list[float], *, cell: CellLR) -> float:
-    """The first planned LR that no pending trial holds; else the middle of the widest gap."""
+    """The first planned LR at least half a plan step from every pending one.
+
+    A pack's members come from one plan, so each pending LR sits exactly on a
+    planned one and the next member is the next planned LR.  Pending LRs from
+    another plan (more asks than pack_size, or asks across a tell) get the
+    planned LR farthest from all of them; with none left, the middle of the
+    widest gap between the tried and pending LRs.
+    """
     if not pending:
         return plan[0]
     gaps = np.diff(np.sort(np.array(plan))) if len(plan) > 1 else np.array([cell.hi - cell.lo])
-    tol = 0.3 * float(gaps.min()) if gaps.size and gaps.min() > 0 else 1e-9
+    tol = 0.5 * float(gaps.min()) if gaps.size and gaps.min() > 0 else 1e-9
     pend = np.array(pending)
-    for p in plan:
-        if np.min(np.abs(pend - p)) > tol:
+    room = [float(np.min(np.abs(pend - p))) for p in plan]
+    for p, r in zip(plan, room, strict=True):
+        if r >= tol:
             return p
-    # every planned LR is taken: split the widest gap between tried and pending LRs
+    i = int(np.argmax(room))  # first of the farthest on ties
+    if room[i] > 1e-9:
+        return plan[i]
     pts = np.unique(
         np.concatenate([[cell.lo, cell.hi], cell.u, pend, np.array(cell.bounds, dtype=float)])
     )
-    i = int(np.argmax(np.diff(pts)))
-    return float(0.5 * (pts[i] + pts[i + 1]))
+    j = int(np.argmax(np.diff(pts)))
+    return float(0.5 * (pts[j] + pts[j + 1]))

@@ -311,3 +311,36 @@ def test_other_parameters_and_bad_distributions():
         BracketSampler(pack_size=0)
     with pytest.raises(ValueError, match="axes must be positive numbers"):
         cell_attrs(group="g", axes={"dataset_size": -1})
+
+
+def test_more_asks_than_the_pack_never_duplicate_a_pending_lr():
+    # early stopping queues 2K members per pack: the extra asks must not repeat a pending LR
+    study = new_cell(optuna.storages.InMemoryStorage(), 1000, 1, pack_size=4)
+    u = np.log([t.params["learning_rate"] for t in suggest_pack(study, 8)])
+    assert np.min(np.diff(np.sort(u))) > 0.25  # > x1.28 apart
+    np.testing.assert_allclose(np.sort(u[:4]), np.log(np.geomspace(LOW, HIGH, 4)), rtol=1e-12)
+
+
+def test_pruned_trials_bound_the_best_on_either_side():
+    study = new_cell(optuna.storages.InMemoryStorage(), 1000, 1)
+    dist = {"learning_rate": optuna.distributions.FloatDistribution(LOW, HIGH, log=True)}
+    for lr, state, value in (
+        (1e-3, "COMPLETE", 1.0),
+        (1e-2, "PRUNED", None),
+        (1e-4, "PRUNED", None),
+    ):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"learning_rate": lr},
+                distributions=dist,
+                state=getattr(optuna.trial.TrialState, state),
+                value=value,
+            )
+        )
+    c = summarise_cell(study)
+    assert (
+        c.bracketed
+        and c.left == pytest.approx(math.log(1e-4))
+        and c.right == pytest.approx(math.log(1e-2))
+    )
+    assert c.lr == pytest.approx(1e-3)  # no value on either side: the best itself
