@@ -168,8 +168,8 @@ def score(
 def _summary(label: str, s: dict[str, np.ndarray], *, early_n: int = BRACKET_AT) -> str:
     dist = np.exp(np.abs(np.log(s["ratio"])))
     return (
-        f"{label:<8} bracketed@{early_n}: {s['bracketed3'].mean():6.0%}   bracketed@budget: "
-        f"{s['bracketed'].mean():5.0%}   lr* within {TOL}x: {np.mean(dist < TOL):5.0%}   "
+        f"{label:<8} bracketed@{early_n}: {s['bracketed3'].mean():6.1%}   bracketed@budget: "
+        f"{s['bracketed'].mean():6.1%}   lr* within {TOL}x: {np.mean(dist < TOL):6.1%}   "
         f"distance median {np.median(dist):.3f}x max {dist.max():.3f}x   "
         f"interval width median {np.nanmedian(s['width']):.2f}x"
     )
@@ -254,7 +254,13 @@ CURV, NOISE = 0.05, 0.002  # loss = 1 + 0.05 (ln lr - ln lr*)^2 + N(0, 0.002), a
 def synthetic(reps: int) -> None:
     print(f"synthetic mode: {len(SYN_SIZES)} sizes x {len(SYN_EPOCHS)} epochs = {len(SYN_SIZES) * len(SYN_EPOCHS)} "
           f"cells x {reps} studies; lr* = C (D/1000)^-0.4 E^-0.3, C log-uniform in [1e-3, 1e-2]; "
-          f"range {SYN_RANGE}; loss = 1 + {CURV} (ln lr - ln lr*)^2 + N(0, {NOISE})")  # fmt: skip
+          f"range {SYN_RANGE}; z = ln(lr/lr*); loss = 1 + {CURV} z^2 (+ {CURV} z^3 above lr*: 'asymmetric', "
+          f"a steeper high-LR side as real curves have) + N(0, {NOISE})")  # fmt: skip
+    for shape in ("parabola", "asymmetric"):
+        _synthetic(reps, shape=shape)
+
+
+def _synthetic(reps: int, *, shape: str) -> None:
     for pack, budget in ((1, 6), (8, 16)):
         res = {"tpe": [], "bracket": []}
         for rep in range(reps):
@@ -267,11 +273,9 @@ def synthetic(reps: int) -> None:
                 def f(lr):
                     bits = int(np.float64(lr).view(np.int64)) & 0x7FFFFFFF
                     z = math.log(lr / truth[(d, e)])
-                    return (
-                        1.0
-                        + CURV * z * z
-                        + NOISE * float(np.random.default_rng([rep, d, e, bits]).normal())
-                    )
+                    steep = CURV * z**3 if shape == "asymmetric" and z > 0 else 0.0
+                    noise = NOISE * float(np.random.default_rng([rep, d, e, bits]).normal())
+                    return 1.0 + CURV * z * z + steep + noise
 
                 return f
 
@@ -286,7 +290,7 @@ def synthetic(reps: int) -> None:
             res["tpe"].append(score(tpe, truth, SYN_RANGE, early_n=early_n))
             res["bracket"].append(score(brk, truth, SYN_RANGE, early_n=early_n))
         print(
-            f"\npack size {pack}, budget {budget} trials per cell"
+            f"\n{shape}: pack size {pack}, budget {budget} trials per cell"
             + (" (2 packs)" if pack > 1 else "")
         )
         for label, parts in res.items():
