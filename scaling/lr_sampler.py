@@ -51,6 +51,15 @@ cells ``<study>/<cell key>``).  ``study.user_attrs["axes"]``: {axis: positive
 number}, e.g. {"dataset_size": 1200, "epochs": 2, "lora_r": 8}; when absent,
 the plain user attrs named in `AXES` are read (what scaling/sweep.py stores
 today).  Only siblings with the same direction are used.
+
+Order of cells
+--------------
+Transfer helps the cells whose first trial comes after some siblings are
+bracketed.  A driver that asks every cell's first trial before any cell's
+second (least work first) starts every cell cold: each cell still brackets in
+3 trials (low edge, middle, high edge), but nothing is learnt across cells.
+Finishing a few cells' first 3 trials before opening the next cells lets the
+rest start at the rule's prediction with a smaller step.
 """
 
 from __future__ import annotations
@@ -86,11 +95,9 @@ GROW = 2.0  # an open side steps out 2x further each time: a far optimum is foun
 MIN_STEP = math.log(2.0)  # a x2 LR step: smaller ones drown in seed noise (bench: x1.5 misses 1.3x)
 PACK_SPREAD = 1.5  # a fresh pack spans u0 +- 1.5 s: about the 3-trial bracket's reach (-2s, +s)
 LEVEL = 0.8  # prediction interval used as the step: ~85% of normal errors fall in (-2s, +s)
-PACK_REFINE = (
-    0.5  # a refining pack's LRs are >= REFINE_STEP / 2 apart: K of them span a wide window
-)
+PACK_REFINE = 0.5  # a refining pack's LRs are >= REFINE_STEP / 2 apart: K span a wide window
 REFINE_STEP = math.log(2.0)  # refinement spacing: x2 keeps the curvature above noise
-WINDOW = 2  # complete trials each side of the best in the final fit: loss is a parabola in ln LR only locally
+WINDOW = 2  # trials each side of the best in the final fit: a parabola in ln LR only locally
 
 
 def cell_attrs(*, group: str, axes: Mapping[str, float]) -> dict[str, Any]:
@@ -149,20 +156,6 @@ class CellLR:
         """The (loss-signed) value of the complete trial at u, if any."""
         hit = np.flatnonzero(np.abs(self.u - u) < 1e-12)
         return float(self.w[hit].min()) if hit.size else None
-
-
-def _vertex(pts: Sequence[tuple[float, float]]) -> float | None:
-    """Vertex of the parabola through three (u, w) points; None if not convex."""
-    (u1, w1), (u2, w2), (u3, w3) = pts
-    den = (u2 - u1) * (w2 - w3) - (u2 - u3) * (w2 - w1)
-    num = (u2 - u1) ** 2 * (w2 - w3) - (u2 - u3) ** 2 * (w2 - w1)
-    if not den < 0 and not den > 0:
-        return None
-    # convex iff the middle value is below the chord
-    chord = w1 + (w3 - w1) * (u2 - u1) / (u3 - u1)
-    if not w2 < chord:
-        return None
-    return u2 - 0.5 * num / den
 
 
 def _summarise(
@@ -235,11 +228,6 @@ def _local_vertex(u: np.ndarray, w: np.ndarray, *, ib: int, left: float, right: 
     if not coef[2] > 0:
         return ub
     return float(np.clip(ub - coef[1] / (2.0 * coef[2]), left, right))
-
-
-def _value(u: np.ndarray, w: np.ndarray, at: float) -> float | None:
-    hit = np.flatnonzero(np.abs(u - at) < 1e-12)
-    return float(w[hit].min()) if hit.size else None
 
 
 def _range_of(trials: Sequence[FrozenTrial], param: str) -> tuple[float, float] | None:
