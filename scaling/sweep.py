@@ -413,10 +413,10 @@ def _trial_status(result: dict | None, error: bool) -> str:
 
 # 3. The trial, as Ray runs it in a worker ---------------------------------------
 def _trial_config(spec: StudySpec, config: dict, *, learning_rate: float, seed: int) -> Any:
-    """The train.TrialConfig of one trial: the cell's axes from `config`, the rest from the spec."""
-    from scaling import train
+    """The trial.TrialConfig of one trial: the cell's axes from `config`, the rest from the spec."""
+    from scaling.trial import TrialConfig
 
-    return train.TrialConfig(
+    return TrialConfig(
         model=spec.model,
         task_kind=spec.task.kind,
         task_digits=spec.task.digits,
@@ -441,7 +441,7 @@ def _trial_config(spec: StudySpec, config: dict, *, learning_rate: float, seed: 
 
 def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
     def trainable(config: dict) -> None:
-        from scaling import train  # imported in the worker: torch stays out of the driver
+        from scaling import trial  # imported in the worker: torch stays out of the driver
 
         spec = StudySpec.model_validate(spec_dict)
         if "members" in config:
@@ -454,8 +454,8 @@ def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
             tune.report({**metrics, **_worker_stats(), "epochs": cfg.epochs, "status": "ok", "error": ""})
 
         try:
-            train.run_trial(cfg, report=report, cache=_WORKER_CACHE)
-        except (train.TrialDiverged, ValueError) as err:
+            trial.run_trial(cfg, report=report, cache=_WORKER_CACHE)
+        except (trial.TrialDiverged, ValueError) as err:
             # a property of the hyperparameters: retrying cannot help, record it and move on
             tune.report(
                 {
@@ -473,11 +473,10 @@ def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
 
 
 def _run_pack(spec: StudySpec, config: dict) -> None:
-    """One Ray trial = one pack: the members train together on one base (scaling/packed.py);
+    """One Ray trial = one pack: the members train together on one base (scaling/trial/pack.py);
     every result is one member's, tagged with its index and Optuna trial number."""
-    from scaling import train
-    from scaling.packed import run_packed
     from scaling.stopping import RungTable
+    from scaling.trial import TrialDiverged, run_packed
 
     members = config["members"]
     cfgs = [_trial_config(spec, config, learning_rate=m["learning_rate"], seed=m["seed"]) for m in members]
@@ -512,7 +511,7 @@ def _run_pack(spec: StudySpec, config: dict) -> None:
                          should_stops=[stopper(i) for i in range(len(cfgs))], cache=_WORKER_CACHE,
                          threads=cfgs[0].threads, max_adapters=config["active"])  # fmt: skip
         for r in out:  # anything but bad hyperparameters is an infrastructure fault: Ray retries the pack
-            if isinstance(r, BaseException) and not isinstance(r, train.TrialDiverged | ValueError):
+            if isinstance(r, BaseException) and not isinstance(r, TrialDiverged | ValueError):
                 raise r
         for i, r in enumerate(out):
             if isinstance(r, BaseException):  # this member's hyperparameters failed: the others stand
