@@ -144,6 +144,16 @@ def test_divergence_raises_and_leaves_the_cache_clean(first_trial):
     assert _strip_wall(again) == _strip_wall(first_trial["history"])
 
 
+def test_lora_dropout_trains_in_a_pack_of_one_and_stays_deterministic(tiny_model_dir):
+    """Dropout is the one thing only a solo trial may have: its mask draws from the global
+    RNG, seeded with the adapter's init, so the same config still gives the same metrics."""
+    cfg = _cfg(lora_dropout=0.2, epochs=1, dataset_size=64)
+    first, again = run_trial(cfg, cache={}), run_trial(cfg, cache={})
+    assert _strip_wall(first) == _strip_wall(again)
+    plain = run_trial(_cfg(epochs=1, dataset_size=64), cache={})
+    assert first[0]["train_loss"] != plain[0]["train_loss"]  # the masks changed training
+
+
 def test_should_stop_ends_the_trial_early(tiny_model_dir):
     seen = []
     history = run_trial(_cfg(epochs=3, dataset_size=64), report=seen.append,
