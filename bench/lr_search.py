@@ -34,10 +34,12 @@ from analysis.lr import best_lr
 from scaling.lr_sampler import BracketSampler, cell_attrs
 from scaling.models import BUILTIN_TINY, ensure_base_model
 from scaling.spec import parse_spec
-from scaling.sweep import _sampler as sweep_tpe_sampler  # today's TPE, as the sweep builds it
+from scaling.sweep.searcher import (
+    _sampler as sweep_tpe_sampler,  # today's TPE, as the sweep builds it
+)
 
 # the one import of the trial code: scaling/train.py moves to scaling/trial/, change this line then
-from scaling.train import TrialConfig, TrialDiverged, run_trial
+from scaling.trial import TrialConfig, TrialDiverged, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
