@@ -88,13 +88,19 @@ from scipy.special import expit
 __all__ = [
     "JumpResult",
     "MirageResult",
+    "SeedJumpResult",
+    "binomial_se",
     "breakthroughness",
     "check_mirage",
     "detect_jumps",
+    "jumps_across_seeds",
 ]
 
 # ---- defaults (see the module docstring for the rule they feed) ----------
-MIN_POINTS = 4  # a 4-parameter sigmoid needs at least 4 points; 3 are fitted by any curve
+MIN_POINTS = 5  # a 4-parameter sigmoid passes through any 4 points: 5 leave one residual
+MIN_RISE = 0.05  # a bounded metric must move >= 5% of its range (exact match 0 -> 0.007 is flat)
+N_BOOT = 200  # bootstrap resamples over seeds
+AGREE = 0.9  # a verdict stands when >= 90% of the seed resamples give it
 MIN_DELTA_BIC = 10.0  # Kass & Raftery 1995: a BIC difference above 10 is "very strong"
 MAX_WIDTH_DECADES = 1.0  # power law x**b spans 1.91/b decades: only b > ~1.9 would pass
 MIN_BEFORE = 2  # the level before the jump must be seen at two scales, not one
@@ -102,7 +108,7 @@ NOISE_Z = 2.0  # ~95% two-sided for a normal difference of two points
 MIN_TREND_BIC = 2.0  # Kass & Raftery 1995: below 2 "not worth more than a bare mention"
 FLAT_RTOL = 1e-9  # relative range below which y is constant (float round-off, not data)
 
-_VERDICTS = ("jump", "smooth", "flat", "insufficient")
+_VERDICTS = ("jump", "smooth", "flat", "insufficient", "uncertain")
 _WIDTH_PER_S = 2.0 * math.log(9.0)  # logistic 10%..90% rise, in units of its scale s
 _RSS_FLOOR_REL = 1e-9  # RSS floor per point, relative to the range of y (keeps BIC finite)
 _GRID_T0 = 121  # midpoints tried before refinement (over the sampled log-x range)
@@ -322,6 +328,26 @@ def _fit_sigmoid(t: np.ndarray, z: np.ndarray, w: np.ndarray) -> _Sigmoid:
     return best
 
 
+def _centre_in_gap(sig: _Sigmoid, t: np.ndarray, z: np.ndarray, w: np.ndarray) -> _Sigmoid:
+    """Put a step sharper than the gap it sits in at the gap's centre (in log x).
+
+    When the whole rise falls between two samples, every midpoint in that gap fits the same,
+    and the optimiser may leave it at an end (at the last sample for a rise in the last
+    interval, which then looks like a transition outside the data). The data only say "in
+    this gap", so the centre is the honest midpoint; kept only when the fit is as good.
+    """
+    k = int(np.searchsorted(t, sig.t0, side="right")) - 1
+    k = min(max(k, 0), t.size - 2)
+    gap = float(t[k + 1] - t[k])
+    if not _WIDTH_PER_S * sig.s < gap:
+        return sig
+    t0 = float(t[k] + t[k + 1]) / 2.0
+    rss = float(np.sum(w * (sig.lo + sig.step * expit((t - t0) / sig.s) - z) ** 2))
+    if rss <= sig.rss * (1.0 + 1e-3) + 1e-18 * max(float(np.ptp(z)), 1e-300) ** 2:
+        return _Sigmoid(sig.lo, sig.step, t0, sig.s, min(rss, sig.rss) if rss <= sig.rss else rss)
+    return sig
+
+
 def _largest_step(z: np.ndarray, lo: int, hi: int) -> int:
     """Index i (lo <= i < hi) of the largest improvement z[i+1] - z[i]."""
     d = np.diff(z[lo : hi + 1])
@@ -348,12 +374,16 @@ def detect_jumps(
     noise_z: float = NOISE_Z,
     min_trend_bic: float = MIN_TREND_BIC,
     flat_rtol: float = FLAT_RTOL,
+    bounds: tuple[float, float] | None = None,
+    min_rise: float = MIN_RISE,
 ) -> JumpResult:
     """Is y's rise with x a sudden jump? See the module docstring for the rule.
 
     x: positive scale values (sorted here, with y and se). y: the metric.
     se: standard errors of y (scalar or per point); with them the fits are
     weighted and a jump smaller than ``noise_z`` combined errors does not count.
+    bounds: the metric's possible range, e.g. (0, 1) for exact match or accuracy;
+    with it a curve whose whole range is below ``min_rise`` of that range is flat.
     Raises ValueError for mismatched lengths, NaN/inf, x <= 0, repeated x.
     """
     # 1. validate, sort, orient
@@ -389,12 +419,20 @@ def detect_jumps(
     if rng <= flat_rtol * max(float(np.max(np.abs(z))), 1e-300):
         return result("flat", f"flat: y is constant ({_fmt(float(ys[0]))}) over all {n} points.")
 
+    if bounds is not None:
+        b_lo, b_hi = float(bounds[0]), float(bounds[1])
+        if not b_hi > b_lo:
+            raise ValueError(f"bounds must be (low, high) with high > low, got {tuple(bounds)!r}")
+        if rng < min_rise * (b_hi - b_lo):
+            return result(
+                "flat",
+                f"flat: y moves by only {_fmt(rng)} over all {n} points, less than {min_rise:g} of "
+                f"its range [{_fmt(b_lo)}, {_fmt(b_hi)}]; a rise that small is not an ability.",
+            )
+
     # 3. fit constant, line and sigmoid in t = log10 x
     t = np.log10(xs)
     w = np.ones(n) if ses is None else 1.0 / ses**2
-    rss_c = _wls_rss(np.ones((n, 1)), z, w)
-    rss_l = _wls_rss(np.column_stack([np.ones(n), t]), z, w)
-    sig = _fit_sigmoid(t, z, w)
     if ses is None:
         floor = n * (_RSS_FLOOR_REL * rng) ** 2
 
@@ -405,62 +443,101 @@ def detect_jumps(
         def bic(rss: float, k: int) -> float:
             return rss + k * math.log(n)  # rss is chi-square here
 
-    bic_c, bic_l, bic_s = bic(rss_c, 1), bic(rss_l, 2), bic(sig.rss, 4)
-    dbic = bic_l - bic_s
-    width = _WIDTH_PER_S * sig.s
-    mid = float(10.0**sig.t0)
-    t_lo, t_hi = sig.t0 - width / 2.0, sig.t0 + width / 2.0
-    fit = {"dbic": dbic, "width": width, "mid": mid, "step": sig.step}
-
-    # 4. the jump criteria, in order; the first failure is the reason
     tol = 1e-9 * max(1.0, float(t[-1] - t[0]))
-    n_before = int(np.sum(t < sig.t0 - tol))
-    n_after = int(np.sum(t > sig.t0 + tol))
-    a = int(np.flatnonzero(t <= t_lo + tol)[-1]) if np.any(t <= t_lo + tol) else 0
-    b = int(np.flatnonzero(t >= t_hi - tol)[0]) if np.any(t >= t_hi - tol) else n - 1
-    if b <= a:
-        b = min(a + 1, n - 1)
-    failure = None
-    if not dbic >= min_delta_bic:
-        failure = (
-            f"a sigmoid in log x beats a straight line by only delta BIC={dbic:.1f} "
-            f"(a jump needs >= {min_delta_bic:g})"
-        )
-    elif not width <= max_width_decades:
-        failure = (
-            f"the fitted rise is gradual: its 10-90% width is {width:.2f} decades of x "
-            f"(a jump needs <= {max_width_decades:g})"
-        )
-    elif t_lo < t[0] - tol or n_before < min_before or n_after < 1:
-        failure = (
-            f"the fitted transition (midpoint x={_fmt(mid)}) is not inside the data: "
-            f"{n_before} point(s) before its midpoint, {n_after} after, and its 10% point is at "
-            f"x={_fmt(10.0**t_lo)} against the smallest x={_fmt(float(xs[0]))} "
-            f"(a jump needs >= {min_before} before, >= 1 after and the start observed)"
-        )
-    elif ses is not None:
-        gain = float(z[b] - z[a])
-        noise = noise_z * math.sqrt(float(ses[a] ** 2 + ses[b] ** 2))
-        if not gain > noise:
-            failure = (
-                f"the improvement across the transition (x={_fmt(float(xs[a]))} to "
-                f"{_fmt(float(xs[b]))}) is {_fmt(gain)}, within {noise_z:g} standard errors "
-                f"({_fmt(noise)})"
-            )
 
+    def jump_test(zz: np.ndarray) -> tuple[str | None, dict[str, float], int, int, float, float]:
+        """First failed jump criterion (None: a jump), the fit, the bracketing indices, BICs."""
+        rss_l = _wls_rss(np.column_stack([np.ones(n), t]), zz, w)
+        sig = _centre_in_gap(_fit_sigmoid(t, zz, w), t, zz, w)
+        if sig.t0 >= t[-1] - tol and n >= 3:
+            # a midpoint on the last sample is not identified (the rise may go on beyond it):
+            # the data say only "the rise sits in the last interval", a step there
+            wb = w[:-1] / w[:-1].sum()
+            lo = float(np.sum(wb * zz[:-1]))
+            gap = float(t[-1] - t[-2])
+            sig = _Sigmoid(
+                lo, max(float(zz[-1]) - lo, 0.0), float(t[-2] + t[-1]) / 2.0,
+                gap / _WIDTH_PER_S / 2.0, float(np.sum(w[:-1] * (zz[:-1] - lo) ** 2)),
+            )  # fmt: skip
+        bic_l, bic_s = bic(rss_l, 2), bic(sig.rss, 4)
+        dbic = bic_l - bic_s
+        width = _WIDTH_PER_S * sig.s
+        mid = float(10.0**sig.t0)
+        t_lo, t_hi = sig.t0 - width / 2.0, sig.t0 + width / 2.0
+        fit = {"dbic": dbic, "width": width, "mid": mid, "step": sig.step}
+        n_before = int(np.sum(t < sig.t0 - tol))
+        n_after = int(np.sum(t > sig.t0 + tol))
+        a = int(np.flatnonzero(t <= t_lo + tol)[-1]) if np.any(t <= t_lo + tol) else 0
+        b = int(np.flatnonzero(t >= t_hi - tol)[0]) if np.any(t >= t_hi - tol) else n - 1
+        if b <= a:
+            b = min(a + 1, n - 1)
+        failure = None
+        if not dbic >= min_delta_bic:
+            failure = (
+                f"a sigmoid in log x beats a straight line by only delta BIC={dbic:.1f} "
+                f"(a jump needs >= {min_delta_bic:g})"
+            )
+        elif not width <= max_width_decades:
+            failure = (
+                f"the fitted rise is gradual: its 10-90% width is {width:.2f} decades of x "
+                f"(a jump needs <= {max_width_decades:g})"
+            )
+        elif t_lo < t[0] - tol or n_before < min_before or n_after < 1:
+            failure = (
+                f"the fitted transition (midpoint x={_fmt(mid)}) is not inside the data: "
+                f"{n_before} point(s) before its midpoint, {n_after} after, and its 10% point is at "
+                f"x={_fmt(10.0**t_lo)} against the smallest x={_fmt(float(xs[0]))} "
+                f"(a jump needs >= {min_before} before, >= 1 after and the start observed)"
+            )
+        elif ses is not None:
+            gain = float(zz[b] - zz[a])
+            noise = noise_z * math.sqrt(float(ses[a] ** 2 + ses[b] ** 2))
+            if not gain > noise:
+                failure = (
+                    f"the improvement across the transition (x={_fmt(float(xs[a]))} to "
+                    f"{_fmt(float(xs[b]))}) is {_fmt(gain)}, within {noise_z:g} standard errors "
+                    f"({_fmt(noise)})"
+                )
+        return failure, fit, a, b, bic_l, bic_s
+
+    # 4. the jump criteria, in order; the first failure is the reason. A curve that jumps and
+    # then falls back part of the way (non-monotone after the jump) is judged again on its
+    # running best, max(y[:i+1]), when the fall does not undo the jump.
+    failure, fit, a, b, bic_l, bic_s = jump_test(z)
+    env = np.maximum.accumulate(z)
+    note = ""
+    if failure is not None and np.any(env > z):
+        env_failure, env_fit, ea, eb, _, _ = jump_test(env)
+        j = _largest_step(env, ea, eb) if env_failure is None else 0
+        # the fall must not undo the jump: every point after it stays above every point
+        # before it by at least half the fitted step (noise around a constant fails this)
+        kept = env_failure is None and float(np.min(z[j + 1 :]) - np.max(z[: j + 1])) >= (
+            0.5 * env_fit["step"]
+        )
+        if kept:
+            failure, fit, a, b = None, env_fit, ea, eb
+            k = int(np.argmax(env - z))
+            note = (
+                f" It is not monotone after the jump: y falls back to {_fmt(float(ys[k]))} at "
+                f"x={_fmt(float(xs[k]))}, below its earlier best."
+            )
+            z_used = env
     if failure is None:
-        interval = biggest(a, b)
-        assert interval is not None
+        zz = z if not note else z_used
+        i = _largest_step(zz, a, b)
+        interval = (float(xs[i]), float(xs[i + 1]))
+        last = " The whole rise sits in the last interval: the level after it is seen once." if i == n - 2 else ""
         return result(
             "jump",
             f"jump between x={_fmt(interval[0])} and x={_fmt(interval[1])}: a sigmoid in log x "
-            f"beats a straight line by delta BIC={dbic:.1f} and rises within {width:.2f} decades "
-            f"around x={_fmt(mid)}.",
+            f"beats a straight line by delta BIC={fit['dbic']:.1f} and rises within "
+            f"{fit['width']:.2f} decades around x={_fmt(fit['mid'])}.{note}{last}",
             interval=interval,
             **fit,
         )
 
     # 5. no jump: flat (no trend beats a constant) or smooth
+    bic_c = bic(_wls_rss(np.ones((n, 1)), z, w), 1)
     trend = bic_c - min(bic_l, bic_s)
     if trend < min_trend_bic:
         return result(
@@ -470,6 +547,122 @@ def detect_jumps(
             **fit,
         )
     return result("smooth", f"smooth: {failure}.", interval=biggest(), **fit)
+# ---- standard errors from counts and verdicts across seeds ----------------
+
+
+def binomial_se(p: Any, n: Any) -> np.ndarray:
+    """Standard error of a proportion p (exact match, accuracy) measured on n problems.
+
+    ``sqrt(q (1 - q) / n)`` with the Laplace-smoothed ``q = (p n + 1) / (n + 2)``, so a score
+    of exactly 0 or 1 still carries the error of n problems (0 -> about 1/n, not 0).
+    A 500-problem test set at exact match 0.5 gives 0.022.
+    """
+    p = np.asarray(p, dtype=float)
+    n = np.asarray(n, dtype=float)
+    if np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"p must be proportions in [0, 1], got {p!r}")
+    if np.any(~np.isfinite(n)) or np.any(n < 1):
+        raise ValueError(f"n must be a count of problems >= 1, got {n!r}")
+    q = (p * n + 1.0) / (n + 2.0)
+    return np.sqrt(q * (1.0 - q) / n)
+
+
+@dataclass(frozen=True)
+class SeedJumpResult:
+    """Verdict on a curve measured with several seeds per scale point.
+
+    verdict: the verdict of ``detect_jumps`` on the seed means when at least ``agree`` of the
+        bootstrap resamples over seeds give it, else "uncertain".
+    fractions: verdict -> fraction of the resamples giving it (sums to 1).
+    point: the ``JumpResult`` on the seed means. n_boot: resamples drawn.
+    n_seeds: seeds per x (x -> count). reason: one sentence.
+    """
+
+    verdict: str
+    fractions: Mapping[str, float]
+    point: JumpResult
+    n_boot: int
+    n_seeds: Mapping[float, int]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict."""
+        return _clean(
+            {
+                "verdict": self.verdict,
+                "fractions": dict(self.fractions),
+                "point": self.point.to_dict(),
+                "n_boot": self.n_boot,
+                "n_seeds": {str(k): v for k, v in self.n_seeds.items()},
+                "reason": self.reason,
+            }
+        )
+
+
+def _fractions(verdicts: Sequence[str]) -> dict[str, float]:
+    names, counts = np.unique(np.asarray(verdicts, dtype=object).astype(str), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return {str(names[i]): float(counts[i]) / len(verdicts) for i in order}
+
+
+def _agreed(point: str, fractions: Mapping[str, float], agree: float) -> str:
+    return point if fractions.get(point, 0.0) >= agree else "uncertain"
+
+
+def _fmt_fractions(fractions: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0%}" for k, v in fractions.items())
+
+
+def jumps_across_seeds(
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    n_boot: int = N_BOOT,
+    agree: float = AGREE,
+    random_state: int = 0,
+    **jump_kwargs: Any,
+) -> SeedJumpResult:
+    """`detect_jumps` on a curve with repeated x (one entry per seed), with its seed noise.
+
+    The verdict is that of the per-x means, reported only when at least ``agree`` of
+    ``n_boot`` bootstrap resamples (seeds drawn with replacement within each x, then averaged)
+    give it too; otherwise "uncertain", with the fraction each way in ``fractions``.
+    ``jump_kwargs`` go to `detect_jumps` (``se`` is not accepted: the seeds are the noise).
+    """
+    if "se" in jump_kwargs:
+        raise ValueError("se cannot be combined with seeds: the spread over seeds is the noise")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot!r}")
+    if not 0.5 < agree <= 1.0:
+        raise ValueError(f"agree must be in (0.5, 1], got {agree!r}")
+    xs, ys = _as_1d("x", x), _as_1d("y", y)
+    if xs.shape != ys.shape:
+        raise ValueError(
+            f"x and y must have the same length, got len(x)={xs.size} and len(y)={ys.size}"
+        )
+    ux, inv = np.unique(xs, return_inverse=True)
+    groups = [ys[inv == i] for i in range(ux.size)]
+    means = np.array([g.mean() for g in groups])
+    point = detect_jumps(ux, means, **jump_kwargs)
+    rng = np.random.default_rng(random_state)
+    verdicts = []
+    for _ in range(n_boot):
+        boot = np.array([g[rng.integers(0, g.size, g.size)].mean() for g in groups])
+        verdicts.append(detect_jumps(ux, boot, **jump_kwargs).verdict)
+    fractions = _fractions(verdicts)
+    verdict = _agreed(point.verdict, fractions, agree)
+    n_seeds = {float(u): int(g.size) for u, g in zip(ux, groups, strict=True)}
+    if verdict == "uncertain":
+        reason = (
+            f"uncertain: on the seed means the curve reads {point.verdict!r}, but over {n_boot} "
+            f"resamples of the seeds: {_fmt_fractions(fractions)} (a verdict needs {agree:.0%})."
+        )
+    else:
+        reason = f"{point.reason} It holds in {fractions[verdict]:.0%} of {n_boot} seed resamples."
+    return SeedJumpResult(
+        verdict, types.MappingProxyType(fractions), point, n_boot,
+        types.MappingProxyType(n_seeds), reason,
+    )  # fmt: skip
 
 
 # ---- the mirage check -----------------------------------------------------
