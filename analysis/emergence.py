@@ -65,8 +65,8 @@ constant y -> 0, a curve whose median step is 0 but which rises -> inf.
 Mirage check (`check_mirage`), after Schaeffer et al. 2023 ("Are Emergent
 Abilities of Large Language Models a Mirage?"): aggregate the table to one
 value per x, run `detect_jumps` on the discontinuous metric and on each
-continuous one (a metric whose name contains "loss" or "perplexity" is lower-
-is-better). Verdicts: "no jump" (the discontinuous metric does not jump),
+continuous one (a metric whose name contains "loss", "perplexity" or "ppl" is
+lower-is-better). Verdicts: "no jump" (the discontinuous metric does not jump),
 "insufficient" (too few x values), "genuine jump" (a continuous metric jumps
 too, over an overlapping interval of x), "metric artefact" (the discontinuous
 metric jumps but no tested continuous metric does), "inconclusive" (no
@@ -526,7 +526,11 @@ def detect_jumps(
         zz = z if not note else z_used
         i = _largest_step(zz, a, b)
         interval = (float(xs[i]), float(xs[i + 1]))
-        last = " The whole rise sits in the last interval: the level after it is seen once." if i == n - 2 else ""
+        last = (
+            " The whole rise sits in the last interval: the level after it is seen once."
+            if i == n - 2
+            else ""
+        )
         return result(
             "jump",
             f"jump between x={_fmt(interval[0])} and x={_fmt(interval[1])}: a sigmoid in log x "
@@ -547,6 +551,8 @@ def detect_jumps(
             **fit,
         )
     return result("smooth", f"smooth: {failure}.", interval=biggest(), **fit)
+
+
 # ---- standard errors from counts and verdicts across seeds ----------------
 
 
@@ -690,6 +696,8 @@ class MirageResult:
     agg: str
     reason: str
     missing: tuple[str, ...] = field(default=())
+    fractions: Mapping[str, float] = field(default_factory=dict)
+    n_boot: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (NaN and inf become None)."""
@@ -702,6 +710,8 @@ class MirageResult:
                 "reason": self.reason,
                 "columns": dict(self.columns),
                 "missing": list(self.missing),
+                "fractions": dict(self.fractions),
+                "n_boot": self.n_boot,
                 "results": {k: v.to_dict() for k, v in self.results.items()},
                 "series": {k: {"x": list(v[0]), "y": list(v[1])} for k, v in self.series.items()},
             }
@@ -720,7 +730,145 @@ def _resolve(columns: Iterable[str], metric: str, split: str | None) -> str | No
 
 def _lower_is_better(metric: str) -> bool:
     m = metric.lower()
-    return "loss" in m or "perplexity" in m
+    return "loss" in m or "perplexity" in m or "ppl" in m
+
+
+def _is_proportion(y: Sequence[float], higher_is_better: bool) -> bool:
+    arr = np.asarray(y, dtype=float)
+    return bool(higher_is_better and arr.size and np.all((arr >= 0.0) & (arr <= 1.0)))
+
+
+def _series_se(
+    df: pd.DataFrame,
+    *,
+    col: str,
+    y: tuple[tuple[float, ...], tuple[float, ...]],
+    n_problems: int | str | None,
+    proportion: bool,
+) -> np.ndarray | None:
+    """Standard errors of one aggregated curve (None when the table cannot give them)."""
+    xs, ys = np.asarray(y[0], dtype=float), np.asarray(y[1], dtype=float)
+    if xs.size == 0:
+        return None
+    if f"{col}_stderr" in df.columns:
+        per_x = pd.to_numeric(df[f"{col}_stderr"], errors="coerce").groupby(df["_x"]).mean()
+        se = per_x.reindex(xs).to_numpy(dtype=float)
+        return se if np.all(np.isfinite(se) & (se > 0)) else None
+    if isinstance(n_problems, str):
+        if n_problems not in df.columns:
+            return None
+        counts = pd.to_numeric(df[n_problems], errors="coerce").groupby(df["_x"]).median()
+        n = counts.reindex(xs).to_numpy(dtype=float)
+    elif n_problems is None:
+        return None
+    else:
+        if not n_problems >= 1:
+            raise ValueError(f"n_problems must be >= 1, got {n_problems!r}")
+        n = np.full(xs.size, float(n_problems))
+    if not np.all(np.isfinite(n) & (n >= 1)):
+        return None
+    if proportion:
+        return binomial_se(ys, n)
+    if f"{col}_std" in df.columns:
+        std = pd.to_numeric(df[f"{col}_std"], errors="coerce").groupby(df["_x"]).mean()
+        se = std.reindex(xs).to_numpy(dtype=float) / np.sqrt(n)
+        return se if np.all(np.isfinite(se) & (se > 0)) else None
+    return None
+
+
+def _seed_fractions(
+    df: pd.DataFrame, *, x: str, seeds: str, n_boot: int, random_state: int, call: Any
+) -> tuple[dict[str, float], int]:
+    """Fractions of mirage verdicts over bootstrap resamples of seeds within each x."""
+    if seeds not in df.columns:
+        raise ValueError(
+            f"seeds column {seeds!r} is not in the table (columns: {list(df.columns)})"
+        )
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot!r}")
+    per_x = {
+        xv: {s: g.drop(columns="_x") for s, g in grp.groupby(seeds, sort=True)}
+        for xv, grp in df.groupby("_x", sort=True)
+    }
+    if not any(len(v) > 1 for v in per_x.values()):
+        return {}, 0
+    rng = np.random.default_rng(random_state)
+    verdicts = []
+    for _ in range(n_boot):
+        parts = []
+        for groups in per_x.values():
+            keys = list(groups)
+            for d, k in enumerate(rng.integers(0, len(keys), len(keys))):
+                part = groups[keys[int(k)]]
+                parts.append(part.assign(**{seeds: f"{keys[int(k)]}#{d}"}))
+        verdicts.append(call(pd.concat(parts, ignore_index=True)))
+    return _fractions(verdicts), n_boot
+
+
+def _mirage_verdict(
+    *,
+    series: Mapping[str, tuple[tuple[float, ...], tuple[float, ...]]],
+    ses: Mapping[str, np.ndarray | None],
+    bounds: Mapping[str, tuple[float, float]],
+    direction: Mapping[str, bool],
+    kwargs: Mapping[str, Any],
+    discontinuous: str,
+    x: str,
+    missing: Sequence[str],
+) -> tuple[dict[str, JumpResult], str, str]:
+    """Jump verdicts per metric (discontinuous first) and the mirage verdict with its reason."""
+    results = {
+        m: detect_jumps(
+            *series[m],
+            higher_is_better=direction[m],
+            se=ses.get(m),
+            bounds=bounds.get(m),
+            **kwargs,
+        )
+        for m in series
+    }
+    disc = results[discontinuous]
+    cont = {m: r for m, r in results.items() if m != discontinuous}
+    tested = {m: r for m, r in cont.items() if r.verdict != "insufficient"}
+
+    def overlaps(r: JumpResult) -> bool:
+        if r.interval is None or disc.interval is None:
+            return False
+        return r.interval[0] <= disc.interval[1] and disc.interval[0] <= r.interval[1]
+
+    note_missing = f" (no column for {', '.join(missing)})" if missing else ""
+    if disc.verdict == "insufficient":
+        verdict = "insufficient"
+        reason = f"{discontinuous} has too few x values to judge: {disc.reason}"
+    elif disc.verdict != "jump":
+        verdict = "no jump"
+        reason = f"{discontinuous} shows no jump against {x}: {disc.reason}"
+    elif not tested:
+        verdict = "inconclusive"
+        reason = (
+            f"{discontinuous} jumps between {x}={_fmt(disc.interval[0])} and "
+            f"{_fmt(disc.interval[1])}, but no continuous metric could be tested{note_missing}."
+        )
+    else:
+        genuine = [m for m, r in tested.items() if r.verdict == "jump" and overlaps(r)]
+        if genuine:
+            verdict = "genuine jump"
+            reason = (
+                f"{discontinuous} jumps between {x}={_fmt(disc.interval[0])} and "
+                f"{_fmt(disc.interval[1])} and so does {', '.join(genuine)}: the model changes there, "
+                "not only the metric."
+            )
+        else:
+            verdict = "metric artefact"
+            elsewhere = [m for m, r in tested.items() if r.verdict == "jump"]
+            extra = f"; {', '.join(elsewhere)} jump(s) elsewhere in {x}" if elsewhere else ""
+            reason = (
+                f"{discontinuous} jumps between {x}={_fmt(disc.interval[0])} and "
+                f"{_fmt(disc.interval[1])} but {', '.join(tested)} change smoothly there{extra}: "
+                "the jump is likely an artefact of the all-or-nothing metric "
+                f"(Schaeffer et al. 2023){note_missing}."
+            )
+    return results, verdict, reason
 
 
 def check_mirage(
@@ -735,6 +883,12 @@ def check_mirage(
     select_split: str = "val",
     higher_is_better: Mapping[str, bool] | None = None,
     jump_kwargs: Mapping[str, Any] | None = None,
+    n_problems: int | str | None = "n_problems",
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    seeds: str | None = None,
+    n_boot: int = N_BOOT,
+    agree: float = AGREE,
+    random_state: int = 0,
 ) -> MirageResult:
     """Does a jump in a discontinuous metric survive in the continuous ones?
 
@@ -752,7 +906,20 @@ def check_mirage(
     Metric columns resolve to f"{split}_{metric}" when present, else `metric`.
     ``higher_is_better`` overrides the direction per metric (default: names with
     "loss" or "perplexity" are lower-is-better). ``jump_kwargs`` go to
-    `detect_jumps`. Raises ValueError for a missing x or discontinuous column.
+    `detect_jumps`.
+
+    n_problems: problems per evaluation, an int (the spec's eval size) or the name of a
+    column (used when present). With it each point gets a standard error: binomial
+    (`binomial_se`) for a metric in [0, 1] that is higher-is-better (exact match, accuracy),
+    ``{column}_std / sqrt(n)`` for another metric when the table has its per-problem spread
+    in a ``{column}_std`` column. A ``{column}_stderr`` column is used as it is.
+    bounds: metric -> (low, high); metrics in [0, 1] that are higher-is-better get (0, 1), so
+    a rise below ``min_rise`` of that range is flat.
+    seeds: the seed column. When given and some x has several seeds, the seeds are resampled
+    with replacement within each x ``n_boot`` times (rows of the drawn seeds, then ``agg``
+    as above: with "mean" the mean over the drawn seeds) and the verdict stands only when
+    at least ``agree`` of the resamples give it; otherwise "uncertain". ``fractions`` holds
+    the fraction of resamples per verdict. Raises ValueError for a missing x or discontinuous column.
     """
     # 1. validate
     if not isinstance(table, pd.DataFrame):
@@ -824,52 +991,45 @@ def check_mirage(
         per_x = per_x[np.isfinite(per_x.to_numpy(dtype=float))]
         series[m] = (tuple(map(float, per_x.index)), tuple(map(float, per_x.to_numpy(dtype=float))))
 
-    # 4. detect jumps, discontinuous metric first
-    results = {
-        m: detect_jumps(*series[m], higher_is_better=direction[m], **kwargs) for m in columns
-    }
-    disc = results[discontinuous]
-    cont = {m: r for m, r in results.items() if m != discontinuous}
-    tested = {m: r for m, r in cont.items() if r.verdict != "insufficient"}
+    # 4. standard errors from the evaluation size, bounds of bounded metrics
+    ses = {
+        m: _series_se(df, col=columns[m], y=series[m], n_problems=n_problems,
+                      proportion=_is_proportion(series[m][1], direction[m]))
+        for m in columns
+    }  # fmt: skip
+    bnds = {m: (0.0, 1.0) for m in columns if _is_proportion(series[m][1], direction[m])}
+    bnds.update(dict(bounds or {}))
 
-    def overlaps(r: JumpResult) -> bool:
-        if r.interval is None or disc.interval is None:
-            return False
-        return r.interval[0] <= disc.interval[1] and disc.interval[0] <= r.interval[1]
+    # 5. detect jumps, discontinuous metric first, and the verdict
+    results, verdict, reason = _mirage_verdict(
+        series=series, ses=ses, bounds=bnds, direction=direction, kwargs=kwargs,
+        discontinuous=discontinuous, x=x, missing=missing,
+    )  # fmt: skip
 
-    # 5. verdict
-    note_missing = f" (no column for {', '.join(missing)})" if missing else ""
-    if disc.verdict == "insufficient":
-        verdict = "insufficient"
-        reason = f"{discontinuous} has too few x values to judge: {disc.reason}"
-    elif disc.verdict != "jump":
-        verdict = "no jump"
-        reason = f"{discontinuous} shows no jump against {x}: {disc.reason}"
-    elif not tested:
-        verdict = "inconclusive"
-        reason = (
-            f"{discontinuous} jumps between {x}={_fmt(disc.interval[0])} and "
-            f"{_fmt(disc.interval[1])}, but no continuous metric could be tested{note_missing}."
-        )
-    else:
-        genuine = [m for m, r in tested.items() if r.verdict == "jump" and overlaps(r)]
-        if genuine:
-            verdict = "genuine jump"
-            reason = (
-                f"{discontinuous} jumps between {x}={_fmt(disc.interval[0])} and "
-                f"{_fmt(disc.interval[1])} and so does {', '.join(genuine)}: the model changes there, "
-                "not only the metric."
-            )
-        else:
-            verdict = "metric artefact"
-            elsewhere = [m for m, r in tested.items() if r.verdict == "jump"]
-            extra = f"; {', '.join(elsewhere)} jump(s) elsewhere in {x}" if elsewhere else ""
-            reason = (
-                f"{discontinuous} jumps between {x}={_fmt(disc.interval[0])} and "
-                f"{_fmt(disc.interval[1])} but {', '.join(tested)} change smoothly there{extra}: "
-                "the jump is likely an artefact of the all-or-nothing metric "
-                f"(Schaeffer et al. 2023){note_missing}."
-            )
+    # 6. across seeds: the verdict must hold over bootstrap resamples of the seeds
+    fractions: dict[str, float] = {}
+    boot = 0
+    if seeds is not None:
+        fractions, boot = _seed_fractions(
+            df, x=x, seeds=seeds, n_boot=n_boot, random_state=random_state,
+            call=lambda t: check_mirage(
+                t, x, discontinuous=discontinuous, continuous=continuous, split=split, agg=agg,
+                select_metric=select_metric, select_split=select_split,
+                higher_is_better=higher_is_better, jump_kwargs=jump_kwargs,
+                n_problems=n_problems, bounds=bounds,
+            ).verdict,
+        )  # fmt: skip
+        if boot:
+            point = verdict
+            verdict = _agreed(point, fractions, agree)
+            if verdict == "uncertain":
+                reason = (
+                    f"uncertain across seeds: on the seed means it reads {point!r} ({reason}) but "
+                    f"over {boot} resamples of the seeds: {_fmt_fractions(fractions)} "
+                    f"(a verdict needs {agree:.0%})."
+                )
+            else:
+                reason = f"{reason} It holds in {fractions[verdict]:.0%} of {boot} seed resamples."
     return MirageResult(
         verdict=verdict,
         x=x,
@@ -880,4 +1040,6 @@ def check_mirage(
         agg=agg,
         reason=reason,
         missing=tuple(missing),
+        fractions=types.MappingProxyType(fractions),
+        n_boot=boot,
     )
