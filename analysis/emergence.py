@@ -22,8 +22,11 @@ point so a perfect fit stays finite), or ``chi2 + k log n`` when ``se`` is
 given. ``delta_bic = BIC(line) - BIC(sigmoid)``; positive favours the sigmoid.
 The *width* of the transition is its 10%-90% rise, ``2 ln(9) s`` decades of x.
 
-1. **insufficient** — fewer than ``min_points`` [4] points.
-2. **flat** — y is constant (range <= ``flat_rtol`` [1e-9] x max|y|).
+1. **insufficient** — fewer than ``min_points`` [5] points (the 4-parameter sigmoid
+   passes through any 4, leaving no residual to compare models on).
+2. **flat** — y is constant (range <= ``flat_rtol`` [1e-9] x max|y|), or, when ``bounds``
+   (the metric's possible range, e.g. (0, 1) for exact match) are given, y moves by less
+   than ``min_rise`` [0.05] of that range whatever its shape (exact match 0 -> 0.007).
 3. **jump** — all of:
    a. ``delta_bic >= min_delta_bic`` [10: "very strong" evidence on Kass &
       Raftery's 1995 scale];
@@ -34,6 +37,14 @@ The *width* of the transition is its 10%-90% rise, ``2 ln(9) s`` decades of x.
    d. when ``se`` is given: the improvement between the sampled points that
       bracket the transition exceeds ``noise_z`` [2.0] combined standard
       errors, ``noise_z * sqrt(se_a**2 + se_b**2)``.
+   A curve that fails 3 but jumps and then falls back part of the way (non-monotone after
+   the jump, e.g. Pythia 16-shot addition: 0.69 at 2.8B, 0.48 at 6.9B, 0.87 at 12B) is
+   tested again on its running best ``max(y[:i+1])``; that counts only when every point
+   after the jump stays above every point before it by half the fitted step. When the
+   fitted step is sharper than the gap between the two samples around it, its midpoint is
+   put at the gap's centre (the data only say "in this gap"); a midpoint fitted on the last
+   sample becomes a step in the last interval, so a curve whose whole rise sits in its last
+   interval is judged (its reason says the level after it was seen once).
 4. **flat** — no trend: the best of line and sigmoid beats the constant by
    less than ``min_trend_bic`` [2: "not worth more than a bare mention"].
 5. **smooth** — anything else; ``reason`` names the first criterion of step 3
@@ -62,6 +73,14 @@ square a single-step curve would score sqrt(n - 1), less than a straight
 line's n - 1, which inverts the meaning. Guards: fewer than 2 points -> NaN,
 constant y -> 0, a curve whose median step is 0 but which rises -> inf.
 
+Standard errors and seeds. `binomial_se(p, n)` gives the error of a proportion over n
+problems (Laplace-smoothed so 0 and 1 keep an error; 500 problems -> +-0.022 at 0.5).
+`check_mirage` derives ``se`` from the table's ``n_problems`` column or an eval size passed
+as ``n_problems=``. `jumps_across_seeds` (one curve, repeated x) and ``check_mirage(...,
+seeds="seed")`` resample the seeds within each x ``n_boot`` [200] times; the verdict is
+reported when at least ``agree`` [0.9] of the resamples give it, else "uncertain", with the
+fraction of each verdict in ``fractions``.
+
 Mirage check (`check_mirage`), after Schaeffer et al. 2023 ("Are Emergent
 Abilities of Large Language Models a Mirage?"): aggregate the table to one
 value per x, run `detect_jumps` on the discontinuous metric and on each
@@ -70,7 +89,8 @@ lower-is-better). Verdicts: "no jump" (the discontinuous metric does not jump),
 "insufficient" (too few x values), "genuine jump" (a continuous metric jumps
 too, over an overlapping interval of x), "metric artefact" (the discontinuous
 metric jumps but no tested continuous metric does), "inconclusive" (no
-continuous metric could be tested).
+continuous metric could be tested), "uncertain" (with ``seeds``: no verdict holds in
+``agree`` of the seed resamples).
 """
 
 from __future__ import annotations
@@ -679,12 +699,14 @@ class MirageResult:
     """Verdict of `check_mirage`.
 
     verdict: "metric artefact" | "genuine jump" | "no jump" | "insufficient" |
-        "inconclusive" (see the module docstring).
+        "inconclusive" | "uncertain" (see the module docstring).
     x: the scale column. discontinuous: the discontinuous metric's name.
     results: metric name -> JumpResult (read-only mapping), discontinuous first.
     columns: metric name -> the table column read.
     series: metric name -> ((x...), (y...)), the aggregated curve tested.
     agg: how rows were aggregated per x. reason: one sentence.
+    fractions: with ``seeds``, verdict -> fraction of the seed resamples giving it (empty
+        otherwise). n_boot: resamples drawn (0 without seeds).
     """
 
     verdict: str
