@@ -524,16 +524,16 @@ def detect_jumps(
     # then falls back part of the way (non-monotone after the jump) is judged again on its
     # running best, max(y[:i+1]), when the fall does not undo the jump.
     failure, fit, a, b, bic_l, bic_s = jump_test(z)
-    env = np.maximum.accumulate(z)
     note = ""
+    j = _largest_step(z, 0, n - 1) if n >= 2 else 0
+    # running best after the largest step only: the level before it stays as measured
+    env = np.concatenate([z[: j + 1], np.maximum.accumulate(z[j + 1 :])])
     if failure is not None and np.any(env > z):
         env_failure, env_fit, ea, eb, _, _ = jump_test(env)
-        j = _largest_step(env, ea, eb) if env_failure is None else 0
+        jj = _largest_step(env, ea, eb) if env_failure is None else -1
         # the fall must not undo the jump: every point after it stays above every point
         # before it by at least half the fitted step (noise around a constant fails this)
-        kept = env_failure is None and float(np.min(z[j + 1 :]) - np.max(z[: j + 1])) >= (
-            0.5 * env_fit["step"]
-        )
+        kept = jj == j and float(np.min(z[j + 1 :]) - np.max(z[: j + 1])) >= 0.5 * env_fit["step"]
         if kept:
             failure, fit, a, b = None, env_fit, ea, eb
             k = int(np.argmax(env - z))
