@@ -77,7 +77,7 @@ Standard errors and seeds. `binomial_se(p, n)` gives the error of a proportion o
 problems (Laplace-smoothed so 0 and 1 keep an error; 500 problems -> +-0.022 at 0.5).
 `check_mirage` derives ``se`` from the table's ``n_problems`` column or an eval size passed
 as ``n_problems=``. `jumps_across_seeds` (one curve, repeated x) and ``check_mirage(...,
-seeds="seed")`` resample the seeds within each x ``n_boot`` [200] times; the verdict is
+seeds="seed")`` resample the seeds within each x ``n_boot`` [100] times; the verdict is
 reported when at least ``agree`` [0.9] of the resamples give it, else "uncertain", with the
 fraction of each verdict in ``fractions``.
 
@@ -119,7 +119,7 @@ __all__ = [
 # ---- defaults (see the module docstring for the rule they feed) ----------
 MIN_POINTS = 5  # a 4-parameter sigmoid passes through any 4 points: 5 leave one residual
 MIN_RISE = 0.05  # a bounded metric must move >= 5% of its range (exact match 0 -> 0.007 is flat)
-N_BOOT = 200  # bootstrap resamples over seeds
+N_BOOT = 100  # seed resamples: a fraction near 0.9 known to +-0.03; ~30-60 ms each (a full check)
 AGREE = 0.9  # a verdict stands when >= 90% of the seed resamples give it
 MIN_DELTA_BIC = 10.0  # Kass & Raftery 1995: a BIC difference above 10 is "very strong"
 MAX_WIDTH_DECADES = 1.0  # power law x**b spans 1.91/b decades: only b > ~1.9 would pass
@@ -808,6 +808,7 @@ def _seed_fractions(
         )
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot!r}")
+    df = df.assign(**{seeds: df[seeds].astype(object).where(df[seeds].notna(), "<no seed>")})
     per_x = {
         xv: {s: g.drop(columns="_x") for s, g in grp.groupby(seeds, sort=True)}
         for xv, grp in df.groupby("_x", sort=True)
