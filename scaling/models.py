@@ -649,7 +649,9 @@ def import_gguf(
             "transformers": __import__("transformers").__version__,
         }
         (tmp / "import.json").write_text(json.dumps(info, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private
+        tmp.chmod(0o755)  # mkdtemp makes it private; safetensors writes its file 0600
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():  # overwrite: move the old one aside first, so out is never half-written
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rename(out, old / out.name)
