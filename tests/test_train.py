@@ -201,7 +201,7 @@ def test_batched_eval_matches_one_by_one_generate(tiny_model):
     examples += [Example(f"c{n}=", str(n)) for n in (4711, 12, 905, 3)]
     items = _tokenize(examples, tok, split="test", max_len=64)
     (got,) = evaluate(model, items, pad_id=tok.pad_token_id, batch_size=5, device="cpu",
-                      cache_kw=base_mod.cache_kwarg(model))  # fmt: skip
+                      cache_kw=base_mod.cache_kwarg(model), stop_ids=(tok.eos_token_id,))  # fmt: skip
     exact, nll, n_tok, correct, logprob = 0, 0.0, 0, 0, 0.0
     with torch.no_grad():
         for p, a in items:

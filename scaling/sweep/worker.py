@@ -47,7 +47,8 @@ def _trial_config(spec: StudySpec, config: dict, *, learning_rate: float, seed: 
         lora_r=int(config["lora_r"]),
         lora_alpha=spec.lora.alpha_for(int(config["lora_r"])),
         lora_dropout=spec.lora.dropout,
-        target_modules=tuple(spec.lora.target_modules),
+        target_modules=(spec.lora.target_modules if isinstance(spec.lora.target_modules, str)
+                        else tuple(spec.lora.target_modules)),
         batch_size=spec.train.batch_size,
         seed=int(seed),
         validation_size=spec.eval.validation_size,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, get_peft_model
 
-from scaling.models import load_base_model
+from scaling.models import load_base_model, resolve_target_modules
 from scaling.tasks import Tokenized, _tokenize, make_task
 from scaling.trial.config import TrialConfig
 
@@ -151,9 +151,10 @@ def non_embedding_params(model: torch.nn.Module) -> int:
 def attach_lora(model: torch.nn.Module, cfg: TrialConfig) -> torch.nn.Module:
     """peft LoRA on `model`, initialised under torch.manual_seed(cfg.seed): the one place a
     trial's adapter is made (trial/pack.py copies A, B out of it)."""
+    targets = resolve_target_modules(model, cfg.target_modules, model_name=cfg.model)  # TargetModulesError
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), bias="none",
+                      target_modules=targets, bias="none",
                       task_type="CAUSAL_LM")  # fmt: skip
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x

@@ -29,9 +29,11 @@ class TrialConfig:
     lora_r: int = 8  # rank 8 on every projection learns 2-digit addition on the tiny base
     lora_alpha: float = 16  # alpha / r = 2, the common LoRA scaling
     lora_dropout: float = 0.0  # the runs are short and data-limited by design: no dropout noise
-    target_modules: tuple[str, ...] = (
+    # "all-linear" (peft's rule, any architecture) or module names; resolved against the loaded
+    # model by scaling.models.resolve_target_modules. Default: all Llama projections.
+    target_modules: str | tuple[str, ...] = (
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-    )  # fmt: skip  (all Llama projections)
+    )  # fmt: skip
     batch_size: int = 32  # small batches: many steps even at D = 500
     seed: int = 0  # adapter init + data order
     validation_size: int = 500  # 500 problems: exact match to within ~±0.02

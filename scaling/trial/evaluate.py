@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from scaling.models import answer_matches
 from scaling.tasks import Tokenized
 from scaling.trial.base import left_padded, right_padded
 
@@ -26,11 +27,11 @@ EVAL_KEYS = ("eval_loss", "token_accuracy", "exact_match", "answer_logprob")
 
 @torch.no_grad()
 def evaluate(model, items: Tokenized, *, groups: int = 1, pad_id: int, cache_kw: str, batch_size: int,
-             device: str) -> list[dict[str, float]]:  # fmt: skip
+             device: str, stop_ids: tuple[int, ...]) -> list[dict[str, float]]:  # fmt: skip
     """Per group: eval_loss = mean cross-entropy per answer token; token_accuracy =
     teacher-forced argmax over answer tokens; answer_logprob = mean over examples of the
     summed log-prob of the answer; exact_match = greedy decoding gives the completion and
-    then eos."""
+    then a stop (``stop_ids``: eos, and the chat end token where the tokenizer has one)."""
     G = groups
     if not items:  # validation_size or test_size 0
         return [dict.fromkeys(EVAL_KEYS, math.nan) for _ in range(G)]
@@ -72,8 +73,8 @@ def evaluate(model, items: Tokenized, *, groups: int = 1, pad_id: int, cache_kw:
                         use_cache=True, **{cache_kw: getattr(out, cache_kw)})  # fmt: skip
         gen = torch.stack(generated, 1).tolist()  # (G*n, steps)
         for g in range(G):
-            # a already ends in eos, so equality means: the completion, then a stop
-            exact[g] += sum(gen[g * n + i][: len(a)] == a for i, a in enumerate(answers))
+            # a ends in eos: the completion, then any stop id (eos or the chat end token)
+            exact[g] += sum(answer_matches(gen[g * n + i], a, stop_ids=stop_ids) for i, a in enumerate(answers))
     m = len(items)
     return [
         {"eval_loss": loss_sum[g] / n_tokens, "token_accuracy": correct[g] / n_tokens,

@@ -78,6 +78,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from scaling.models import end_of_answer_ids
 from scaling.trial.adapter import PackedTrial, _Adapter, _bind
 from scaling.trial.base import (
     WorkerBase,
@@ -124,7 +125,7 @@ class Pack:
         self._active: list[_Adapter] = []
         self._base: WorkerBase | None = None
         self._names: list[str] = []  # the wrapped modules, in model order
-        self._targets: tuple[str, ...] | None = None
+        self._targets: str | tuple[str, ...] | None = None
         self._layout = _Layout()
         self._closed = False
 
@@ -196,7 +197,7 @@ class Pack:
         if cfg.lora_dropout != 0 and not self.solo:
             raise ValueError(f"lora_dropout must be 0 to pack a trial, got {cfg.lora_dropout!r}: "
                              "a random dropout mask per adapter cannot be shared; use run_trial")  # fmt: skip
-        if self._targets is not None and tuple(cfg.target_modules) != self._targets:
+        if self._targets is not None and cfg.target_modules != self._targets:
             raise ValueError(f"target_modules {cfg.target_modules} differ from the pack's {self._targets}")
         base = self._open(cfg)
         prev = torch.get_num_threads()
@@ -207,7 +208,7 @@ class Pack:
             init = self._peft_init(cfg)
         finally:
             torch.set_num_threads(prev)
-        self._targets = tuple(cfg.target_modules)
+        self._targets = cfg.target_modules
         self._layout.dropout = cfg.lora_dropout  # 0 unless solo
         self._wrap(True)
         handle = PackedTrial(cfg=cfg)
@@ -359,6 +360,7 @@ class Pack:
         for group in groups.values():
             # no activations kept for backward: 4x the training batch fits
             kw = dict(groups=len(group), pad_id=base.tokenizer.pad_token_id, cache_kw=self._cache_kw,
+                      stop_ids=end_of_answer_ids(base.tokenizer),
                       batch_size=4 * group[0].cfg.batch_size, device=self.device)  # fmt: skip
             _bind(self._layout, group, self._names)
             try:
