@@ -63,6 +63,7 @@ __all__ = [
     "fit_law",
     "holdout",
     "compare",
+    "AUTO_CANDIDATES",
 ]
 
 # Huber delta on log residuals: 1e-3 as in Hoffmann et al. (2022, D.2) and
@@ -72,6 +73,20 @@ DEFAULT_DELTA = 1e-3
 # 90% intervals: what Besiroglu et al. report, and at 1,000 resamples each
 # tail holds 50 draws, enough for a stable percentile.
 DEFAULT_LEVEL = 0.9
+# law="auto": the candidates, simplest first (issue 16): power without a floor,
+# power with a floor, the rectified law of Lin et al. (2024, arXiv:2402.02314)
+# with its pre-power phase, BNSL with one break (Caballero et al. 2022).
+AUTO_CANDIDATES: tuple[str, ...] = ("power_nofloor", "power", "rectified", "bnsl")
+# Leave-largest-out: the largest fifth of the x values (at least one point)
+# is predicted from the rest. A more complex candidate wins only when its
+# held-out error is below _AUTO_SIMPLER times the best simpler one's: held-out
+# errors on a handful of points are noisy, and a tie goes to the simpler law.
+_AUTO_HOLDOUT_FRACTION = 0.2
+_AUTO_SIMPLER = 0.9
+# A log-sum-exp term (E, A, B, ...) below 1e-4 of the smallest y changes no
+# prediction by more than 0.01%, far below any loss curve's noise: an interval
+# reaching down there has not resolved that term (reported as a bound).
+_VANISHED = 1e-4
 
 
 class FitError(ValueError):
@@ -140,7 +155,8 @@ def _as_x_list(x: str | Sequence[str], law: Law) -> list[str]:
 
 def _law_or_error(name: Any, breaks: int | None) -> Law:
     if not isinstance(name, str) or name not in LAW_NAMES:
-        raise FitError(f"unknown law {name!r}; known laws: {', '.join(LAW_NAMES)}")
+        known = ", ".join((*LAW_NAMES, "auto"))
+        raise FitError(f"unknown law {name!r}; known laws: {known}")
     if breaks is not None and name != "bnsl":
         raise FitError(f"breaks={breaks!r} applies only to law 'bnsl', not to {name!r}")
     try:
@@ -171,11 +187,28 @@ def _json_float(v: Any) -> Any:
     return v if math.isfinite(v) else None
 
 
+def _json_selection(sel: dict[str, Any] | None) -> dict[str, Any] | None:
+    if sel is None:
+        return None
+    cands = {
+        nm: {
+            **c,
+            "holdout_error": None
+            if c["holdout_error"] is None
+            else _json_float(c["holdout_error"]),
+        }
+        for nm, c in sel["candidates"].items()
+    }
+    return {**sel, "split_at": _json_float(sel["split_at"]), "candidates": cands}
+
+
 class LawFit:
     """Fit one scaling law to a table, sklearn style: ``LawFit(...).fit(data, x, y)``.
 
     Parameters (all keyword-only after ``law``):
-      law        one of analysis.laws.LAW_NAMES
+      law        one of analysis.laws.LAW_NAMES, or "auto": fit AUTO_CANDIDATES
+                 and keep the one with the smallest leave-largest-out error
+                 (one x column only; see ``selection_``)
       delta      Huber delta on log residuals (default 1e-3, Hoffmann et al.)
       fixed      {param: natural value} held fixed, e.g. {"R_D_star": 15.387756}
       breaks     number of BNSL breaks (bnsl only; default 1)
@@ -185,7 +218,11 @@ class LawFit:
       seed       seed of the bootstrap's numpy Generator
 
     Fitted attributes: params_, ci_, metrics_, warnings_, draws_ (bootstrap
-    params, natural scale, (B, p)), x_, y_, x_range_, n_starts_, optimizer_.
+    params, natural scale, (B, p)), x_, y_, x_range_, n_starts_, optimizer_,
+    law_name_ (the law fitted: the winner under "auto"), selection_ (None
+    unless "auto": see ``_select_law``), param_status_ ({param: "estimated" |
+    "fixed" | "lower_bound" | "upper_bound"}) and param_text_ ({param: a human
+    string, e.g. "alpha = 0.35 [0.33, 0.37]" or "no floor resolved: E < 0.01"}).
     """
 
     def __init__(
@@ -222,7 +259,13 @@ class LawFit:
     ) -> LawFit:
         """Fit on ``data`` (DataFrame or mapping of columns); returns self."""
         # 1. validate
-        law = _law_or_error(self.law, self.breaks)
+        self.selection_: dict[str, Any] | None = None
+        if self.law == "auto":
+            selection = self._select_law(data, x, y, weights=weights)
+            law = _law_or_error(selection["chosen"], None)
+        else:
+            selection = None
+            law = _law_or_error(self.law, self.breaks)
         if not (
             isinstance(self.delta, int | float) and math.isfinite(self.delta) and self.delta > 0
         ):
@@ -268,6 +311,8 @@ class LawFit:
         codes = self._groups(data, groups, n)
 
         self.law_ = law
+        self.law_name_ = law.name
+        self.selection_ = selection
         self.x_, self.y_ = list(x), y
         self.x_range_ = {c: (float(X[:, j].min()), float(X[:, j].max())) for j, c in enumerate(x)}
         self.fixed_ = {k_: float(v) for k_, v in fixed.items()}
@@ -309,6 +354,7 @@ class LawFit:
 
         # 5. bootstrap
         self.draws_ = np.empty((0, len(law.params)))
+        self.draw_thetas_ = None
         self.ci_: dict[str, tuple[float, float]] = {}
         if self.bootstrap > 0:
             starts = [z_best] + [zb[i] for i in cands[1 : 1 + _BOOT_EXTRA_STARTS]]
@@ -317,7 +363,136 @@ class LawFit:
         # 6. metrics, warnings
         self._metrics(obj, theta, X, yv, w, k)
         self._diagnose(law, space, z_best, yv, k, n)
+        self._param_status(law, space, z_best)
         return self
+
+    def _select_law(self, data: Any, x: Any, y: str, *, weights: Any) -> dict[str, Any]:
+        """Leave-largest-out choice among AUTO_CANDIDATES.
+
+        Each candidate is fitted (same delta, no bootstrap) on the points below
+        the largest fifth of x and scored by the mean absolute relative error
+        of its predictions there. A candidate needs at least 2 points per
+        parameter on the whole data to be eligible (the simplest is always
+        eligible), and none of its parameters may end on a bound (it would be
+        a simpler law in disguise); a more complex eligible one wins over the current pick only
+        when its error is below _AUTO_SIMPLER times the pick's. Returns
+        {"chosen", "n_train", "n_test", "split_at", "candidates": {name:
+        {"k", "eligible", "holdout_error", "note"}}}.
+        """
+        if self.fixed or self.init_grid or self.breaks is not None:
+            raise FitError('law="auto" takes no fixed, init_grid or breaks: they belong to one law')
+        cols = [x] if isinstance(x, str) else list(x)
+        if len(cols) != 1:
+            raise FitError(f'law="auto" needs exactly one x column, got {len(cols)}: {cols!r}')
+        xv = _column(data, cols[0], role="x")
+        yv = _column(data, y, role="y")
+        n = yv.size
+        if xv.size != n:
+            raise FitError(f"x column {cols[0]!r} has {xv.size} values but y column {y!r} has {n}")
+        w = self._weights(data, weights, n)
+        order = np.argsort(xv, kind="stable")
+        m = max(1, int(round(_AUTO_HOLDOUT_FRACTION * n)))
+        test = np.zeros(n, dtype=bool)
+        test[order[n - m :]] = True
+        train = ~test
+        split_at = float(xv[order[n - m]])
+        out: dict[str, Any] = {
+            "chosen": None,
+            "n_train": int(train.sum()),
+            "n_test": int(m),
+            "split_at": split_at,
+            "candidates": {},
+        }
+        best_err = math.inf
+        for name in AUTO_CANDIDATES:
+            k = len(get_law(name).params)
+            eligible = n >= 2 * k or name == AUTO_CANDIDATES[0]
+            info: dict[str, Any] = {"k": k, "eligible": bool(eligible), "holdout_error": None}
+            if int(train.sum()) < k + 1:
+                info["note"] = f"{int(train.sum())} training points for {k} parameters"
+            else:
+                est = LawFit(name, delta=self.delta)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", FitWarning)
+                        est.fit({"x": xv[train], "y": yv[train]}, "x", "y", weights=w[train])
+                        pred = est.predict({"x": xv[test]})
+                    err = float(np.mean(np.abs(pred - yv[test]) / yv[test]))
+                except FitError as exc:
+                    info["note"] = f"fit failed: {exc}"
+                else:
+                    info["holdout_error"] = err if math.isfinite(err) else None
+                    info["note"] = (
+                        "" if eligible else f"fewer than 2 points per parameter ({n}/{k})"
+                    )
+                    # a fit with a parameter on its bound has degenerated into a
+                    # simpler form (no floor, no break, no pre-power phase): it is
+                    # no evidence for its own extra terms
+                    stuck = [p for p, st in est.param_status_.items() if st.endswith("_bound")]
+                    if stuck and name != AUTO_CANDIDATES[0]:
+                        eligible = info["eligible"] = False
+                        info["note"] = f"degenerate: {', '.join(stuck)} on a bound"
+                    if (
+                        eligible
+                        and math.isfinite(err)
+                        and (out["chosen"] is None or err < _AUTO_SIMPLER * best_err)
+                    ):
+                        out["chosen"], best_err = name, err
+            out["candidates"][name] = info
+        if out["chosen"] is None:
+            out["chosen"] = AUTO_CANDIDATES[0]
+        return out
+
+    def _param_status(self, law: Law, space: _Space, z) -> None:
+        """param_status_ and param_text_: a parameter whose estimate, or the
+        lower (upper) end of whose interval, rests on its bound is reported
+        as a one-sided bound from the other end of its interval, not as a
+        point with an interval that starts at the bound."""
+        names = law.param_names
+        status = {nm: "fixed" for nm in self.fixed_}
+        at = {}
+        tol = 1e-6
+        for i, j in enumerate(space.free):
+            nm = names[j]
+            lo_b, hi_b = space.lo[i], space.hi[i]
+            side = None
+            if np.isfinite(lo_b) and abs(z[i] - lo_b) <= tol * (1.0 + abs(lo_b)):
+                side = "lower_bound"
+            elif np.isfinite(hi_b) and abs(z[i] - hi_b) <= tol * (1.0 + abs(hi_b)):
+                side = "upper_bound"
+            elif getattr(self, "draw_thetas_", None) is not None and self.draws_.shape[0]:
+                zd = space.z(self.draw_thetas_)[:, i]
+                tail = (1 - self.level) / 2
+                if np.isfinite(lo_b) and np.mean(zd <= lo_b + tol * (1.0 + abs(lo_b))) > tail:
+                    side = "lower_bound"
+                elif np.isfinite(hi_b) and np.mean(zd >= hi_b - tol * (1.0 + abs(hi_b))) > tail:
+                    side = "upper_bound"
+            prm = law.params[j]
+            ci = self.ci_.get(nm)
+            if side is None and prm.lse and ci and ci[0] < _VANISHED * float(self.yv_.min()):
+                # the interval's lower end is a term that has vanished: bootstrap
+                # refits crawl towards the bound and stop short of it
+                side = "lower_bound"
+            status[nm] = side or "estimated"
+            at[nm] = side
+        text = {}
+        for nm in names:
+            v = self.params_[nm]
+            ci = self.ci_.get(nm)
+            st = status[nm]
+            if st == "fixed":
+                text[nm] = f"{nm} = {v:.4g} (fixed)"
+            elif st == "lower_bound":
+                bound = f"{nm} < {ci[1]:.3g}" if ci else f"{nm} at its lower bound ({v:.3g})"
+                floor = nm == "E" and law.params[names.index(nm)].lse
+                text[nm] = ("no floor resolved: " if floor else "not resolved: ") + bound
+            elif st == "upper_bound":
+                bound = f"{nm} > {ci[0]:.3g}" if ci else f"{nm} at its upper bound ({v:.3g})"
+                text[nm] = "not resolved: " + bound
+            else:
+                text[nm] = f"{nm} = {v:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
+        self.param_status_ = status
+        self.param_text_ = text
 
     @staticmethod
     def _weights(data, weights, n: int) -> np.ndarray:
@@ -557,6 +732,9 @@ class LawFit:
             "metrics": {k: _json_float(v) for k, v in self.metrics_.items()},
             "warnings": list(self.warnings_),
             "fixed": {k: _json_float(v) for k, v in self.fixed_.items()},
+            "param_status": dict(self.param_status_),
+            "param_text": dict(self.param_text_),
+            "selection": _json_selection(self.selection_),
         }
 
     def __repr__(self) -> str:
@@ -587,7 +765,14 @@ def fit_law(
     init_grid: Mapping[str, Iterable[float]] | None = None,
     level: float = DEFAULT_LEVEL,
 ) -> LawFit:
-    """Fit ``law`` to ``data[x] -> data[y]``; see LawFit for the arguments."""
+    """Fit ``law`` to ``data[x] -> data[y]``; see LawFit for the arguments.
+
+    ``law="auto"`` (one x column): fit AUTO_CANDIDATES, keep the one with the
+    smallest leave-largest-out error (the simpler on near ties and when points
+    are fewer than 2 per parameter), then refit it on all the data with the
+    bootstrap asked for; ``fit.law_name_`` says which won and
+    ``fit.selection_`` holds every candidate's held-out error.
+    """
     est = LawFit(
         law,
         delta=delta,
