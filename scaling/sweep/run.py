@@ -60,10 +60,12 @@ class SweepResult:
 
 
 # 2. Ray --------------------------------------------------------------------------
-def _init_ray(spec: StudySpec) -> None:
+def _init_ray(spec: StudySpec, address: str | None = None) -> None:
+    """Use the Ray the caller already started (a notebook's ray.init), else connect to
+    ``address`` or RAY_ADDRESS (a cluster), else start a local one."""
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
@@ -78,8 +80,10 @@ def run_sweep(
     max_trials: int | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_trial_done: Callable[[str, dict], None] | None = None,
+    ray_address: str | None = None,
 ) -> SweepResult:
-    """Run (or resume) a study; returns where everything was written."""
+    """Run (or resume) a study; returns where everything was written. ``ray_address``: a
+    cluster to join when Ray is not running yet (a ray.init the caller made is kept)."""
     t0 = time.perf_counter()
     run_dir = spec.run_dir(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +106,7 @@ def run_sweep(
             from scaling.models import ensure_base_model
 
             ensure_base_model(spec.model)  # build once here, not in every worker at once
-            _init_ray(spec)
+            _init_ray(spec, ray_address)
             res = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
             scheduler = _scheduler(spec)
             tuner = tune.Tuner(

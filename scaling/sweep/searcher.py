@@ -27,6 +27,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from analysis.table import SELECT_METRIC
+from scaling.lr_sampler import BracketSampler, cell_attrs
 from scaling.records import _trial_status
 from scaling.spec import Cell, SpecError, StudySpec
 
@@ -63,6 +64,10 @@ def cell_study_name(spec: StudySpec, cell: Cell) -> str:
 
 def _sampler(spec: StudySpec, index: int) -> optuna.samplers.BaseSampler:
     seed = spec.sampler.seed * 1000 + index  # distinct, reproducible stream per cell
+    if spec.sampler.kind == "bracket":
+        # brackets each cell's optimum, refines it, and starts a cell at the LR its finished
+        # sibling cells predict (scaling/lr_sampler.py); a pack's K asks form one bracket
+        return BracketSampler(pack_size=spec.packing.adapters_per_worker, seed=seed)
     if spec.sampler.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # n_startup_trials=2: cells get few trials; TPE must start modelling early to matter
@@ -113,6 +118,10 @@ class CellSearcher(Searcher):
                 load_if_exists=True,
             )
             for k, v in (("dataset_size", cell.dataset_size), ("epochs", cell.epochs), ("lora_r", cell.lora_r)):
+                study.set_user_attr(k, v)
+            # the cell's place in the study, read by BracketSampler to transfer the LR across cells
+            axes = {"dataset_size": cell.dataset_size, "epochs": cell.epochs, "lora_r": cell.lora_r}
+            for k, v in cell_attrs(group=spec.name, axes=axes).items():
                 study.set_user_attr(k, v)
             study.set_user_attr("metric", SELECT_METRIC)
             st = _CellState(cell=cell, study=study)
@@ -169,14 +178,20 @@ class CellSearcher(Searcher):
             if self.spec.packing.adapters_per_worker > 1:
                 return self._start_pack(trial_id, st, members)
             return self._start(trial_id, st, *members[0])
-        # (b) LR search: the cell with least work, the most expensive first on ties
+        # (b) LR search. TPE/random: the cell with least work, the most expensive first on ties.
+        # bracket: finish cells in turn (a started cell first), the most expensive first, so
+        # later cells start at the LR the finished ones predict
         open_cells = [
             st for st in self.cells if st.done_search + st.in_flight_search < self.spec.trials_per_cell
         ]
         if open_cells:
+            in_turn = self.spec.sampler.kind == "bracket"
             st = min(
                 open_cells,
-                key=lambda s: (s.done_search + s.in_flight_search, -s.cell.dataset_size * s.cell.epochs),
+                key=lambda s: (
+                    (s.done_search + s.in_flight_search == 0) if in_turn else s.done_search + s.in_flight_search,
+                    -s.cell.dataset_size * s.cell.epochs,
+                ),
             )
             if self.spec.packing.adapters_per_worker > 1:
                 # one Ray trial = one pack of up to K Optuna trials of this cell, asked at once
@@ -234,7 +249,9 @@ class CellSearcher(Searcher):
     def _ask_search(self, st: _CellState) -> tuple[int, float]:
         """Ask the cell's study for one LR-search trial: (Optuna number, learning rate)."""
         lr_spec = self.spec.learning_rate
-        if self.spec.sampler.anchor and not st.study.get_trials(deepcopy=False):
+        # the bracket sampler places a cell's first trial itself (the log-midpoint, or the LR
+        # the finished cells predict)
+        if self.spec.sampler.anchor and self.spec.sampler.kind != "bracket" and not st.study.get_trials(deepcopy=False):
             mid = math.sqrt(lr_spec.low * lr_spec.high) if lr_spec.log else (lr_spec.low + lr_spec.high) / 2
             st.study.enqueue_trial({"learning_rate": mid}, user_attrs={"anchor": True})
         ot = st.study.ask()
