@@ -53,6 +53,7 @@ __all__ = [
     "ROW_KEY",
     "ROW_CONFIG",
     "PARTS_DIR",
+    "check_run_dir",
 ]
 
 class RecordsError(ValueError):
@@ -85,6 +86,8 @@ def read_results(run_dir: str | Path) -> pd.DataFrame:
     if p.is_dir() or p.name == RESULTS_FILE:
         run = p if p.is_dir() else p.parent
         df, where = _read_run_table(run), run / RESULTS_FILE
+        if (run / "spec.yaml").exists():
+            _spec_yaml(run / "spec.yaml")  # a run directory with a damaged spec copy is refused whole
     else:
         if not p.exists():
             raise RecordsError(f"{p}: no results table here (run `scaling sweep` first)")
@@ -170,18 +173,7 @@ def _load_spec(run_dir: Path | None) -> tuple[dict[str, Any], Any]:
     """(raw spec dict, validated StudySpec or None) from run_dir/spec.yaml."""
     if run_dir is None or not (run_dir / "spec.yaml").exists():
         return {}, None
-    import yaml
-
-    path = run_dir / "spec.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecordsError(f"{path}: cannot read the run's spec copy: {type(err).__name__}: {err}") from None
-    except yaml.YAMLError as err:
-        what = " ".join(str(err).split())
-        raise RecordsError(f"{path}: the run's spec copy is not valid YAML: {what}") from None
-    if not isinstance(raw, dict):
-        raise RecordsError(f"{path}: the run's spec copy must be a YAML mapping (got {type(raw).__name__})")
+    raw = _spec_yaml(run_dir / "spec.yaml")
     try:
         from scaling.spec import parse_spec
 
@@ -536,3 +528,35 @@ def compact(run_dir: str | Path) -> int:
     if not (run_dir / RESULTS_FILE).exists() and not (run_dir / PARTS_DIR).exists():
         return 0
     return _writer(run_dir).compact()
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """Raise RecordsError (one line naming the file and the problem) unless run_dir can hold a run:
+    a directory or nothing yet, its spec.yaml (if any) readable YAML, its results table (if any)
+    readable. Reads only; a sweep calls it before it writes anything."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RecordsError(f"{run_dir}: the run directory is a file, not a directory; choose another --out")
+    if not run_dir.exists():
+        return
+    if (run_dir / "spec.yaml").exists():
+        _spec_yaml(run_dir / "spec.yaml")
+    base, _, live, _ = _scan(run_dir)
+    if base is not None or live:
+        read_results(run_dir)
+
+
+def _spec_yaml(path: Path) -> dict[str, Any]:
+    """A run's spec copy as a dict; RecordsError (naming the file) when unreadable or not a YAML mapping."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecordsError(f"{path}: cannot read the run's spec copy: {type(err).__name__}: {err}") from None
+    except yaml.YAMLError as err:
+        what = " ".join(str(err).split())
+        raise RecordsError(f"{path}: the run's spec copy is not valid YAML: {what}") from None
+    if not isinstance(raw, dict):
+        raise RecordsError(f"{path}: the run's spec copy must be a YAML mapping (got {type(raw).__name__})")
+    return raw
