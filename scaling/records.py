@@ -537,8 +537,8 @@ def check_run_dir(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RecordsError(f"{run_dir}: the run directory is a file, not a directory; choose another --out")
-    if not run_dir.exists():
-        return
+    if not run_dir.exists() or _held(run_dir):
+        return  # nothing there yet, or a sweep is writing it (that sweep refuses this one: RunLocked)
     if (run_dir / "spec.yaml").exists():
         _spec_yaml(run_dir / "spec.yaml")
     base, _, live, _ = _scan(run_dir)
@@ -560,3 +560,18 @@ def _spec_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RecordsError(f"{path}: the run's spec copy must be a YAML mapping (got {type(raw).__name__})")
     return raw
+
+
+def _held(run_dir: Path) -> bool:
+    """Whether a sweep holds run_dir's RunLock now (asked without writing anything)."""
+    try:
+        fh = open(run_dir / ".sweep.lock")
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False

@@ -313,3 +313,22 @@ def test_a_failed_write_leaves_no_tmp_and_the_table_as_it_was(tmp_path):
         subprocess.run(["chattr", "-i", str(parts)], check=True)
     assert _files(tmp_path) == before and not list(tmp_path.rglob("*.tmp"))
     assert append_rows(tmp_path, _trial(3)) == 16  # and the next append succeeds
+
+
+def test_check_run_dir_leaves_a_held_run_to_its_sweep(tmp_path):
+    from scaling.records import check_run_dir
+
+    append_rows(tmp_path, _trial(0))
+    (tmp_path / "spec.yaml").write_bytes(b"name: [half written")
+    with pytest.raises(RecordsError, match="not valid YAML"):
+        check_run_dir(tmp_path)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_hold, args=(tmp_path, q))
+    p.start()
+    try:
+        assert q.get(timeout=30) == "held"
+        check_run_dir(tmp_path)  # the holder is mid-write: the sweep asking will be refused by RunLock instead
+    finally:
+        q.put("release")
+        p.join(30)
