@@ -69,16 +69,6 @@ def empty_table() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
 
 
-def _normalise(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame(list(rows))
-    for col, dtype in COLUMNS.items():
-        if col not in df.columns:
-            df[col] = pd.Series([None] * len(df), dtype=dtype)
-        else:
-            df[col] = df[col].astype(dtype) if dtype != "Int64" else pd.to_numeric(df[col]).astype("Int64")
-    return df[list(COLUMNS)]
-
-
 def read_results(run_dir: str | Path) -> pd.DataFrame:
     """Read a run's table: a run directory (results.parquet + results/ parts, as one table), its
     results.parquet (the same), or any other .parquet/.csv file (that file alone)."""
@@ -453,10 +443,12 @@ class _Writer:
             _write_atomic(table, self._part(seq, seq))
             self.live.append((seq, seq))
             self.cache[(seq, seq)] = table
-            self._merge()
+        # the rows are on disk: count them before anything else can fail (a number is never reused)
         self.next = seq + 1
         self.rows += table.num_rows
         self.index.update(zip(keys, configs, strict=True))
+        self.seen = self.stamp()
+        self._merge()  # if it fails half way, the stamp differs and the next append reads the directory again
         self.seen = self.stamp()
 
     def _mkparts(self) -> None:
