@@ -82,6 +82,10 @@ def bench_new(base: Path) -> dict[int, dict[str, float]]:
             files = len(records.result_files(run))
             out[n] = {"mean_ms": w.mean(), "p99_ms": np.percentile(w, 99), "max_ms": w.max(),
                       "read_s": timed_read(run), "files": files}  # fmt: skip
+    records._WRITERS.clear()  # a resumed sweep's process: its first append reads the keys from disk
+    t = time.perf_counter()
+    records.append_rows(run, trial_rows(len(took)))
+    out[max(SIZES)]["reopen_s"] = time.perf_counter() - t
     t = time.perf_counter()
     records.compact(run)
     out[max(SIZES)]["compact_s"] = time.perf_counter() - t
@@ -126,7 +130,8 @@ def main() -> None:
         print(f"{n:>7} | {a['mean_ms']:>13.2f} {a['p99_ms']:>6.1f} {a['max_ms']:>6.1f} {a['files']:>5} "
               f"{a['read_s']:>7.3f} | {b['mean_ms']:>13.1f} {b['read_s']:>7.3f} | {b['mean_ms'] / a['mean_ms']:>7.0f}x")  # fmt: skip
     big = new[max(SIZES)]
-    print(f"compact at {max(SIZES)} rows: {big['compact_s']:.2f} s; read after compact: {big['read_compacted_s']:.3f} s")
+    print(f"at {max(SIZES)} rows: first append of a resumed run (reads the keys) {big['reopen_s']:.2f} s; "
+          f"compact {big['compact_s']:.2f} s; read after compact {big['read_compacted_s']:.3f} s")  # fmt: skip
     ok = big["mean_ms"] <= 5 and big["read_s"] <= 1
     print(f"goal (<= 5 ms per append and a full read <= 1 s at {max(SIZES)} rows): {'met' if ok else 'NOT met'}")
 

@@ -339,13 +339,15 @@ def _na(v: Any) -> bool:
 
 
 def _to_int(v: Any) -> int:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        f = float(v)
-        if not f.is_integer():
-            raise ValueError(f"not an integer: {v!r}") from None
-        return int(f)
+    if not isinstance(v, float | np.floating):
+        try:
+            return int(v)
+        except (TypeError, ValueError):
+            pass
+    f = float(v)  # 3.0 or "3.0" is 3; 2.5 is refused, never truncated
+    if not f.is_integer():
+        raise ValueError(f"not an integer: {v!r}")
+    return int(f)
 
 
 _COERCE = {"string": str, "Int64": _to_int, "float64": float}

@@ -211,6 +211,8 @@ def test_a_writer_killed_mid_append_loses_and_duplicates_nothing(tmp_path):
                     time.sleep(0.001 * (kill_after % 7))  # somewhere inside the next append
                     os.kill(child.pid, signal.SIGKILL)
                     break
+            for line in child.stdout:  # appends it acknowledged before it died
+                acked = int(line)
         finally:
             child.kill()
             child.wait(30)
@@ -332,3 +334,12 @@ def test_check_run_dir_leaves_a_held_run_to_its_sweep(tmp_path):
     finally:
         q.put("release")
         p.join(30)
+
+
+def test_values_are_coerced_to_the_column_types_or_refused(tmp_path):
+    append_rows(tmp_path, [_row("a", 1, dataset_size=300.0, seed="2", learning_rate="1e-3", node=7)])
+    df = read_results(tmp_path)
+    assert df[["dataset_size", "seed", "learning_rate", "node"]].iloc[0].tolist() == [300, 2, 1e-3, "7"]
+    with pytest.raises(RecordsError, match=r"row 0: epochs: must be Int64 \(got 2\.5\)"):
+        append_rows(tmp_path, [_row("b", 1, epochs=2.5)])
+    assert len(read_results(tmp_path)) == 1
