@@ -343,3 +343,33 @@ def test_values_are_coerced_to_the_column_types_or_refused(tmp_path):
     with pytest.raises(RecordsError, match=r"row 0: epochs: must be Int64 \(got 2\.5\)"):
         append_rows(tmp_path, [_row("b", 1, epochs=2.5)])
     assert len(read_results(tmp_path)) == 1
+
+
+_TOO_BIG = """
+import resource, signal, sys
+from scaling.records import RecordsError, append_rows
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+rows = [{"study": "s", "trial_id": f"big#{i}", "epoch": 1, "status": "ok", "error": "x" * 100 + str(i)}
+        for i in range(2000)]
+try:
+    append_rows(sys.argv[1], rows)
+except RecordsError as err:
+    print(err)
+"""
+
+
+def test_a_write_that_fails_half_way_removes_its_tmp(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    for i in range(3):
+        append_rows(tmp_path, _trial(i))
+    before = _files(tmp_path)
+    out = subprocess.run([sys.executable, "-c", _TOO_BIG, str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"{tmp_path}/results/000000004-000000004.parquet: cannot write the results table" in out.stdout
+    assert "File too large" in out.stdout, out.stdout
+    assert _files(tmp_path) == before and not list(tmp_path.rglob("*.tmp"))
