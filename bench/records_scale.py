@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="scratch directory (removed afterwards)")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="records_scale_", dir=args.out or ROOT))
+    load0 = os.getloadavg()[0]
     try:
         old = old_records(scratch)
         new = bench_new(scratch)
@@ -132,6 +134,7 @@ def main() -> None:
     big = new[max(SIZES)]
     print(f"at {max(SIZES)} rows: first append of a resumed run (reads the keys) {big['reopen_s']:.2f} s; "
           f"compact {big['compact_s']:.2f} s; read after compact {big['read_compacted_s']:.3f} s")  # fmt: skip
+    print(f"load average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} CPUs")
     ok = big["mean_ms"] <= 5 and big["read_s"] <= 1
     print(f"goal (<= 5 ms per append and a full read <= 1 s at {max(SIZES)} rows): {'met' if ok else 'NOT met'}")
 

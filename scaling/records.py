@@ -505,6 +505,8 @@ def _writer(run_dir: Path) -> _Writer:
     key = run_dir.resolve()
     w = _WRITERS.get(key)
     if w is None:
+        while len(_WRITERS) >= 8:  # a process writing many runs (tests) keeps the latest few
+            _WRITERS.pop(next(iter(_WRITERS)))
         w = _WRITERS[key] = _Writer(key)
     elif w.stamp() != w.seen:  # changed by someone else since our last write: read it again
         w.load()
