@@ -38,6 +38,21 @@ from typing import Any
 
 import numpy as np
 
+from analysis._solver import (
+    _BOOT_EXTRA_STARTS,
+    _BOOT_FTOL,
+    _BOOT_MAXITER,
+    _BOOT_STALL,
+    _FTOL_FINE,
+    _MAXITER_FINE,
+    _N_REFINE,
+    _distinct_best,
+    _lbfgs_batch,
+    _Objective,
+    _Space,
+    _space,
+    _whitener,
+)
 from analysis.laws import LAW_NAMES, Law, get_law
 
 __all__ = [
@@ -48,6 +63,7 @@ __all__ = [
     "fit_law",
     "holdout",
     "compare",
+    "AUTO_CANDIDATES",
 ]
 
 # Huber delta on log residuals: 1e-3 as in Hoffmann et al. (2022, D.2) and
@@ -57,37 +73,20 @@ DEFAULT_DELTA = 1e-3
 # 90% intervals: what Besiroglu et al. report, and at 1,000 resamples each
 # tail holds 50 draws, enough for a stable percentile.
 DEFAULT_LEVEL = 0.9
-# LSE coefficients are bounded to +-40 nats around the median log y: a term
-# below exp(-40) ~ 4e-18 of the loss has vanished, and hitting that bound is
-# reported as a doubtful fit rather than wandering off to -inf.
-_LSE_SPAN = 40.0
-# Batched L-BFGS, two stages. Every start runs until its relative f decrease
-# in one iteration is below _FTOL = 1e-10 (20x tighter than scipy's default
-# factr, on an objective of order 1); then the _N_REFINE best distinct end
-# points go on to _FTOL_FINE. On the Chinchilla data the first stage alone
-# finds the optimum to 1e-14; 1e-12 for all 4,500 starts costs 1.6x the time
-# for nothing.
-_FTOL, _FTOL_FINE, _GTOL, _N_REFINE = 1e-10, 1e-13, 1e-9, 20
-# A start whose f fell by less than 1e-6 (relative) over its last 20 iterations
-# is crawling along a plateau (a term that has vanished, a flat direction):
-# stop it rather than let it eat hundreds of iterations; a competitive one is
-# taken further in the second stage, which has no such stop and a higher
-# iteration limit. (Chinchilla: median 48 iterations per start, none near 500.)
-_STALL, _STALL_WINDOW, _MAXITER, _MAXITER_FINE = 1e-6, 20, 500, 2000
-# Second-stage and bootstrap candidates must be within 25% of the best f: a
-# local optimum much worse than that is not a plausible alternative fit.
-_COMPETITIVE = 1.25
-# Bootstrap refits start at the best solution plus up to this many other
-# competitive end points (a resample may prefer another basin).
-_BOOT_EXTRA_STARTS = 2
-# Resample refits need parameters to a small fraction of their spread, not to
-# 1e-10: at 1e-8 the 90% intervals move by < 0.3% of their width (checked on
-# the planted laws of tests/test_fit.py) and the bootstrap runs 2x faster.
-_BOOT_FTOL, _BOOT_STALL, _BOOT_MAXITER = 1e-8, 1e-7, 500
-# Rows x points per block in the vectorised objective: 2^15 values, 256 KB
-# per temporary, which stays in cache. Measured on the Chinchilla grid here:
-# ~2.5 s CPU at 2^15, ~4 s at 2^17, ~7 s at 2^20.
-_BLOCK = 1 << 15
+# law="auto": the candidates, simplest first (issue 16): power without a floor,
+# power with a floor, the rectified law of Lin et al. (2024, arXiv:2402.02314)
+# with its pre-power phase, BNSL with one break (Caballero et al. 2022).
+AUTO_CANDIDATES: tuple[str, ...] = ("power_nofloor", "power", "rectified", "bnsl")
+# Leave-largest-out: the largest fifth of the x values (at least one point)
+# is predicted from the rest. A more complex candidate wins only when its
+# held-out error is below _AUTO_SIMPLER times the best simpler one's: held-out
+# errors on a handful of points are noisy, and a tie goes to the simpler law.
+_AUTO_HOLDOUT_FRACTION = 0.2
+_AUTO_SIMPLER = 0.9
+# A log-sum-exp term (E, A, B, ...) below 1e-4 of the smallest y changes no
+# prediction by more than 0.01%, far below any loss curve's noise: an interval
+# reaching down there has not resolved that term (reported as a bound).
+_VANISHED = 1e-4
 
 
 class FitError(ValueError):
@@ -156,7 +155,8 @@ def _as_x_list(x: str | Sequence[str], law: Law) -> list[str]:
 
 def _law_or_error(name: Any, breaks: int | None) -> Law:
     if not isinstance(name, str) or name not in LAW_NAMES:
-        raise FitError(f"unknown law {name!r}; known laws: {', '.join(LAW_NAMES)}")
+        known = ", ".join((*LAW_NAMES, "auto"))
+        raise FitError(f"unknown law {name!r}; known laws: {known}")
     if breaks is not None and name != "bnsl":
         raise FitError(f"breaks={breaks!r} applies only to law 'bnsl', not to {name!r}")
     try:
@@ -176,285 +176,6 @@ def _check_params(law: Law, values: Mapping[str, Any], what: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 2. reparametrisation: free z (k,) <-> full fitting-space theta (p,)
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Space:
-    P: np.ndarray  # (k, p): theta = z @ P + t
-    t: np.ndarray  # (p,)   fixed values and their shifts
-    free: np.ndarray  # (k,) indices of free params in theta
-    lo: np.ndarray  # (k,) bounds on z
-    hi: np.ndarray
-
-    def theta(self, z: np.ndarray) -> np.ndarray:
-        return z @ self.P + self.t
-
-    def z(self, theta: np.ndarray) -> np.ndarray:
-        return (theta - self.t)[..., self.free] @ np.linalg.inv(self.P[:, self.free])
-
-
-def _space(law: Law, X: np.ndarray, ly: np.ndarray, fixed_theta: Mapping[str, float]) -> _Space:
-    names = law.param_names
-    p = len(names)
-    free = np.array([j for j, nm in enumerate(names) if nm not in fixed_theta], dtype=int)
-    P = np.zeros((free.size, p))
-    P[np.arange(free.size), free] = 1.0
-    t = np.zeros(p)
-    for nm, v in fixed_theta.items():
-        t[names.index(nm)] = v
-    row = {int(j): i for i, j in enumerate(free)}
-    scale = np.ones(p)
-    for j, prm in enumerate(law.params):
-        jc = names.index(prm.centre) if prm.centre else None
-        if jc is None or names[jc] in fixed_theta:
-            continue  # a fixed coefficient stays exactly as given
-        lx = np.log(X[:, prm.col])
-        m, s = float(lx.mean()), float(lx.std()) or 1.0
-        if j in row:  # theta_j = z_j / s, theta_jc = z_jc + theta_j * m
-            scale[j] = s
-            P[row[j], j] = 1.0 / s
-            P[row[j], jc] += m / s
-        else:
-            t[jc] += t[j] * m
-    lo, hi = np.empty(free.size), np.empty(free.size)
-    med = float(np.median(ly))
-    for i, j in enumerate(free):
-        prm = law.params[j]
-        if prm.lse:
-            lo[i], hi[i] = med - _LSE_SPAN, med + _LSE_SPAN
-        else:
-            a, b = prm.bound_values(X)
-            if prm.log:
-                a, b = (np.log(a) if a > 0 else -np.inf), np.log(b)
-            lo[i], hi[i] = a * scale[j], b * scale[j]
-    return _Space(P=P, t=t, free=free, lo=lo, hi=hi)
-
-
-# ---------------------------------------------------------------------------
-# 3. objective: sum_i w_i * Huber(log pred - log y) / delta, vectorised over rows
-# ---------------------------------------------------------------------------
-
-
-class _Objective:
-    def __init__(self, law: Law, X, ly, w, delta: float, space: _Space):
-        self.law, self.ly, self.w, self.delta, self.space = law, ly, w, delta, space
-        self.ctx = law.prepare(X)
-        self.n = ly.size
-
-    def block(self, z: np.ndarray, counts: np.ndarray | None):
-        """f (S,), g (S, k) for z (S, k); counts (S, n) bootstrap multiplicities or None."""
-        d = self.delta
-        lp, vjp = self.law.fwd(self.space.theta(z), self.ctx)
-        r = np.subtract(lp, self.ly, out=lp)  # (S, n) log residuals
-        a = np.abs(r)
-        c = np.minimum(a, d)
-        # Huber/delta = c (|r| - c/2) / delta: r^2/(2 delta) inside, |r| - delta/2 outside
-        a -= 0.5 * c
-        a *= c
-        ww = self.w / d if counts is None else counts * (self.w / d)
-        f = (a @ ww) if counts is None else np.einsum("sn,sn->s", a, ww)
-        np.clip(r, -d, d, out=r)  # d Huber / d r, times delta
-        r *= ww
-        g = vjp(r) @ self.space.P.T
-        return f, g
-
-    def __call__(self, z: np.ndarray, counts: np.ndarray | None = None):
-        S = z.shape[0]
-        step = max(1, _BLOCK // max(self.n, 1))
-        if S <= step:
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                return self.block(z, counts)
-        f, g = np.empty(S), np.empty_like(z)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for i in range(0, S, step):
-                c = None if counts is None else counts[i : i + step]
-                f[i : i + step], g[i : i + step] = self.block(z[i : i + step], c)
-        return f, g
-
-    def residuals(self, theta: np.ndarray) -> np.ndarray:
-        return self.law.fwd(theta[None, :], self.ctx)[0][0] - self.ly
-
-
-# ---------------------------------------------------------------------------
-# 4. batched projected L-BFGS
-# ---------------------------------------------------------------------------
-
-
-def _proj_grad(z, g, lo, hi):
-    return np.abs(np.clip(z - g, lo, hi) - z).max(axis=1)
-
-
-def _lbfgs_batch(
-    fg, z0, lo, hi, *, ftol=_FTOL, gtol=_GTOL, stall=_STALL, maxiter=_MAXITER, m=5, max_ls=30
-):
-    """Minimise S independent problems at once; fg(z_rows, row_ids) -> (f, g).
-
-    Per row: L-BFGS two-loop direction on the free variables (those not held at
-    a bound by the gradient), projected backtracking Armijo line search. A row
-    stops on relative decrease < ftol in one iteration, projected gradient
-    < gtol, or a failed line search from steepest descent (status 0:
-    converged); on relative decrease < stall over _STALL_WINDOW iterations
-    (status 1: crawling along a plateau, typically a term that vanished); or at
-    maxiter (status 2). Returns z (S, k), f (S,), iterations (S,), status (S,).
-    Finished rows are dropped from the working arrays, so that late
-    iterations over a few slow rows cost little. m = 5 pairs of memory: on
-    this kinked (Huber, mostly L1) objective older pairs describe curvature
-    the iterate has left; 5 ran no slower than 10 on the Chinchilla grid.
-    """
-    S, k = z0.shape
-    z_out = np.clip(z0, lo, hi)
-    f_out, g0 = fg(z_out, np.arange(S))
-    finite = np.isfinite(f_out) & np.isfinite(g0).all(1)
-    f_out = np.where(finite, f_out, np.inf)
-    nit_out = np.zeros(S, dtype=int)
-    status_out = np.full(S, 2)
-    run = finite & (_proj_grad(z_out, np.where(finite[:, None], g0, 0.0), lo, hi) > gtol)
-    status_out[finite & ~run] = 0
-    # working arrays, active rows only: (m, Sa, k) history, ring of past f
-    ids = np.flatnonzero(run)
-    z, f, g = z_out[ids], f_out[ids], g0[ids]
-    Sa = ids.size
-    sh, yh, rho = np.zeros((m, Sa, k)), np.zeros((m, Sa, k)), np.zeros((m, Sa))
-    gamma, paired = np.ones(Sa), np.zeros(Sa, dtype=bool)
-    f_ring = np.full((_STALL_WINDOW, Sa), np.inf)
-    for it in range(maxiter):
-        if ids.size == 0:
-            break
-        free = ~(((z <= lo) & (g > 0)) | ((z >= hi) & (g < 0)))
-        # 4a. two-loop recursion, newest pair first (rho = 0 marks a skipped pair)
-        q = np.where(free, g, 0.0)
-        slots = [(it - 1 - j) % m for j in range(min(it, m))]
-        alphas = []
-        for j in slots:
-            al = rho[j] * np.einsum("sk,sk->s", sh[j], q)
-            q -= al[:, None] * yh[j]
-            alphas.append(al)
-        d = gamma[:, None] * q
-        for j, al in zip(reversed(slots), reversed(alphas), strict=True):
-            be = rho[j] * np.einsum("sk,sk->s", yh[j], d)
-            d += (al - be)[:, None] * sh[j]
-        d = -np.where(free, d, 0.0)
-        gd = np.einsum("sk,sk->s", g, d)
-        sd = ~(gd < 0)  # not a descent direction: forget the history, go downhill
-        if sd.any():
-            d[sd] = -np.where(free[sd], g[sd], 0.0)
-            rho[:, sd] = 0.0
-            paired[sd] = False
-            gamma[sd] = 1.0
-            gd[sd] = np.einsum("sk,sk->s", g[sd], d[sd])
-        # first step without curvature information: length 1 / |d| (as L-BFGS-B)
-        t = np.where(paired, 1.0, 1.0 / np.maximum(np.linalg.norm(d, axis=1), 1.0))
-        # 4b. projected backtracking line search, all rows together
-        zn, fn, gn = z.copy(), f.copy(), g.copy()
-        accepted = np.zeros(ids.size, dtype=bool)
-        pend = np.arange(ids.size)
-        for _ in range(max_ls):
-            zt = np.clip(z[pend] + t[pend, None] * d[pend], lo, hi)
-            ft, gt = fg(zt, ids[pend])
-            dec = np.einsum("sk,sk->s", g[pend], zt - z[pend])
-            ok = np.isfinite(ft) & np.isfinite(gt).all(1) & (ft <= f[pend] + 1e-4 * dec)
-            ok &= np.any(zt != z[pend], axis=1)
-            acc = pend[ok]
-            zn[acc], fn[acc], gn[acc] = zt[ok], ft[ok], gt[ok]
-            accepted[acc] = True
-            pend, ft = pend[~ok], ft[~ok]
-            if pend.size == 0:
-                break
-            # safeguarded quadratic interpolation, halving when it is not usable
-            tp, gdp = t[pend], gd[pend]
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                tq = -gdp * tp * tp / (2.0 * (ft - f[pend] - gdp * tp))
-            tq = np.where(np.isfinite(tq), tq, 0.5 * tp)
-            t[pend] = np.clip(tq, 0.1 * tp, 0.5 * tp)
-        # 4c. curvature pair for this slot (rho = 0 where skipped)
-        slot = it % m
-        s_new, y_new = zn - z, gn - g
-        sy = np.einsum("sk,sk->s", s_new, y_new)
-        yy = np.einsum("sk,sk->s", y_new, y_new)
-        good = accepted & (sy > 1e-12 * np.maximum(yy, 1e-300))
-        sh[slot], yh[slot] = s_new, y_new
-        rho[slot] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
-        gamma = np.where(good, sy / np.where(good, yy, 1.0), gamma)
-        paired |= good
-        # 4d. convergence
-        scale = np.maximum(np.maximum(np.abs(f), np.abs(fn)), 1.0)
-        done = accepted & (((f - fn) <= ftol * scale) | (_proj_grad(zn, gn, lo, hi) <= gtol))
-        # a failed line search after a real L-BFGS step: retry from steepest
-        # descent; after a steepest-descent step: nothing more to gain
-        failed = ~accepted
-        done |= failed & ~paired
-        retry = failed & paired
-        rho[:, retry] = 0.0
-        paired[retry] = False
-        gamma[retry] = 1.0
-        crawl = ~done & ((f_ring[it % _STALL_WINDOW] - fn) <= stall * np.maximum(np.abs(fn), 1.0))
-        f_ring[it % _STALL_WINDOW] = fn
-        z, f, g = zn, fn, gn
-        nit_out[ids] += 1
-        stop = done | crawl
-        if stop.any():
-            out = ids[stop]
-            z_out[out], f_out[out] = z[stop], f[stop]
-            status_out[out] = np.where(done[stop], 0, 1)
-            keep = ~stop
-            ids, z, f, g = ids[keep], z[keep], f[keep], g[keep]
-            sh, yh, rho = sh[:, keep], yh[:, keep], rho[:, keep]
-            gamma, paired, f_ring = gamma[keep], paired[keep], f_ring[:, keep]
-    z_out[ids], f_out[ids] = z, f  # rows still running at maxiter (status 2)
-    return z_out, f_out, nit_out, status_out
-
-
-def _whitener(obj: _Objective, space: _Space, z: np.ndarray) -> np.ndarray | None:
-    """Gauss-Newton preconditioner at the fit: L with L L^T = (J^T W J)^-1.
-
-    J (n, k) is d log pred / dz by central differences. In u = L^-1 (z - z_fit)
-    the resample objectives are about equally curved in every direction, and
-    their refits take 2-4x fewer iterations (measured on the planted laws of
-    tests/test_fit.py). u is unbounded, so this is used only when every bound
-    is more than 4 bootstrap standard deviations (Gauss-Newton estimate) away
-    (a resample beyond that, if any, is clipped back: it lies far outside the
-    percentiles an interval uses);
-    otherwise None: refit in z with the bounds.
-    """
-    k, eps = z.size, 1e-6
-    Zp = z + eps * np.vstack([np.eye(k), -np.eye(k)])  # (2k, k)
-    lp = obj.law.fwd(space.theta(Zp), obj.ctx)[0]  # (2k, n)
-    J = ((lp[:k] - lp[k:]) / (2 * eps)).T  # (n, k)
-    G = J.T @ (J * obj.w[:, None])
-    if not np.isfinite(G).all():
-        return None
-    try:
-        cov = np.linalg.inv(G + 1e-12 * np.trace(G) / k * np.eye(k))
-        L = np.linalg.cholesky(cov)
-    except np.linalg.LinAlgError:
-        return None
-    sigma = math.sqrt(float(np.mean(obj.residuals(space.theta(z)) ** 2)))
-    reach = 4.0 * sigma * np.sqrt(np.diag(cov)) + 1e-9
-    if np.any(z - space.lo < reach) or np.any(space.hi - z < reach):
-        return None
-    return L
-
-
-def _distinct_best(z: np.ndarray, f: np.ndarray, count: int) -> list[int]:
-    """Up to ``count`` rows, best f first, that are competitive (f within
-    _COMPETITIVE of the best) and differ from each other in z."""
-    order = np.argsort(f)
-    if order.size == 0 or not np.isfinite(f[order[0]]):
-        return []
-    limit = f[order[0]] * _COMPETITIVE + 1e-12
-    keep = [int(order[0])]
-    for i in order[1:]:
-        if len(keep) == count or not f[i] <= limit:
-            break
-        zk = z[keep]
-        if np.all(np.max(np.abs(z[i] - zk) / (1.0 + np.abs(zk)), axis=1) > 1e-4):
-            keep.append(int(i))
-    return keep
-
-
-# ---------------------------------------------------------------------------
 # 5. the estimator
 # ---------------------------------------------------------------------------
 
@@ -466,11 +187,28 @@ def _json_float(v: Any) -> Any:
     return v if math.isfinite(v) else None
 
 
+def _json_selection(sel: dict[str, Any] | None) -> dict[str, Any] | None:
+    if sel is None:
+        return None
+    cands = {
+        nm: {
+            **c,
+            "holdout_error": None
+            if c["holdout_error"] is None
+            else _json_float(c["holdout_error"]),
+        }
+        for nm, c in sel["candidates"].items()
+    }
+    return {**sel, "split_at": _json_float(sel["split_at"]), "candidates": cands}
+
+
 class LawFit:
     """Fit one scaling law to a table, sklearn style: ``LawFit(...).fit(data, x, y)``.
 
     Parameters (all keyword-only after ``law``):
-      law        one of analysis.laws.LAW_NAMES
+      law        one of analysis.laws.LAW_NAMES, or "auto": fit AUTO_CANDIDATES
+                 and keep the one with the smallest leave-largest-out error
+                 (one x column only; see ``selection_``)
       delta      Huber delta on log residuals (default 1e-3, Hoffmann et al.)
       fixed      {param: natural value} held fixed, e.g. {"R_D_star": 15.387756}
       breaks     number of BNSL breaks (bnsl only; default 1)
@@ -480,7 +218,11 @@ class LawFit:
       seed       seed of the bootstrap's numpy Generator
 
     Fitted attributes: params_, ci_, metrics_, warnings_, draws_ (bootstrap
-    params, natural scale, (B, p)), x_, y_, x_range_, n_starts_, optimizer_.
+    params, natural scale, (B, p)), x_, y_, x_range_, n_starts_, optimizer_,
+    law_name_ (the law fitted: the winner under "auto"), selection_ (None
+    unless "auto": see ``_select_law``), param_status_ ({param: "estimated" |
+    "fixed" | "lower_bound" | "upper_bound"}) and param_text_ ({param: a human
+    string, e.g. "alpha = 0.35 [0.33, 0.37]" or "no floor resolved: E < 0.01"}).
     """
 
     def __init__(
@@ -517,7 +259,13 @@ class LawFit:
     ) -> LawFit:
         """Fit on ``data`` (DataFrame or mapping of columns); returns self."""
         # 1. validate
-        law = _law_or_error(self.law, self.breaks)
+        self.selection_: dict[str, Any] | None = None
+        if self.law == "auto":
+            selection = self._select_law(data, x, y, weights=weights)
+            law = _law_or_error(selection["chosen"], None)
+        else:
+            selection = None
+            law = _law_or_error(self.law, self.breaks)
         if not (
             isinstance(self.delta, int | float) and math.isfinite(self.delta) and self.delta > 0
         ):
@@ -563,6 +311,8 @@ class LawFit:
         codes = self._groups(data, groups, n)
 
         self.law_ = law
+        self.law_name_ = law.name
+        self.selection_ = selection
         self.x_, self.y_ = list(x), y
         self.x_range_ = {c: (float(X[:, j].min()), float(X[:, j].max())) for j, c in enumerate(x)}
         self.fixed_ = {k_: float(v) for k_, v in fixed.items()}
@@ -604,6 +354,7 @@ class LawFit:
 
         # 5. bootstrap
         self.draws_ = np.empty((0, len(law.params)))
+        self.draw_thetas_ = None
         self.ci_: dict[str, tuple[float, float]] = {}
         if self.bootstrap > 0:
             starts = [z_best] + [zb[i] for i in cands[1 : 1 + _BOOT_EXTRA_STARTS]]
@@ -612,7 +363,136 @@ class LawFit:
         # 6. metrics, warnings
         self._metrics(obj, theta, X, yv, w, k)
         self._diagnose(law, space, z_best, yv, k, n)
+        self._param_status(law, space, z_best)
         return self
+
+    def _select_law(self, data: Any, x: Any, y: str, *, weights: Any) -> dict[str, Any]:
+        """Leave-largest-out choice among AUTO_CANDIDATES.
+
+        Each candidate is fitted (same delta, no bootstrap) on the points below
+        the largest fifth of x and scored by the mean absolute relative error
+        of its predictions there. A candidate needs at least 2 points per
+        parameter on the whole data to be eligible (the simplest is always
+        eligible), and none of its parameters may end on a bound (it would be
+        a simpler law in disguise); a more complex eligible one wins over the current pick only
+        when its error is below _AUTO_SIMPLER times the pick's. Returns
+        {"chosen", "n_train", "n_test", "split_at", "candidates": {name:
+        {"k", "eligible", "holdout_error", "note"}}}.
+        """
+        if self.fixed or self.init_grid or self.breaks is not None:
+            raise FitError('law="auto" takes no fixed, init_grid or breaks: they belong to one law')
+        cols = [x] if isinstance(x, str) else list(x)
+        if len(cols) != 1:
+            raise FitError(f'law="auto" needs exactly one x column, got {len(cols)}: {cols!r}')
+        xv = _column(data, cols[0], role="x")
+        yv = _column(data, y, role="y")
+        n = yv.size
+        if xv.size != n:
+            raise FitError(f"x column {cols[0]!r} has {xv.size} values but y column {y!r} has {n}")
+        w = self._weights(data, weights, n)
+        order = np.argsort(xv, kind="stable")
+        m = max(1, int(round(_AUTO_HOLDOUT_FRACTION * n)))
+        test = np.zeros(n, dtype=bool)
+        test[order[n - m :]] = True
+        train = ~test
+        split_at = float(xv[order[n - m]])
+        out: dict[str, Any] = {
+            "chosen": None,
+            "n_train": int(train.sum()),
+            "n_test": int(m),
+            "split_at": split_at,
+            "candidates": {},
+        }
+        best_err = math.inf
+        for name in AUTO_CANDIDATES:
+            k = len(get_law(name).params)
+            eligible = n >= 2 * k or name == AUTO_CANDIDATES[0]
+            info: dict[str, Any] = {"k": k, "eligible": bool(eligible), "holdout_error": None}
+            if int(train.sum()) < k + 1:
+                info["note"] = f"{int(train.sum())} training points for {k} parameters"
+            else:
+                est = LawFit(name, delta=self.delta)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", FitWarning)
+                        est.fit({"x": xv[train], "y": yv[train]}, "x", "y", weights=w[train])
+                        pred = est.predict({"x": xv[test]})
+                    err = float(np.mean(np.abs(pred - yv[test]) / yv[test]))
+                except FitError as exc:
+                    info["note"] = f"fit failed: {exc}"
+                else:
+                    info["holdout_error"] = err if math.isfinite(err) else None
+                    info["note"] = (
+                        "" if eligible else f"fewer than 2 points per parameter ({n}/{k})"
+                    )
+                    # a fit with a parameter on its bound has degenerated into a
+                    # simpler form (no floor, no break, no pre-power phase): it is
+                    # no evidence for its own extra terms
+                    stuck = [p for p, st in est.param_status_.items() if st.endswith("_bound")]
+                    if stuck and name != AUTO_CANDIDATES[0]:
+                        eligible = info["eligible"] = False
+                        info["note"] = f"degenerate: {', '.join(stuck)} on a bound"
+                    if (
+                        eligible
+                        and math.isfinite(err)
+                        and (out["chosen"] is None or err < _AUTO_SIMPLER * best_err)
+                    ):
+                        out["chosen"], best_err = name, err
+            out["candidates"][name] = info
+        if out["chosen"] is None:
+            out["chosen"] = AUTO_CANDIDATES[0]
+        return out
+
+    def _param_status(self, law: Law, space: _Space, z) -> None:
+        """param_status_ and param_text_: a parameter whose estimate, or the
+        lower (upper) end of whose interval, rests on its bound is reported
+        as a one-sided bound from the other end of its interval, not as a
+        point with an interval that starts at the bound."""
+        names = law.param_names
+        status = {nm: "fixed" for nm in self.fixed_}
+        at = {}
+        tol = 1e-6
+        for i, j in enumerate(space.free):
+            nm = names[j]
+            lo_b, hi_b = space.lo[i], space.hi[i]
+            side = None
+            if np.isfinite(lo_b) and abs(z[i] - lo_b) <= tol * (1.0 + abs(lo_b)):
+                side = "lower_bound"
+            elif np.isfinite(hi_b) and abs(z[i] - hi_b) <= tol * (1.0 + abs(hi_b)):
+                side = "upper_bound"
+            elif getattr(self, "draw_thetas_", None) is not None and self.draws_.shape[0]:
+                zd = space.z(self.draw_thetas_)[:, i]
+                tail = (1 - self.level) / 2
+                if np.isfinite(lo_b) and np.mean(zd <= lo_b + tol * (1.0 + abs(lo_b))) > tail:
+                    side = "lower_bound"
+                elif np.isfinite(hi_b) and np.mean(zd >= hi_b - tol * (1.0 + abs(hi_b))) > tail:
+                    side = "upper_bound"
+            prm = law.params[j]
+            ci = self.ci_.get(nm)
+            if side is None and prm.lse and ci and ci[0] < _VANISHED * float(self.yv_.min()):
+                # the interval's lower end is a term that has vanished: bootstrap
+                # refits crawl towards the bound and stop short of it
+                side = "lower_bound"
+            status[nm] = side or "estimated"
+            at[nm] = side
+        text = {}
+        for nm in names:
+            v = self.params_[nm]
+            ci = self.ci_.get(nm)
+            st = status[nm]
+            if st == "fixed":
+                text[nm] = f"{nm} = {v:.4g} (fixed)"
+            elif st == "lower_bound":
+                bound = f"{nm} < {ci[1]:.3g}" if ci else f"{nm} at its lower bound ({v:.3g})"
+                floor = nm == "E" and law.params[names.index(nm)].lse
+                text[nm] = ("no floor resolved: " if floor else "not resolved: ") + bound
+            elif st == "upper_bound":
+                bound = f"{nm} > {ci[0]:.3g}" if ci else f"{nm} at its upper bound ({v:.3g})"
+                text[nm] = "not resolved: " + bound
+            else:
+                text[nm] = f"{nm} = {v:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
+        self.param_status_ = status
+        self.param_text_ = text
 
     @staticmethod
     def _weights(data, weights, n: int) -> np.ndarray:
@@ -852,6 +732,9 @@ class LawFit:
             "metrics": {k: _json_float(v) for k, v in self.metrics_.items()},
             "warnings": list(self.warnings_),
             "fixed": {k: _json_float(v) for k, v in self.fixed_.items()},
+            "param_status": dict(self.param_status_),
+            "param_text": dict(self.param_text_),
+            "selection": _json_selection(self.selection_),
         }
 
     def __repr__(self) -> str:
@@ -882,7 +765,14 @@ def fit_law(
     init_grid: Mapping[str, Iterable[float]] | None = None,
     level: float = DEFAULT_LEVEL,
 ) -> LawFit:
-    """Fit ``law`` to ``data[x] -> data[y]``; see LawFit for the arguments."""
+    """Fit ``law`` to ``data[x] -> data[y]``; see LawFit for the arguments.
+
+    ``law="auto"`` (one x column): fit AUTO_CANDIDATES, keep the one with the
+    smallest leave-largest-out error (the simpler on near ties and when points
+    are fewer than 2 per parameter), then refit it on all the data with the
+    bootstrap asked for; ``fit.law_name_`` says which won and
+    ``fit.selection_`` holds every candidate's held-out error.
+    """
     est = LawFit(
         law,
         delta=delta,

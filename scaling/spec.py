@@ -123,9 +123,28 @@ class LoraSpec(_Frozen):
     r: PosInt = 8  # rank 8: enough for 2-digit addition on the tiny base (measured)
     alpha: float | Literal["2r"] = 16.0  # fixed alpha (default) or "2r" to scale with rank
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # tiny data, few epochs: no need
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    # "all-linear" (peft's rule: every Linear/Conv1D but the output head; fits any
+    # architecture) or module names ["q_proj", "v_proj"], checked against the loaded model
+    # by models.resolve_target_modules. Unset: the embedded tiny-llama keeps its Llama
+    # projection list (TINY_TARGET_MODULES), every hub or local model gets "all-linear".
+    target_modules: Literal["all-linear"] | list[str] | None = None
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _targets(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.lower() != "all-linear":
+                raise ValueError("must be 'all-linear' or a list of module names")
+            return "all-linear"
+        if isinstance(v, list | tuple):
+            if not v or not all(isinstance(n, str) and n.strip() for n in v):
+                raise ValueError("must list at least one module name, each a non-empty string")
+            if len(set(v)) != len(v):
+                raise ValueError("module names must be unique")
+            return list(v)
+        if v is not None:
+            raise ValueError("must be 'all-linear' or a list of module names")
+        return v
 
     @field_validator("alpha", mode="before")
     @classmethod
@@ -138,6 +157,18 @@ class LoraSpec(_Frozen):
 
     def alpha_for(self, r: int) -> float:
         return float(2 * r) if self.alpha == "2r" else float(self.alpha)
+
+    def for_model(self, model: str) -> LoraSpec:
+        """This section with target_modules filled in for `model` when it was left unset."""
+        if self.target_modules is not None:
+            return self
+        targets = list(TINY_TARGET_MODULES) if model == "tiny-llama" else "all-linear"
+        return self.model_copy(update={"target_modules": targets})
+
+
+# the embedded model's LoRA targets: all Llama projections (models.TINY_TARGET_MODULES;
+# repeated here because the spec must not import torch)
+TINY_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class EvalSpec(_Frozen):
@@ -222,7 +253,7 @@ class StudySpec(_Frozen):
     learning_rate: LRRange
     trials_per_cell: PosInt = 3
     seeds: SeedsSpec = Field(default_factory=SeedsSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec, validate_default=True)  # targets per model
     eval: EvalSpec = Field(default_factory=EvalSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -231,6 +262,12 @@ class StudySpec(_Frozen):
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     packing: PackingSpec = Field(default_factory=PackingSpec)
     source: str | None = None  # the file it came from (set by load_spec)
+
+    @field_validator("lora", mode="after")
+    @classmethod
+    def _lora_targets_for_model(cls, v: LoraSpec, info: Any) -> LoraSpec:
+        # lora.target_modules is never None after validation: the model decides the default
+        return v.for_model(info.data.get("model", "tiny-llama"))
 
     @model_validator(mode="after")
     def _cross_field(self) -> StudySpec:

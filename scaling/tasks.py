@@ -14,8 +14,8 @@ Read top to bottom:
   2. addition: "37+45=" -> "82"
   3. jsonl: a user's {"prompt": ..., "completion": ...} file
   4. make_task
-No torch here: tokenization (and the check that every character is in the
-model's vocabulary) happens in train.py.
+  5. token ids for a model's tokenizer (and the check that every character is in its
+     vocabulary); the tokenizer is handed in, so no torch here
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Example", "Task", "TaskError", "make_task"]
+__all__ = ["Example", "Task", "TaskError", "Tokenized", "make_task"]
 
 # -----------------------------------------------------------------------------
 # 1. Records and the base class
@@ -235,3 +235,40 @@ def make_task(
             raise ValueError(f"task kind 'jsonl' needs a path, got {path!r}")
         return _JsonlTask(path=path, seed=seed, validation_size=validation_size, test_size=test_size)
     raise ValueError(f"task kind must be 'addition' or 'jsonl', got {kind!r}")
+
+
+# -----------------------------------------------------------------------------
+# 5. Token ids for a tokenizer: prompt ids (with the tokenizer's own bos, if it adds one) and answer
+# ids = completion ids + eos. Loss, accuracy and log-prob are over answer ids only.
+
+Tokenized = list[tuple[list[int], list[int]]]  # [(prompt_ids, answer_ids)]
+
+
+def _tokenize(examples: list[Example], tokenizer, *, split: str, max_len: int) -> Tokenized:
+    if not examples:
+        return []
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    unk, eos = tokenizer.unk_token_id, tokenizer.eos_token_id
+    if eos is None:
+        raise TaskError(f"the model's tokenizer has no eos token: answers could not end ({tokenizer!r:.80})")
+    out = []
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        if unk is not None and (unk in p or unk in c):
+            ex = examples[i]
+            bad = sorted({ch for ch in ex.prompt + ex.completion
+                          if unk in tokenizer(ch, add_special_tokens=False)["input_ids"]})
+            raise TaskError(
+                f"{split} example {i} ({ex.prompt!r} -> {ex.completion!r}) has characters the "
+                f"model's tokenizer does not know: {''.join(bad)!r}"
+            )
+        if not p:  # nothing to predict the first answer token from
+            raise TaskError(f"{split} example {i} has an empty prompt and the tokenizer adds no bos token")
+        a = c + [eos]
+        if len(p) + len(a) > max_len:
+            raise TaskError(
+                f"{split} example {i} is {len(p) + len(a)} tokens, longer than the model's "
+                f"{max_len} positions: {examples[i].prompt!r:.60}"
+            )
+        out.append((p, a))
+    return out

@@ -122,7 +122,15 @@ def test_get_law_errors_and_registry():
         "d2",
         "f2",
     )
-    assert set(LAW_NAMES) == {"power", "chinchilla", "data_constrained", "bnsl", "multiplicative"}
+    assert set(LAW_NAMES) == {
+        "power",
+        "power_nofloor",
+        "rectified",
+        "chinchilla",
+        "data_constrained",
+        "bnsl",
+        "multiplicative",
+    }
     # Besiroglu et al.'s grid: 5 * 6 * 6 * 5 * 5 = 4,500 starts
     law = get_law("chinchilla")
     sizes = [len(p.grid) for p in law.params]
@@ -158,6 +166,8 @@ def _cases():
             dict(a=0.3, b=20.0, c0=0.1, c1=0.5, d1=1e3, f1=0.3, c2=-0.2, d2=3e4, f2=0.5),
         ),
         ("multiplicative", 1, np.c_[N / 1e5, D], dict(E=0.5, A=30.0, alpha=0.2, beta=0.3)),
+        ("power_nofloor", 1, np.c_[x], dict(A=30.0, alpha=0.4)),
+        ("rectified", 1, np.c_[x], dict(E=0.5, B=50.0, D_l=20.0, beta=0.5)),
     ]
 
 

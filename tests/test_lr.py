@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.lr import LREdgeWarning, LRRule, best_lr, lr_rule, selection_columns
+from analysis.lr import (
+    LREdgeWarning,
+    LRRule,
+    LRRuleError,
+    best_lr,
+    lr_rule,
+    search_range,
+    selection_columns,
+)
 
 SIZES = (1000, 4000, 16000, 64000)
 EPOCHS = (1, 3)
@@ -270,3 +278,124 @@ def test_lr_rule_needs_two_dataset_sizes():
         lr_rule(best)
     with pytest.raises(ValueError, match="not fitted"):
         LRRule().predict(dataset_size=1000)
+
+
+# ---- two kinds of edge: beyond the range vs not bracketed ------------------------------
+
+
+def test_an_edge_at_the_ranges_top_is_beyond_the_range():
+    table = make_table(scale=0.3, sizes=(1000,), epochs=(1,))  # optimum 0.3; tried 1e-5..1e-2
+    with pytest.warns(
+        LREdgeWarning, match=r"beyond the range: .*widen the range upward, above 0\.01"
+    ):
+        best = best_lr(table, lr_range=(1e-5, 1e-2))
+    row = best.iloc[0]
+    assert row["at_edge"] and row["edge"] == "high" and row["edge_kind"] == "beyond_range"
+    assert row["lr_best"] == pytest.approx(1e-2)
+
+
+def test_an_edge_inside_the_range_is_not_bracketed_and_names_the_cell():
+    table = make_table(scale=0.3, sizes=(4000,), epochs=(3,))  # tried up to 1e-2 of a range to 1
+    with pytest.warns(LREdgeWarning, match=r"not bracketed") as caught:
+        best = best_lr(table, lr_range=(1e-5, 1.0))
+    msg = str(caught[0].message)
+    assert "run more trials in cell (dataset_size=4000, epochs=3) above 0.01 (up to 1)" in msg
+    assert "widen" not in msg
+    row = best.iloc[0]
+    assert row["at_edge"] and row["edge"] == "high" and row["edge_kind"] == "not_bracketed"
+    assert row["advice"] in msg
+    # the low side, per cell ranges keyed by the cell
+    low = make_table(scale=1e-7, sizes=(1000,), epochs=(1,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = best_lr(low, lr_range={(1000, 1): (1e-6, 1e-2)}).iloc[0]
+        c = best_lr(low, lr_range={(1000, 1): (1e-5, 1e-2)}).iloc[0]
+    assert b["edge_kind"] == "not_bracketed" and "below 1e-05 (down to 1e-06)" in b["advice"]
+    assert (
+        c["edge_kind"] == "beyond_range" and "widen the range downward, below 1e-05" in c["advice"]
+    )
+
+
+def test_without_a_range_the_edge_kind_is_unknown_and_the_advice_says_both():
+    table = make_table(scale=0.3, sizes=(1000,), epochs=(1,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        row = best_lr(table).iloc[0]
+    assert row["edge_kind"] == "unknown"
+    assert "widen the range upward" in row["advice"] and "run more trials" in row["advice"]
+    inside = best_lr(make_table(seed=1), lr_range=(1e-5, 1e-2))
+    assert (inside["edge_kind"] == "").all() and (inside["advice"] == "").all()
+
+
+def test_search_range_reads_a_spec_or_optunas_stored_distributions():
+    optuna = pytest.importorskip("optuna")
+    spec = {"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}
+    assert search_range(spec) == (1e-3, 1e-2)
+    dist = optuna.distributions.FloatDistribution(1e-4, 3e-2, log=True)
+    trials = [
+        optuna.trial.create_trial(
+            params={"learning_rate": lr}, distributions={"learning_rate": dist}, value=1.0
+        )
+        for lr in (1e-3, 5e-3)
+    ]
+    assert search_range(trials) == (1e-4, 3e-2)
+    with pytest.raises(ValueError, match="no 'learning_rate' range found"):
+        search_range([])
+    with pytest.raises(ValueError, match=r"0 < low <= high, got \(0\.01, 0\.001\)"):
+        best_lr(make_table(sizes=(1000,), epochs=(1,)), lr_range=(1e-2, 1e-3))
+
+
+# ---- the rule over any axes; it refuses with fewer cells than terms + 2 --------------------
+
+
+def test_lr_rule_refuses_fewer_cells_than_terms_plus_two():
+    best = best_lr(make_table(seed=1, sizes=(1000, 4000)))  # 4 cells for c, p, q: needs 5
+    with pytest.raises(
+        LRRuleError,
+        match=r"refuses to fit 3 terms \['c', 'p', 'q'\] from 4 usable cell\(s\): it needs at least 5",
+    ):
+        lr_rule(best)
+    assert issubclass(LRRuleError, ValueError)
+    three = best_lr(make_table(seed=1, sizes=(1000, 4000, 16000), epochs=(2,)))  # c, p: needs 4
+    with pytest.raises(LRRuleError, match="from 3 usable"):
+        lr_rule(three)
+    five = best_lr(make_table(seed=1, sizes=(1000, 4000, 16000)))[:5]
+    rule = lr_rule(five)
+    assert rule.dof_ == 2 and all(np.isfinite(rule.ci_[t]).all() for t in rule.terms_)
+    lo, hi = rule.predict_interval(dataset_size=8000, epochs=2)
+    assert 0 < lo < rule.predict(dataset_size=8000, epochs=2) < hi < np.inf
+
+
+def test_lr_rule_over_lora_rank_recovers_its_exponent():
+    r_true = -0.5
+    parts = []
+    for r in (4, 8, 16, 32):
+        part = make_table(seed=r, scale=3e-3 * (r / 8) ** r_true, sizes=(1000, 4000, 16000))
+        parts.append(part.assign(lora_r=r))
+    table = pd.concat(parts, ignore_index=True)
+    best = best_lr(table, by=("dataset_size", "epochs", "lora_r"))
+    rule = lr_rule(best, axes=["dataset_size", "epochs", "lora_r"])
+    assert rule.terms_ == ("c", "p", "q", "lora_r") and rule.n_cells_ == 24
+    assert rule.exponents_ == {
+        "dataset_size": rule.params_["p"],
+        "epochs": rule.params_["q"],
+        "lora_r": rule.params_["lora_r"],
+    }
+    assert rule.params_["p"] == pytest.approx(P_TRUE, abs=0.05)
+    assert rule.params_["q"] == pytest.approx(Q_TRUE, abs=0.05)
+    assert rule.params_["lora_r"] == pytest.approx(r_true, abs=0.05)
+    lo, hi = rule.ci_["lora_r"]
+    assert lo < r_true < hi
+    want = lr_opt(8000, 2) * (16 / 8) ** r_true
+    assert rule.predict(dataset_size=8000, epochs=2, lora_r=16) == pytest.approx(want, rel=0.15)
+    assert "lora_r*log(lora_r)" in rule.to_dict()["form"]
+    with pytest.raises(ValueError, match="pass lora_r="):
+        rule.predict(dataset_size=8000, epochs=2)
+    with pytest.raises(ValueError, match=r"runs over axes .* got \['model_size'\]"):
+        rule.predict(dataset_size=8000, epochs=2, lora_r=8, model_size=1e6)
+    # an axis with one value in the study is dropped, as epochs is
+    one_r = lr_rule(
+        best_lr(parts[1], by=("dataset_size", "epochs", "lora_r")),
+        axes=["dataset_size", "epochs", "lora_r"],
+    )
+    assert one_r.terms_ == ("c", "p", "q") and np.isnan(one_r.ci_["lora_r"][0])

@@ -1,4 +1,4 @@
-"""Packed LoRA trials: a packed adapter reports what train.run_trial reports for its config.
+"""Packed LoRA trials: a packed adapter reports what run_trial (a pack of one) reports for its config.
 
 Known answers come from run_trial itself: every packed history is compared with the
 history of the same config trained alone (to 1e-4 on every metric but wall time)."""
@@ -9,9 +9,8 @@ from peft import LoraConfig, get_peft_model
 
 from analysis.table import METRIC_KEYS
 from scaling.models import BUILTIN_TINY
-from scaling.packed import MultiLoRALinear, Pack, run_packed
-from scaling.packed import _Layout as Layout
-from scaling.train import TrialConfig, TrialDiverged, run_trial
+from scaling.trial import MultiLoRALinear, Pack, TrialConfig, TrialDiverged, run_packed, run_trial
+from scaling.trial.layer import _Layout as Layout
 
 EVAL = 64  # small eval sets keep the tests quick
 TOL = 1e-4

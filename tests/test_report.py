@@ -342,34 +342,46 @@ def test_all_failed_still_writes_a_report(tmp_path):
     assert paths.html.parent == tmp_path / "out"
 
 
-def test_edge_optimum_recommends_widening(tmp_path):
-    # every LR searched is below the optimum: the best is the largest searched
+def _edge_run(tmp_path, *, high_factor: float):
+    """Every LR searched is below the optimum: the best is the largest searched, in every cell.
+    The spec's range top is ``high_factor`` x the largest LR searched (1: its top)."""
     rng = np.random.default_rng(1)
     rows, n = [], 0
     for d in (500, 1000, 2000):
         for step in (-2.0, -1.5, -1.0):
-            rows += trial_rows(
-                name="edge",
-                d=d,
-                e=1,
-                lr=lr_opt(d, 1) * 10**step,
-                seed=0,
-                phase="search",
-                number=n,
-                rng=rng,
-            )
+            rows += trial_rows(name="edge", d=d, e=1, lr=lr_opt(d, 1) * 10**step, seed=0, phase="search",
+                               number=n, rng=rng)  # fmt: skip
             n += 1
-    run = write_run(
-        tmp_path / "edge",
-        rows,
-        spec_dict(name="edge", sizes=(500, 1000, 2000), epochs=(1,), repeat=0),
-    )
+    spec = spec_dict(name="edge", sizes=(500, 1000, 2000), epochs=(1,), repeat=0)
+    top = max(lr_opt(d, 1) * 10**-1.0 for d in (500, 1000, 2000))
+    spec["learning_rate"] = {"low": 1e-6, "high": top * high_factor}
+    run = write_run(tmp_path / "edge", rows, spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        an = analyse(read_run(run), bootstrap=0, sections=("study", "lr", "recommendations"))
-    assert [e["edge"] for e in an.numbers["lr"]["edges"]] == ["high"] * 3
+        return analyse(read_run(run), bootstrap=0, sections=("study", "lr", "recommendations"))
+
+
+def test_edge_at_the_range_top_recommends_widening(tmp_path):
+    # lr* falls with D, so the smallest cell's best sits on the range's top: widen; the two
+    # larger cells' bests lie below it: they were not bracketed
+    an = _edge_run(tmp_path, high_factor=1.0)
+    edges = an.numbers["lr"]["edges"]
+    assert [e["edge"] for e in edges] == ["high"] * 3
+    assert [e["edge_kind"] for e in edges] == ["beyond_range", "not_bracketed", "not_bracketed"]
     rec = next(r for r in an.numbers["recommendations"] if r["kind"] == "lr_range")
-    assert rec["side"] == "high" and "upward" in rec["text"] and rec["cells"] == 3
+    assert rec["side"] == "high" and "upward" in rec["text"] and rec["cells"] == 1
+    more = next(r for r in an.numbers["recommendations"] if r["kind"] == "lr_trials")
+    assert more["cells"] == 2 and "dataset_size=1000" in more["text"] and "dataset_size=2000" in more["text"]
+
+
+def test_edge_inside_the_range_asks_for_more_trials_not_a_wider_range(tmp_path):
+    # the range goes 10x beyond every LR tried: these cells were simply never bracketed
+    an = _edge_run(tmp_path, high_factor=10.0)
+    assert [e["edge_kind"] for e in an.numbers["lr"]["edges"]] == ["not_bracketed"] * 3
+    kinds = [r["kind"] for r in an.numbers["recommendations"]]
+    assert "lr_range" not in kinds
+    more = next(r for r in an.numbers["recommendations"] if r["kind"] == "lr_trials")
+    assert more["cells"] == 3 and "run more trials" in more["text"]
 
 
 # ---- plan ---------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def test_trial_finished_in_optuna_but_missing_from_table_is_rerun(ray_local, tmp
 def test_packed_sweep_writes_the_rows_of_solo_trials(ray_local, tmp_path, monkeypatch):
     """packing.adapters_per_worker=3: one Ray trial trains a cell's 3 Optuna trials as one pack;
     the table and Optuna hold exactly what 3 solo trials would, with the same numbers."""
-    from scaling import train
+    from scaling import trial
     from scaling.sweep import CellSearcher, run_sweep
 
     ray_trials: list[int] = []  # members per Ray trial the searcher started
@@ -247,11 +247,11 @@ def test_packed_sweep_writes_the_rows_of_solo_trials(ray_local, tmp_path, monkey
         assert row["val_eval_loss"].item() == pytest.approx(t.value)
         assert row["learning_rate"].item() == pytest.approx(t.params["learning_rate"])
 
-    # each packed trial reports what train.run_trial reports for its config alone
+    # each packed trial reports what trial.run_trial (a pack of one) reports for its config alone
     solo_cache: dict = {}
     for tid, rows in df.groupby("trial_id"):
         rows = rows.sort_values("epoch")
-        cfg = train.TrialConfig(
+        cfg = trial.TrialConfig(
             model=spec.model, task_kind="addition", task_digits=2, task_path=None, task_seed=0,
             dataset_size=64, epochs=2, learning_rate=float(rows["learning_rate"].iloc[0]),
             lora_r=spec.lora.r, lora_alpha=spec.lora.alpha_for(spec.lora.r), lora_dropout=0.0,
@@ -259,7 +259,7 @@ def test_packed_sweep_writes_the_rows_of_solo_trials(ray_local, tmp_path, monkey
             validation_size=64, test_size=64, warmup_fraction=spec.train.warmup_fraction,
             weight_decay=spec.train.weight_decay, threads=1,
         )  # fmt: skip
-        alone = train.run_trial(cfg, cache=solo_cache)
+        alone = trial.run_trial(cfg, cache=solo_cache)
         assert list(rows["epoch"]) == [m["epoch"] for m in alone]
         for (_, got), want in zip(rows.iterrows(), alone, strict=True):
             for k in METRIC_KEYS:

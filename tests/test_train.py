@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-import scaling.train as train_mod
+import scaling.trial.base as base_mod
 from analysis.table import METRIC_KEYS
 from scaling.models import BUILTIN_TINY, load_base_model
-from scaling.tasks import Example, TaskError, make_task
-from scaling.train import TrialConfig, TrialDiverged, run_trial
+from scaling.tasks import Example, TaskError, _tokenize, make_task
+from scaling.trial import Pack, TrialConfig, TrialDiverged, run_trial
+from scaling.trial.evaluate import evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -38,18 +39,23 @@ def _base_weights(model) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def first_trial(tiny_model_dir):
-    """One trial, run with a worker cache; report() inspects the model mid-trial."""
+    """One trial, run with a worker cache as run_trial runs it (a solo pack); report()
+    inspects the model and the adapter mid-trial."""
     cache: dict = {}
     reported, inside = [], []
 
     def report(metrics):
-        model = cache["base"].model  # LoRA layers are injected in place while the trial runs
-        lora = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+        model = pack.model  # the base's target linears are wrapped while the trial runs
+        lora = {f"{n}.lora_{ab}": w.detach().clone() for n, pair in handle.lora.items()
+                for ab, w in zip("AB", pair, strict=True)}  # fmt: skip
         inside.append((_base_weights(model), lora))
         reported.append(metrics)
 
-    history = run_trial(_cfg(), report=report, cache=cache)
-    return {"history": history, "reported": reported, "inside": inside, "cache": cache}
+    with Pack(cache=cache, threads=1, solo=True) as pack:
+        handle = pack.add(_cfg(), report=report)
+        pack.run()
+    assert handle.status == "ok"
+    return {"history": handle.history, "reported": reported, "inside": inside, "cache": cache}
 
 
 # 1. what is reported -----------------------------------------------------------------
@@ -116,7 +122,7 @@ def test_same_config_twice_gives_identical_metrics(first_trial):
 def test_cached_worker_gives_the_same_result_as_a_fresh_one(first_trial, monkeypatch):
     cache = first_trial["cache"]
     loads = []
-    monkeypatch.setattr(train_mod, "load_base_model",
+    monkeypatch.setattr(base_mod, "load_base_model",
                         lambda *a, **k: loads.append(a) or load_base_model(*a, **k))  # fmt: skip
     run_trial(_cfg(learning_rate=1e-2, seed=5, epochs=1, dataset_size=200), cache=cache)
     again = run_trial(_cfg(), cache=cache)
@@ -132,10 +138,20 @@ def test_divergence_raises_and_leaves_the_cache_clean(first_trial):
     with pytest.raises(TrialDiverged, match=r"epoch 1, step \d+ \(learning_rate=1000"):
         run_trial(_cfg(learning_rate=1e3), cache=cache)
     base = cache["base"]
-    assert train_mod.weights_fingerprint(base.model) == base.fingerprint
+    assert base_mod.weights_fingerprint(base.model) == base.fingerprint
     assert not any("lora_" in k for k in base.model.state_dict())
     again = run_trial(_cfg(), cache=cache)  # the next trial in this worker is unaffected
     assert _strip_wall(again) == _strip_wall(first_trial["history"])
+
+
+def test_lora_dropout_trains_in_a_pack_of_one_and_stays_deterministic(tiny_model_dir):
+    """Dropout is the one thing only a solo trial may have: its mask draws from the global
+    RNG, seeded with the adapter's init, so the same config still gives the same metrics."""
+    cfg = _cfg(lora_dropout=0.2, epochs=1, dataset_size=64)
+    first, again = run_trial(cfg, cache={}), run_trial(cfg, cache={})
+    assert _strip_wall(first) == _strip_wall(again)
+    plain = run_trial(_cfg(epochs=1, dataset_size=64), cache={})
+    assert first[0]["train_loss"] != plain[0]["train_loss"]  # the masks changed training
 
 
 def test_should_stop_ends_the_trial_early(tiny_model_dir):
@@ -183,9 +199,9 @@ def test_batched_eval_matches_one_by_one_generate(tiny_model):
                 [(57, 23), (90, 9), (45, 45), (81, 7), (30, 12), (99, 1), (8, 3), (64, 28),
                  (73, 56), (20, 5), (9, 9), (88, 41)]]  # fmt: skip
     examples += [Example(f"c{n}=", str(n)) for n in (4711, 12, 905, 3)]
-    items = train_mod._tokenize(examples, tok, split="test", max_len=64)
-    got = train_mod._evaluate(model, items, pad_id=tok.pad_token_id, batch_size=5, device="cpu",
-                              cache_kw=train_mod.cache_kwarg(model))  # fmt: skip
+    items = _tokenize(examples, tok, split="test", max_len=64)
+    (got,) = evaluate(model, items, pad_id=tok.pad_token_id, batch_size=5, device="cpu",
+                      cache_kw=base_mod.cache_kwarg(model), stop_ids=(tok.eos_token_id,))  # fmt: skip
     exact, nll, n_tok, correct, logprob = 0, 0.0, 0, 0, 0.0
     with torch.no_grad():
         for p, a in items:

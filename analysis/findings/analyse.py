@@ -23,6 +23,7 @@ from analysis.findings.epochs import epochs_finding
 from analysis.findings.lr import lr_finding
 from analysis.findings.recommend import recommend_finding
 from analysis.findings.study import study_finding
+from analysis.lr import search_range
 from analysis.selection import axes_of, select, selected_points
 from analysis.table import SELECT, Run, trial_summary
 
@@ -72,7 +73,12 @@ def _select(an: Analysis) -> Finding:
         an.best = None
         an.points = selected_points(an.table, pd.DataFrame(), by=an.by)
         return Finding(numbers=out)
-    chosen = select(an.table, metric="eval_loss", bootstrap=an.bootstrap, seed=an.seed, level=an.level)
+    try:  # the searched range tells "beyond the range" from "not bracketed" (analysis.lr)
+        lr_range = search_range(an.spec)
+    except ValueError:
+        lr_range = None
+    chosen = select(an.table, metric="eval_loss", bootstrap=an.bootstrap, seed=an.seed, level=an.level,
+                    lr_range=lr_range)  # fmt: skip
     an.best, an.points = chosen.best, chosen.points
     out["cells"] = int(len(an.best))
     out["cells_with_choice"] = int(an.best["trial_id_best"].notna().sum())

@@ -134,18 +134,17 @@ def lr_finding(an: Analysis) -> Finding:
         row = {c: _py(getattr(b, c)) for c in an.by}
         row.update({"lr_best": b.lr_best, "lr_low": b.lr_low, "lr_high": b.lr_high, "val_loss_best": b.metric_best,
                     "val_loss_spread": spread, "n_trials": int(b.n_trials), "n_failed": int(b.n_failed),
-                    "trial_id_best": _py(b.trial_id_best), "at_edge": bool(b.at_edge), "edge": b.edge, "method": b.method})  # fmt: skip
+                    "trial_id_best": _py(b.trial_id_best), "at_edge": bool(b.at_edge), "edge": b.edge,
+                    "edge_kind": b.edge_kind, "method": b.method})  # fmt: skip
         out["cells"].append(row)
         if b.at_edge:
-            where = {"low": "the smallest searched: widen the range downward",
-                     "high": "the largest searched: widen the range upward",
-                     "both": "the only one searched: search a range around it"}[b.edge]  # fmt: skip
             out["edges"].append(
                 {
                     **{c: row[c] for c in an.by},
                     "edge": b.edge,
+                    "edge_kind": b.edge_kind,
                     "lr_best": b.lr_best,
-                    "advice": where,
+                    "advice": b.advice,
                 }
             )
     # the LR rule

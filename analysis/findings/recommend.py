@@ -55,22 +55,25 @@ def recommend_finding(an: Analysis) -> Finding:
                  "learning_rate.high below it." if diverged else "")  # fmt: skip
         add("failures", f"{tr['failed']} of {tr['total']} trials failed; see section 1 for their errors.{extra}",
             failed=tr["failed"], diverged=diverged)  # fmt: skip
-    # LR range
+    # LR range: a best LR at the searched range's edge wants a wider range; one at the edge of
+    # the LRs tried inside a wider range wants more trials in that cell (analysis.lr edge kinds)
     edges = N.get("lr", {}).get("edges", [])
-    for side, word in (
-        ("high", "upward"),
-        ("low", "downward"),
-        ("both", "around the single value"),
-    ):
-        cells = [e for e in edges if e["edge"] == side]
+    rng = N.get("lr", {}).get("searched_range") or [None, None]
+    for side, word in (("high", "upward"), ("low", "downward"), ("both", "around the single value")):
+        cells = [e for e in edges if e["edge"] == side and e.get("edge_kind") != "not_bracketed"]
         if cells:
-            rng = N["lr"].get("searched_range") or [None, None]
             names = ", ".join(f"D={_d(c['dataset_size'])} epochs={c['epochs']}" for c in cells)
             bound = rng[1] if side == "high" else rng[0]
             add("lr_range", f"Widen the learning-rate range {word}"
                 + (f" (beyond {_g(bound)})" if bound is not None and side != "both" else "")
                 + f": the best LR sits at the edge of the search in {len(cells)} cell(s) ({names}), so their optimum "
                 "is censored and the LR rule leaves them out.", side=side, cells=len(cells))  # fmt: skip
+    unbracketed = [e for e in edges if e.get("edge_kind") == "not_bracketed"]
+    if unbracketed:
+        names = "; ".join(e["advice"].split("; ", 1)[-1] for e in unbracketed)
+        add("lr_trials", f"{len(unbracketed)} cell(s) were not bracketed (their best LR is the extreme one tried, "
+            f"inside the searched range), so their optimum is censored and the LR rule leaves them out: {names}.",
+            cells=len(unbracketed))  # fmt: skip
     # seeds, sizes, and whether more data pays
     data = N.get("data", {})
     has_seeds = any((s.get("seed_noise") or {}).get("dof", 0) > 0 for s in data.get("series", []))

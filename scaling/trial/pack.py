@@ -11,7 +11,7 @@ the stacked adapters per projection). Each trial keeps everything that defines i
 result: its peft initialisation under its seed, its data order, its AdamW, its warmup +
 cosine schedule, its gradient clipping, its evaluations and its metrics dicts. Packing
 is an optimisation, not a change of result: a packed trial reports the metrics that
-``train.run_trial`` reports for the same config, to float rounding (bench/
+a pack of one (``run_trial``) reports for the same config, to float rounding (bench/
 packing_equivalence.py, 4 ragged configs: at most 9.5e-7 on CPU and 2.4e-6 on an H100,
 on the per-example summed log-prob; the tests hold every metric, exact match and
 accuracy included, to 1e-4). Trials leave the pack when they
@@ -37,7 +37,7 @@ other jobs (1 thread per process), K = 4 / 8 / 16 gave 1.19 / 1.20 / 1.20x a war
 and 2.20 / 2.40 / 3.06x one trial per fresh process; peak RSS 560 / 692 / 1027 MB for the
 pack against 468 MB for each single-trial process.
 
-How a pack maps onto Ray Tune (what sweep.py does)
+How a pack maps onto Ray Tune (what sweep/worker.py does)
 --------------------------------------------------
 (A) *one Ray trial = one pack*. The searcher asks a cell's Optuna study for K trials at
     once (TPE's constant_liar keeps K pending asks apart); the trainable calls
@@ -56,12 +56,16 @@ How a pack maps onto Ray Tune (what sweep.py does)
 Set K so that K x batch_size rows fill the device (on a GPU: until the step time starts
 to grow with K; on a CPU: 4-8).
 
+A solo trial is a pack of one (``run_trial``): one training loop, one evaluation, one
+divergence rule. A pack of one costs what the old solo loop cost (3.2 s against 3.3 s,
+bench/results/packing_cpu.txt). lora_dropout > 0 is allowed only there: a dropout mask
+per adapter is random state a shared pass cannot reproduce (trial/layer.py applies
+peft's dropout to the one adapter's input).
+
 Read top to bottom:
-  1. MultiLoRALinear: the base nn.Linear plus the stacked adapters of the current layout
-  2. _Adapter: one trial inside a pack (peft init, AdamW, schedule, data order, metrics)
-  3. packed evaluation (the same numbers as train._evaluate, per adapter)
-  4. Pack: add / step / run / close
-  5. run_packed
+  1. Pack: the base model and its wrappers, add, step, evaluate, leave, run, close
+  2. run_packed: K configs as one pack
+  3. run_trial: a pack of one
 """
 
 from __future__ import annotations
@@ -70,248 +74,30 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from analysis.table import METRIC_KEYS
-from scaling.train import (
-    Tokenized,
-    TrialConfig,
-    TrialDiverged,
+from scaling.models import end_of_answer_ids
+from scaling.trial.adapter import PackedTrial, _Adapter, _bind
+from scaling.trial.base import (
     WorkerBase,
     attach_lora,
     cache_kwarg,
     get_base,
     get_data,
-    left_padded,
     non_embedding_params,
     right_padded,
     weights_fingerprint,
 )
+from scaling.trial.config import TrialConfig
+from scaling.trial.evaluate import evaluate
+from scaling.trial.layer import MultiLoRALinear, _Layout
 
-__all__ = ["MultiLoRALinear", "Pack", "PackedTrial", "run_packed"]
-
-# -----------------------------------------------------------------------------
-# 1. The multi-LoRA linear layer. The pack sets a layout before every forward pass:
-# G groups of equal size, rows [g*n, (g+1)*n) of the batch belonging to adapter slot g,
-# and per module the stacked adapter weights A (G, r, in), B (G, out, r).
-
-
-class _Layout:
-    """Shared by every MultiLoRALinear of one pack: what to add in the current forward."""
-
-    def __init__(self) -> None:
-        self.weights: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.scale: torch.Tensor | None = None  # (G, 1, 1): alpha / r per group
-
-
-class MultiLoRALinear(torch.nn.Module):
-    """base(x) for the whole packed batch + each group's own LoRA delta on its own rows.
-
-    peft's lora.Linear computes result = base(x); result + B(A(x)) * scaling. Here the
-    same products are batched over groups with bmm, the scaling is applied to the small
-    (rows, r) intermediate and the add is fused into the second matmul (baddbmm): equal
-    to peft's result to float rounding (bit for bit in the cases we checked). Holds no
-    parameters of its own: the adapters live in the pack, so the model's parameters do
-    not grow with K."""
-
-    def __init__(self, base: torch.nn.Linear, name: str, layout: _Layout):
-        super().__init__()
-        self.base_layer = base
-        self.name = name
-        self._layout = layout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)  # (N, T, out), N = G * n rows
-        weights = self._layout.weights
-        if weights is None:
-            return result
-        A, B = weights[self.name]  # (G, r, in), (G, out, r)
-        G = A.shape[0]
-        h = x.to(A.dtype).reshape(G, -1, x.shape[-1])  # (G, n*T, in): group g's rows are contiguous
-        # peft scales the (n*T, out) product; we scale the (n*T, r) one: a fraction of the
-        # work, and bit-identical for the usual power-of-two alpha / r (else ~1 ulp apart)
-        h = torch.bmm(h, A.transpose(1, 2)) * self._layout.scale  # (G, n*T, r)
-        if result.dtype == h.dtype:  # result + h @ B^T in one pass over the output (same bits)
-            return torch.baddbmm(result.reshape(G, -1, result.shape[-1]), h, B.transpose(1, 2)).view(result.shape)
-        delta = torch.bmm(h, B.transpose(1, 2))  # (G, n*T, out); a bf16 base adds an fp32 delta
-        return (result + delta.reshape(result.shape)).to(result.dtype)
-
+__all__ = ["Pack", "PackedTrial", "run_packed", "run_trial"]
 
 # -----------------------------------------------------------------------------
-# 2. One trial inside a pack
-
-
-@dataclass(eq=False)
-class PackedTrial:
-    """The handle add() returns: what happened to one adapter.
-
-    status: "running" | "ok" (all epochs, or stopped early by should_stop: see stopped) |
-    "failed" (error holds the exception: TrialDiverged, TaskError, ValueError, or whatever
-    its report / should_stop callback raised) | "cancelled" (the pack was closed first)."""
-
-    cfg: TrialConfig
-    history: list[dict] = field(default_factory=list)
-    status: str = "running"
-    error: BaseException | None = None
-    stopped: bool = False
-
-
-class _Adapter:
-    """State of one trial: everything train.run_trial keeps in its locals."""
-
-    def __init__(self, cfg: TrialConfig, handle: PackedTrial, *, train: Tokenized,
-                 val: Tokenized, test: Tokenized, init: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 base_params: int, t0: float,
-                 report: Callable[[dict], None] | None,
-                 should_stop: Callable[[dict], bool] | None):  # fmt: skip
-        self.cfg, self.handle = cfg, handle
-        self.train, self.val, self.test = train, val, test
-        self.report, self.should_stop = report, should_stop
-        self.t0 = t0
-        # peft's weights, as leaves of our own, in peft's parameter order (A then B per module)
-        self.A = {n: torch.nn.Parameter(a) for n, (a, _) in init.items()}
-        self.B = {n: torch.nn.Parameter(b) for n, (_, b) in init.items()}
-        self.params = [p for n in init for p in (self.A[n], self.B[n])]
-        self.r = cfg.lora_r
-        self.scaling = cfg.lora_alpha / cfg.lora_r  # peft's scaling for plain LoRA
-        self.trainable = sum(p.numel() for p in self.params)
-        self.n_flop_params = base_params + self.trainable  # train.py's N: base + adapter
-        # foreach: one C++ loop over the adapter's tensors instead of ~10 Python-dispatched ops
-        # per tensor; on CPU it runs the same kernels, bit-identical to run_trial's AdamW
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                     foreach=True)  # fmt: skip
-        # the schedule of train.run_trial: linear warmup, cosine to zero over all steps
-        self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.warmup = max(1, round(cfg.warmup_fraction * self.total_steps)) if cfg.warmup_fraction else 0
-        self.gen = torch.Generator().manual_seed(cfg.seed)  # data order, as in run_trial
-        self.epoch, self.step, self.train_tokens = 0, 0, 0
-        self.order: list[int] = []
-        self.pos = 0  # next index into order
-        self.loss_sum, self.loss_tokens = 0.0, 0
-
-    def lr_at(self, step: int) -> float:  # step is 0-based; the same formula as run_trial
-        cfg = self.cfg
-        if step < self.warmup:
-            return cfg.learning_rate * (step + 1) / self.warmup
-        frac = (step - self.warmup) / max(1, self.total_steps - self.warmup)
-        return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * frac))
-
-    def next_batch(self) -> Tokenized:
-        if self.pos >= len(self.order):  # a new epoch: a fresh shuffle from the trial's generator
-            self.epoch += 1
-            self.order = torch.randperm(len(self.train), generator=self.gen).tolist()
-            self.pos = 0
-            self.loss_sum, self.loss_tokens = 0.0, 0
-        idx = self.order[self.pos : self.pos + self.cfg.batch_size]
-        self.pos += len(idx)
-        return [self.train[i] for i in idx]
-
-    @property
-    def epoch_done(self) -> bool:
-        return self.pos >= len(self.order)
-
-    def diverged(self, loss: float, grad_norm: float) -> TrialDiverged:
-        cfg = self.cfg
-        return TrialDiverged(
-            f"training diverged at epoch {self.epoch}, step {self.step + 1} "
-            f"(learning_rate={cfg.learning_rate:g}): loss {loss:.4g}, gradient "
-            f"norm {grad_norm:.4g} (model={cfg.model!r}, dataset_size={cfg.dataset_size})"
-        )
-
-
-def _bind(layout: _Layout, adapters: list[_Adapter], names: list[str]) -> None:
-    """Stack the adapters' weights (differentiably: gradients reach each adapter's leaves);
-    a smaller rank is zero-padded, which adds exact zeros."""
-    r = max(a.r for a in adapters)
-
-    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-        extra = r - t.shape[dim]
-        if not extra:
-            return t
-        return F.pad(t, (0, 0, 0, extra) if dim == 0 else (0, extra))
-
-    layout.weights = {
-        n: (torch.stack([pad(a.A[n], 0) for a in adapters]),  # (G, r, in)
-            torch.stack([pad(a.B[n], 1) for a in adapters]))  # (G, out, r)
-        for n in names
-    }  # fmt: skip
-    first = adapters[0].A[names[0]]
-    layout.scale = torch.tensor([a.scaling for a in adapters], dtype=first.dtype,
-                                device=first.device).view(-1, 1, 1)  # fmt: skip
-
-
-# -----------------------------------------------------------------------------
-# 3. Packed evaluation: G adapters on the same eval set. Every chunk is repeated G times
-# (group g = rows [g*n, (g+1)*n)), so each adapter sees exactly the chunks, shapes and
-# reductions of train._evaluate; the base runs once per chunk for all of them.
-
-_EVAL_KEYS = ("eval_loss", "token_accuracy", "exact_match", "answer_logprob")
-
-
-@torch.no_grad()
-def _evaluate_packed(model, layout: _Layout, adapters: list[_Adapter], names: list[str],
-                     items: Tokenized, *, pad_id: int, cache_kw: str, batch_size: int,
-                     device: str) -> list[dict[str, float]]:  # fmt: skip
-    G = len(adapters)
-    if not items:
-        return [dict.fromkeys(_EVAL_KEYS, math.nan) for _ in adapters]
-    loss_sum, correct, logprob_sum, exact = [0.0] * G, [0] * G, [0.0] * G, [0] * G
-    n_tokens = 0
-    _bind(layout, adapters, names)
-    try:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            n = len(chunk)
-            # teacher-forced scoring: per adapter, sums over its own copy of the chunk, all G
-            # from one cross-entropy and one host sync
-            x, y = right_padded(chunk, pad_id, device)  # (n, T), (n, T)
-            logits = model(input_ids=x.repeat(G, 1)).logits.float()  # (G*n, T, V)
-            Y = y.repeat(G, 1)
-            mask = Y != -100  # (G*n, T)
-            n_tokens += sum(len(a) for _, a in chunk)
-            nll = F.cross_entropy(logits.transpose(1, 2), Y, ignore_index=-100, reduction="none")
-            sums = torch.stack([
-                nll.view(G, -1).sum(1),  # ignored positions are 0
-                ((logits.argmax(-1) == Y) & mask).view(G, -1).sum(1).to(nll.dtype),
-            ]).tolist()  # fmt: skip
-            for g in range(G):
-                loss_sum[g] += sums[0][g]
-                logprob_sum[g] -= sums[0][g]
-                correct[g] += int(sums[1][g])
-            # greedy decoding, batched with left padding and the KV cache
-            answers = [a for _, a in chunk]
-            steps = max(len(a) for a in answers)
-            ids, attn, pos = (t.repeat(G, 1) for t in left_padded([p for p, _ in chunk], pad_id, device))
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-            generated = []
-            for k in range(steps):
-                nxt = out.logits[:, -1].argmax(-1)  # (G*n,)
-                generated.append(nxt)
-                if k == steps - 1:
-                    break
-                attn = torch.cat([attn, attn.new_ones(G * n, 1)], dim=1)
-                pos = pos[:, -1:] + 1
-                out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
-                            use_cache=True, **{cache_kw: getattr(out, cache_kw)})  # fmt: skip
-            gen = torch.stack(generated, 1).tolist()  # (G*n, steps)
-            for g in range(G):
-                exact[g] += sum(gen[g * n + i][: len(a)] == a for i, a in enumerate(answers))
-    finally:
-        layout.weights = layout.scale = None
-    m = len(items)
-    return [
-        {"eval_loss": loss_sum[g] / n_tokens, "token_accuracy": correct[g] / n_tokens,
-         "exact_match": exact[g] / m, "answer_logprob": logprob_sum[g] / m}
-        for g in range(G)
-    ]  # fmt: skip
-
-
-# -----------------------------------------------------------------------------
-# 4. The pack
+# 1. The pack
 
 
 class Pack:
@@ -325,27 +111,29 @@ class Pack:
     The pack takes the base model out of the worker cache while it is open (its linear
     layers are wrapped) and puts it back, checked unchanged, on close. All configs must
     share the model, target_modules and lora_dropout = 0 (a dropout mask per adapter is
-    random state a shared pass cannot reproduce: run such trials with train.run_trial).
+    random state a shared pass cannot reproduce); a solo pack (``solo=True``, what
+    run_trial opens) takes one config, and that one may have dropout.
     """
 
     def __init__(self, *, cache: dict | None = None, threads: int | None = None,
-                 device: str | None = None):  # fmt: skip
+                 device: str | None = None, solo: bool = False):  # fmt: skip
         self.cache = {} if cache is None else cache
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.threads = threads  # None: the first config's threads
+        self.solo = solo  # a pack of one: run_trial
         self.trials: list[PackedTrial] = []  # every handle ever added, in order
         self._active: list[_Adapter] = []
         self._base: WorkerBase | None = None
         self._names: list[str] = []  # the wrapped modules, in model order
-        self._targets: tuple[str, ...] | None = None
+        self._targets: str | tuple[str, ...] | None = None
         self._layout = _Layout()
         self._closed = False
 
-    # 4a. the base model and the wrappers
+    # 1a. the base model and the wrappers
     def _open(self, cfg: TrialConfig) -> WorkerBase:
         if self._base is None:
             self._base = get_base(cfg, self.cache, self.device)
-            self.cache.pop("base", None)  # ours while the pack is open: run_trial must not use it
+            self.cache.pop("base", None)  # ours while the pack is open: no other pack may use it
             for p in self._base.model.parameters():
                 p.requires_grad_(False)
             self._base_params = non_embedding_params(self._base.model)
@@ -369,9 +157,8 @@ class Pack:
                 setattr(owner, child, current.base_layer)
 
     def _peft_init(self, cfg: TrialConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """The adapter's initial A, B exactly as run_trial makes them: peft itself, on the
-        unwrapped base, right after torch.manual_seed(cfg.seed). Costs one get_peft_model +
-        unload per trial, as run_trial does."""
+        """The adapter's initial A, B as peft makes them, on the unwrapped base, right after
+        torch.manual_seed(cfg.seed). Costs one get_peft_model + unload per trial."""
         base = self._base
         self._wrap(False)
         try:
@@ -398,41 +185,51 @@ class Pack:
             raise ValueError(f"target_modules {cfg.target_modules} wrap other modules than the pack's")
         return init
 
-    # 4b. joining
+    # 1b. joining
     def add(self, cfg: TrialConfig, *, report: Callable[[dict], None] | None = None,
             should_stop: Callable[[dict], bool] | None = None) -> PackedTrial:  # fmt: skip
         """Join the pack; trains from the next step(). Raises ValueError for a config that
         cannot be packed or is bad, TaskError for unusable data (nothing joins then)."""
         if self._closed:
             raise RuntimeError("the pack is closed")
-        if cfg.lora_dropout != 0:
+        if self.solo and self.trials:
+            raise ValueError("a solo pack trains one config; open a Pack for more")
+        if cfg.lora_dropout != 0 and not self.solo:
             raise ValueError(f"lora_dropout must be 0 to pack a trial, got {cfg.lora_dropout!r}: "
-                             "a random dropout mask per adapter cannot be shared; use train.run_trial")  # fmt: skip
-        if self._targets is not None and tuple(cfg.target_modules) != self._targets:
+                             "a random dropout mask per adapter cannot be shared; use run_trial")  # fmt: skip
+        if self._targets is not None and cfg.target_modules != self._targets:
             raise ValueError(f"target_modules {cfg.target_modules} differ from the pack's {self._targets}")
         base = self._open(cfg)
         prev = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
             train, val, test = get_data(cfg, self.cache, base)
-            t0 = time.perf_counter()  # as in run_trial: the clock starts once base and data are ready
+            t0 = time.perf_counter()  # the trial's clock starts once base and data are ready
             init = self._peft_init(cfg)
         finally:
             torch.set_num_threads(prev)
-        self._targets = tuple(cfg.target_modules)
+        self._targets = cfg.target_modules
+        self._layout.dropout = cfg.lora_dropout  # 0 unless solo
         self._wrap(True)
         handle = PackedTrial(cfg=cfg)
-        self._active.append(_Adapter(cfg, handle, train=train, val=val, test=test, init=init,
-                                     base_params=self._base_params, t0=t0, report=report,
-                                     should_stop=should_stop))  # fmt: skip
+        adapter = _Adapter(cfg, handle, train=train, val=val, test=test, init=init,
+                           base_params=self._base_params, t0=t0, report=report,
+                           should_stop=should_stop)  # fmt: skip
+        handle.lora = {n: (adapter.A[n], adapter.B[n]) for n in init}
+        self._active.append(adapter)
         self.trials.append(handle)
         return handle
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The base model, its target linears wrapped (MultiLoRALinear), while the pack is open."""
+        return None if self._base is None else self._base.model
 
     @property
     def active(self) -> list[PackedTrial]:
         return [a.handle for a in self._active]
 
-    # 4c. one packed training step (+ the evaluations of adapters that end an epoch)
+    # 1c. one packed training step (+ the evaluations of adapters that end an epoch)
     def step(self) -> list[PackedTrial]:
         """One optimizer step for every adapter in the pack; returns those that left."""
         if not self._active:
@@ -451,7 +248,7 @@ class Pack:
         G = len(adapters)
         left: list[PackedTrial] = []
 
-        # 1. each adapter's own batch, right-padded as run_trial pads it, then packed:
+        # 1. each adapter's own batch, right-padded, then packed:
         # G groups of n rows (a short group is filled with rows nobody reads: pad inputs,
         # -100 targets). Assembled on the CPU and moved in one copy.
         batches = [a.next_batch() for a in adapters]
@@ -476,7 +273,7 @@ class Pack:
             self._layout.weights = self._layout.scale = None
         nll = F.cross_entropy(logits.float().transpose(1, 2), Y, ignore_index=-100, reduction="none")
         counts = torch.tensor(n_ans, dtype=nll.dtype).to(device)
-        losses = nll.view(G, n * T).sum(1) / counts  # (G,): run_trial's mean-reduced loss
+        losses = nll.view(G, n * T).sum(1) / counts  # (G,): each adapter's mean-reduced loss
         values = losses.detach().tolist()
 
         # 3. one backward for all: the adapters share no parameter, so each gets the gradient
@@ -499,7 +296,7 @@ class Pack:
         del logits, nll, losses
 
         # 4. per adapter: its own gradient norm (all G from one batched norm and one host
-        # sync), run_trial's divergence rule, its clipping to norm 1 and its AdamW step
+        # sync), its divergence rule, its clipping to norm 1 and its AdamW step
         live = [adapters[g] for g in finite]
         norms = [math.nan] * G
         slot = {g: i for i, g in enumerate(finite)}  # adapter index -> row of totals
@@ -511,17 +308,15 @@ class Pack:
                 norms[g] = norm
         for g, a in enumerate(adapters):
             v, grad_norm = values[g], norms[g]
-            if not (math.isfinite(v) and math.isfinite(grad_norm) and (grad_norm > 0 or v == 0)):
-                self._leave(a, error=a.diverged(v, grad_norm))
+            error = a.diverged(v, grad_norm)
+            if error is not None:
+                self._leave(a, error=error)
                 left.append(a.handle)
                 continue
             # what clip_grad_norm_(params, 1.0) does with the norm it computes
             torch.nn.utils.clip_grads_with_norm_(a.params, 1.0, totals[slot[g]], foreach=True)
             a.opt.step()
-            a.step += 1
-            a.loss_sum += v * n_ans[g]
-            a.loss_tokens += n_ans[g]
-            a.train_tokens += sum(len(p) + len(ans) for p, ans in batches[g])
+            a.stepped(v, n_ans[g], batches[g])
 
         # 5. adapters at the end of an epoch: evaluate together (one pass per shared eval set)
         ending = [a for a in adapters if a.handle.status == "running" and a.epoch_done]
@@ -530,18 +325,7 @@ class Pack:
             reported = []
             for a in ending:  # callbacks after all evaluations: they may add() or raise
                 v, t = results[id(a)]
-                metrics = {
-                    "epoch": a.epoch,
-                    "step": a.step,
-                    "train_loss": a.loss_sum / a.loss_tokens,
-                    "train_tokens": a.train_tokens,
-                    "train_flops": 6.0 * a.n_flop_params * a.train_tokens,
-                    "wall_seconds": time.perf_counter() - a.t0,
-                    **{f"val_{k}": x for k, x in v.items()},
-                    **{f"test_{k}": x for k, x in t.items()},
-                    "trainable_params": a.trainable,
-                }
-                metrics = {k: metrics[k] for k in METRIC_KEYS}
+                metrics = a.metrics(v, t)
                 a.handle.history.append(metrics)
                 try:
                     if a.report is not None:
@@ -574,10 +358,16 @@ class Pack:
             groups.setdefault((id(a.val), id(a.test), a.cfg.batch_size), []).append(a)
         out = {}
         for group in groups.values():
-            kw = dict(pad_id=base.tokenizer.pad_token_id, cache_kw=self._cache_kw,
-                      batch_size=4 * group[0].cfg.batch_size, device=self.device)  # run_trial's eval batch
-            vs = _evaluate_packed(base.model, self._layout, group, self._names, group[0].val, **kw)
-            ts = _evaluate_packed(base.model, self._layout, group, self._names, group[0].test, **kw)
+            # no activations kept for backward: 4x the training batch fits
+            kw = dict(groups=len(group), pad_id=base.tokenizer.pad_token_id, cache_kw=self._cache_kw,
+                      stop_ids=end_of_answer_ids(base.tokenizer),
+                      batch_size=4 * group[0].cfg.batch_size, device=self.device)  # fmt: skip
+            _bind(self._layout, group, self._names)
+            try:
+                vs = evaluate(base.model, group[0].val, **kw)
+                ts = evaluate(base.model, group[0].test, **kw)
+            finally:
+                self._layout.weights = self._layout.scale = None
             for a, v, t in zip(group, vs, ts, strict=True):
                 out[id(a)] = (v, t)
         return out
@@ -586,9 +376,10 @@ class Pack:
         self._active.remove(a)
         a.handle.status = "ok" if error is None else "failed"
         a.handle.error = error
+        a.handle.lora = {}
         a.opt = a.A = a.B = a.params = None  # free the adapter's weights and AdamW state
 
-    # 4d. the loop, and closing
+    # 1d. the loop, and closing
     def run(self, *, fill: Callable[[Pack], None] | None = None) -> list[PackedTrial]:
         """Step until the pack is empty. fill(pack), if given, is called before every step
         and may add() configs (e.g. as many as there are free slots). Returns every trial."""
@@ -601,7 +392,8 @@ class Pack:
 
     def close(self) -> None:
         """Cancel what still runs, unwrap the base and give it back to the worker cache,
-        checked unchanged (as run_trial checks it)."""
+        checked unchanged: get_peft_model edits the base in place, so this is the check
+        that every unload() gave back the weights that were loaded."""
         if self._closed:
             return
         self._closed = True
@@ -630,7 +422,7 @@ class Pack:
 
 
 # -----------------------------------------------------------------------------
-# 5. The one-call API for the sweep
+# 2. The one-call API for the sweep
 
 
 def run_packed(
@@ -673,3 +465,30 @@ def run_packed(
     for i, h in handles.items():
         results[i] = h.error if h.status == "failed" else h.history
     return results  # type: ignore[return-value]
+
+
+# -----------------------------------------------------------------------------
+# 3. A solo trial: a pack of one
+
+
+def run_trial(
+    cfg: TrialConfig,
+    *,
+    report: Callable[[dict], None] | None = None,
+    cache: dict | None = None,
+    should_stop: Callable[[dict], bool] | None = None,
+) -> list[dict]:
+    """Fine-tune a LoRA adapter for cfg.epochs epochs, evaluating after each.
+
+    Returns every metrics dict passed to report (keys: METRIC_KEYS). Raises TrialDiverged
+    when training blows up (NaN/inf loss or gradient, or a dead zero gradient), TaskError for
+    unusable data (e.g. characters the tokenizer does not know), ValueError for a bad config.
+    Deterministic on CPU for a config: the same cfg gives the same metrics (wall time aside),
+    whether the base model comes from cache or is loaded fresh.
+    """
+    with Pack(cache=cache, threads=cfg.threads, solo=True) as pack:
+        handle = pack.add(cfg, report=report, should_stop=should_stop)
+        pack.run()
+    if handle.status == "failed":
+        raise handle.error
+    return handle.history

@@ -1,0 +1,91 @@
+"""_Recorder: a Ray Tune callback in the driver that writes the results table.
+
+It buffers a trial's per-epoch results and appends its rows (scaling/records.py builds
+them) when the trial ends, ok, failed or pruned, so the table never holds half a trial;
+a pack's members become the rows a solo trial each would have written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from scaling.records import _trial_rows, _trial_status, append_rows
+from scaling.spec import StudySpec
+
+__all__: list[str] = []
+
+
+class _Recorder(Callback):
+    def __init__(self, spec: StudySpec, run_dir: Path, on_done: Callable[[str, dict], None] | None = None):
+        self.spec = spec
+        self.run_dir = run_dir
+        self.buffers: dict[str, list[dict]] = {}
+        self.on_done = on_done
+        self.counts = {"ok": 0, "failed": 0, "pruned": 0}
+
+    def __getstate__(self) -> dict:  # Tuner pickles callbacks; ours is rebuilt on resume
+        return {"spec": self.spec, "run_dir": self.run_dir, "buffers": {}, "on_done": None, "counts": {}}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.buffers.setdefault(trial.trial_id, []).append(dict(result))
+
+    def _flush(self, trial: Any, status: str, error: str = "") -> None:
+        rows, base = _trial_rows(self.spec, trial.config, self.buffers.pop(trial.trial_id, []), status=status,
+                                 error=error)
+        append_rows(self.run_dir, rows)
+        self.counts[status] += 1
+        if self.on_done:
+            self.on_done(status, base)
+
+    def _flush_pack(self, trial: Any, error: str | None = None) -> None:
+        """A pack's members become the rows a solo trial each would have written, in one append;
+        error (the pack itself failed) fails every member."""
+        cfg = trial.config
+        results = self.buffers.pop(trial.trial_id, [])
+        rows: list[dict] = []
+        done: list[tuple[str, dict]] = []
+        for i, m in enumerate(cfg["members"]):
+            mine = [r for r in results if r.get("member") == i]
+            status = "failed" if error is not None else _trial_status(mine[-1] if mine else None, False)
+            solo = {**{k: cfg[k] for k in ("dataset_size", "epochs", "lora_r", "cell", "optuna_study")}, **m}
+            solo["pack_size"] = cfg["active"]
+            member_rows, base = _trial_rows(self.spec, solo, mine, status=status, error=error or "")
+            rows += member_rows
+            done.append((status, base))
+        append_rows(self.run_dir, rows)
+        for status, base in done:
+            self.counts[status] += 1
+            if self.on_done:
+                self.on_done(status, base)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if "members" in trial.config:
+            return self._flush_pack(trial)
+        last = trial.last_result or {}
+        self._flush(trial, _trial_status(last, False))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # an infrastructure fault (dead worker or node): Ray re-runs the trial from its first
+        # epoch, so the failed attempt's evaluations must not become rows beside the retry's
+        self.buffers.pop(trial.trial_id, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        err = ""
+        try:
+            exc = trial.get_pickled_error()
+            cause = getattr(exc, "cause", None)  # a RayTaskError wraps the trial's own exception
+            exc = cause if isinstance(cause, BaseException) else exc
+            err = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+        except Exception:
+            pass
+        if not err and trial.error_file and os.path.exists(trial.error_file):
+            err = Path(trial.error_file).read_text().strip().splitlines()[-1]
+        err = (err or "trial errored")[:2000]
+        if "members" in trial.config:
+            return self._flush_pack(trial, err)
+        self._flush(trial, "failed", err)

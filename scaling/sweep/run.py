@@ -1,0 +1,138 @@
+"""run_sweep: the Tuner assembled from the parts beside it.
+
+How a study maps onto Ray Tune and Optuna: CellSearcher (searcher.py) owns one Optuna
+study per cell and asks Optuna for learning rates; the trainable (worker.py) runs each
+Ray trial, solo or packed, in a reused worker; _Recorder (recorder.py) writes its rows;
+_PerCellScheduler (schedule.py) stops trials early within their own cell. Resuming is
+the default: a new `scaling sweep` on the same run directory reads the Optuna storage
+and re-runs what a killed driver left unfinished.
+
+Read top to bottom:
+  1. SweepResult
+  2. _init_ray: a cluster (RAY_ADDRESS) or a local Ray
+  3. run_sweep
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Ray Tune writes CSV/JSON/TensorBoard logs per trial by default; our table is the record.
+# Set before ray is first imported: the package's __init__ imports this module first.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from analysis.table import RESULTS_FILE  # noqa: E402
+from scaling.records import RunLock, _check_same_study, read_results  # noqa: E402
+from scaling.spec import SpecError, StudySpec  # noqa: E402
+from scaling.sweep.recorder import _Recorder  # noqa: E402
+from scaling.sweep.schedule import _scheduler  # noqa: E402
+from scaling.sweep.searcher import CellSearcher, open_storage  # noqa: E402
+from scaling.sweep.worker import _make_trainable  # noqa: E402
+
+__all__ = ["SweepResult", "run_sweep"]
+
+# With Tune's per-trial loggers off (our table is the record), Tune's end-of-run
+# analysis warns that it finds no result.json; that is expected, not a problem.
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+# 1. The result -------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepResult:
+    run_dir: Path
+    results: Path
+    optuna_url: str
+    trials_run: int
+    counts: dict[str, int]
+    orphans_resumed: int
+    wall_seconds: float
+
+
+# 2. Ray --------------------------------------------------------------------------
+def _init_ray(spec: StudySpec) -> None:
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+# 3. The sweep ---------------------------------------------------------------------
+def run_sweep(
+    spec: StudySpec,
+    *,
+    out: str | Path | None = None,
+    max_trials: int | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_trial_done: Callable[[str, dict], None] | None = None,
+) -> SweepResult:
+    """Run (or resume) a study; returns where everything was written."""
+    t0 = time.perf_counter()
+    run_dir = spec.run_dir(out).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        _check_same_study(spec, run_dir)
+        url = spec.optuna_url(run_dir)
+        try:
+            storage = open_storage(url)
+        except SpecError as err:
+            raise SpecError(f"{spec.source}: {err}") from None
+        recorded: set[str] = set()  # trials whose rows reached the table
+        if (run_dir / RESULTS_FILE).exists():
+            recorded = set(read_results(run_dir)["trial_id"].astype(str))
+        searcher = CellSearcher(spec, storage, max_trials=max_trials, recorded=recorded)
+        todo = searcher.remaining()
+        if on_start:
+            on_start(todo, spec.planned_trials())
+        recorder = _Recorder(spec, run_dir, on_trial_done)
+        if todo > 0:
+            from scaling.models import ensure_base_model
+
+            ensure_base_model(spec.model)  # build once here, not in every worker at once
+            _init_ray(spec)
+            res = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+            scheduler = _scheduler(spec)
+            tuner = tune.Tuner(
+                tune.with_resources(_make_trainable(spec.model_dump(mode="json")), res),
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=todo,
+                    max_concurrent_trials=spec.resources.max_concurrent,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"tune-{_dt.datetime.now():%Y%m%d-%H%M%S}",
+                    storage_path=str(run_dir / "ray"),
+                    failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                    callbacks=[recorder],
+                    verbose=0,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                ),
+            )
+            tuner.fit()
+        results = run_dir / RESULTS_FILE
+        if results.exists():
+            read_results(run_dir)  # fail loudly now if what we wrote cannot be read back
+        return SweepResult(
+            run_dir=run_dir,
+            results=results,
+            optuna_url=url,
+            trials_run=sum(recorder.counts.values()),
+            counts=dict(recorder.counts),
+            orphans_resumed=searcher.orphans_found,
+            wall_seconds=time.perf_counter() - t0,
+        )

@@ -1,0 +1,164 @@
+"""The worker's side of a trial: the cached base model, its tokenised data, the batches
+and the peft adapter every trial starts from.
+
+Read top to bottom:
+  1. the worker cache: the base model is loaded once per process and reused
+  2. the task's token ids, cached per worker (train pools are nested: only the new tail)
+  3. batches (right-padded for training and scoring, left-padded for decoding)
+  4. the model's facts a trial needs: its KV-cache argument, Kaplan's N
+  5. attach_lora: the one place an adapter's initial A, B are made
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from scaling.models import load_base_model, resolve_target_modules
+from scaling.tasks import Tokenized, _tokenize, make_task
+from scaling.trial.config import TrialConfig
+
+__all__ = [
+    "WorkerBase", "attach_lora", "cache_kwarg", "get_base", "get_data", "left_padded",
+    "non_embedding_params", "right_padded", "weights_fingerprint",
+]  # fmt: skip
+
+# -----------------------------------------------------------------------------
+# 1. Worker cache. The caller keeps one dict per worker process (Ray reuses actors);
+# it holds the base model, the tokenizer and tokenized tasks. get_peft_model edits
+# the base model in place, so each trial ends with unload() and a check that the base
+# weights are what they were when loaded.
+
+
+@dataclass
+class WorkerBase:
+    key: tuple
+    model: torch.nn.Module
+    tokenizer: object
+    fingerprint: dict[str, int]
+
+
+_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def weights_fingerprint(model: torch.nn.Module) -> dict[str, int]:
+    """Per tensor, the integer sum of its raw bits: exact and independent of summation order
+    (so of the thread count), computed on the device, cheap even for a 7B base."""
+    with torch.no_grad():
+        return {
+            name: t.contiguous().view(_INT_VIEW[t.element_size()]).sum(dtype=torch.int64).item()
+            for name, t in model.state_dict().items()
+        }
+
+
+def get_base(cfg: TrialConfig, cache: dict, device: str) -> WorkerBase:
+    key = (cfg.model, device)
+    base = cache.get("base")
+    if base is None or base.key != key:
+        cache.pop("base", None)  # one base model per worker: free the old one first
+        model, tokenizer = load_base_model(cfg.model, device=device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        base = WorkerBase(key=key, model=model, tokenizer=tokenizer, fingerprint=weights_fingerprint(model))
+        cache["base"] = base
+    return base
+
+# -----------------------------------------------------------------------------
+# 2. Token ids
+
+
+def get_data(cfg: TrialConfig, cache: dict, base: WorkerBase) -> tuple[Tokenized, Tokenized, Tokenized]:
+    """(train, validation, test) token ids; the task and its tokens are cached per worker."""
+    key = (cfg.task_kind, cfg.task_digits, cfg.task_path, cfg.task_seed,
+           cfg.validation_size, cfg.test_size, base.key)  # fmt: skip
+    data = cache.setdefault("data", {})
+    if key not in data:
+        task = make_task(kind=cfg.task_kind, digits=cfg.task_digits, path=cfg.task_path,
+                         seed=cfg.task_seed, validation_size=cfg.validation_size,
+                         test_size=cfg.test_size)  # fmt: skip
+        max_len = getattr(base.model.config, "max_position_embeddings", None) or 10**9
+        val = _tokenize(task.validation(), base.tokenizer, split="validation", max_len=max_len)
+        test = _tokenize(task.test(), base.tokenizer, split="test", max_len=max_len)
+        data[key] = {"task": task, "train": [], "val": val, "test": test, "max_len": max_len}
+    entry = data[key]
+    have = len(entry["train"])
+    if have < cfg.dataset_size:  # pools are nested: tokenize only the new tail
+        pool = entry["task"].train_pool(cfg.dataset_size)[have:]
+        entry["train"] += _tokenize(pool, base.tokenizer, split="training", max_len=entry["max_len"])
+    return entry["train"][: cfg.dataset_size], entry["val"], entry["test"]
+
+
+# -----------------------------------------------------------------------------
+# 3. Batches
+
+
+def right_padded(items: Tokenized, pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids (B, T) = prompt + answer + pad, and targets (B, T) = the next token at answer
+    positions, -100 elsewhere. Padding sits after every real token, so a causal model needs
+    no attention mask: real tokens never attend to it."""
+    T = max(len(p) + len(a) for p, a in items) - 1  # the last answer token is never an input
+    x = torch.full((len(items), T), pad_id, dtype=torch.long)
+    y = torch.full((len(items), T), -100, dtype=torch.long)
+    for i, (p, a) in enumerate(items):
+        seq = p + a
+        x[i, : len(seq) - 1] = torch.tensor(seq[:-1])
+        y[i, len(p) - 1 : len(seq) - 1] = torch.tensor(a)  # position t predicts token t+1
+    return x.to(device), y.to(device)
+
+
+def left_padded(prompts: list[list[int]], pad_id: int, device: str):
+    """input_ids, attention_mask, position_ids (B, T) for batched greedy decoding."""
+    T = max(len(p) for p in prompts)
+    x = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        x[i, T - len(p) :] = torch.tensor(p)
+        mask[i, T - len(p) :] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    return x.to(device), mask.to(device), pos.to(device)
+
+
+# -----------------------------------------------------------------------------
+# 4. The model's facts
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers 5 renamed the KV-cache argument and output from past_key_values to cache."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def non_embedding_params(model: torch.nn.Module) -> int:
+    """Kaplan's N: every parameter except embedding tables (a tied lm_head is the embedding)."""
+    emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    seen: set[int] = set()
+    n = 0
+    for p in model.parameters():
+        if id(p) not in emb and id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+
+# -----------------------------------------------------------------------------
+# 5. The adapter
+
+
+def attach_lora(model: torch.nn.Module, cfg: TrialConfig) -> torch.nn.Module:
+    """peft LoRA on `model`, initialised under torch.manual_seed(cfg.seed): the one place a
+    trial's adapter is made (trial/pack.py copies A, B out of it)."""
+    targets = resolve_target_modules(model, cfg.target_modules, model_name=cfg.model)  # TargetModulesError
+    torch.manual_seed(cfg.seed)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, bias="none",
+                      task_type="CAUSAL_LM")  # fmt: skip
+    try:
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return get_peft_model(model, lora)
+    except ValueError as e:
+        raise ValueError(f"target_modules {cfg.target_modules} do not fit model {cfg.model!r}: {e}") from e
