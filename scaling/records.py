@@ -128,7 +128,7 @@ def _check_same_study(spec: StudySpec, run_dir: Path) -> None:
     what = ("name", "model", "task", "axes", "learning_rate", "lora", "eval", "train", "sampler")
     mine = spec.model_dump(mode="json", include=set(what))
     if saved.exists():
-        theirs = yaml.safe_load(saved.read_text()) or {}
+        theirs = _spec_yaml(saved)  # RecordsError naming the file when it is damaged
         theirs = {k: theirs.get(k) for k in what}
         diff = [k for k in what if mine.get(k) != theirs.get(k)]
         if diff:
