@@ -93,7 +93,7 @@ def sweep(
     """Run a study (resuming it when its run directory already holds one)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from scaling.records import RunLocked
+    from scaling.records import RecordsError, RunLocked, check_run_dir
     from scaling.spec import SpecError
 
     if max_trials is not None and max_trials < 1:
@@ -107,6 +107,10 @@ def sweep(
         except SpecError as err:
             _fail(str(err))
     run_dir = s.run_dir(out)
+    try:  # an --out that is a file, a damaged spec copy or results table: refused before anything is written
+        check_run_dir(run_dir)
+    except RecordsError as err:
+        _fail(str(err))
     if not resume and (run_dir / "spec.yaml").exists():
         _fail(f"{run_dir}: already holds a study; pass --resume or choose another --out")
     from scaling.sweep import run_sweep
@@ -128,7 +132,7 @@ def sweep(
 
     try:
         res = run_sweep(s, out=out, max_trials=max_trials, on_start=on_start, on_trial_done=on_done)
-    except RunLocked as err:
+    except (RunLocked, RecordsError) as err:
         _fail(str(err))
     except SpecError as err:
         _fail(str(err))

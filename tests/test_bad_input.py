@@ -281,3 +281,50 @@ def test_at_least_twenty_kinds_of_bad_input():
     # spec cases + missing spec + unreachable storage + changed study + options + tables + table files
     kinds = len(SPEC_CASES) + 1 + 1 + 1 + 5 + len(TABLE_RULES) * len(TABLE_COMMANDS) + 3
     assert kinds >= 20, kinds
+
+
+# -- a damaged run directory: a garbage part file, a garbage spec copy, a file given as the run ------
+def _damaged_run(kind: str, tmp: Path) -> Path:
+    run = tmp / "run"
+    run.mkdir()
+    (run / "spec.yaml").write_text(yaml.safe_dump(parse_spec(GOOD).model_dump(mode="json", exclude={"source"})))
+    for i, (lr, v) in enumerate(((3e-3, 0.9), (1e-2, 0.5), (3e-2, 0.7))):  # results.parquet + 2 part files
+        append_rows(run, [{"study": "bad", "trial_id": f"bad#{i}", "cell": "D=64,E=1", "phase": "search",
+                           "dataset_size": 64, "epochs": 1, "learning_rate": lr, "epoch": 1, "status": "ok",
+                           "val_eval_loss": v, "test_eval_loss": v, "train_flops": 1e9}])  # fmt: skip
+    if kind == "part file":
+        (run / "results" / "000000002-000000002.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 50)
+        return run
+    if kind == "spec copy":
+        (run / "spec.yaml").write_bytes(b"name: [unclosed\n\x00")
+        return run
+    out = tmp / "out"  # kind == "run is a file": the --out a sweep was given is a regular file
+    out.write_bytes(b"\x00\xff\xfe not a run directory \xff")
+    return out
+
+
+DAMAGE = {
+    "part file": ["results/000000002-000000002.parquet", "cannot read the results table", "magic bytes"],
+    "spec copy": ["spec.yaml", "the run's spec copy is not valid YAML"],
+    "run is a file": ["cannot read"],
+}
+DAMAGE_COMMANDS = {**TABLE_COMMANDS, "plan": ["--budget", "1e12", "--bootstrap", "0"]}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+@pytest.mark.parametrize("command", [*DAMAGE_COMMANDS, "sweep"])
+def test_damaged_run_directory(command, kind, tmp_path):
+    where = _damaged_run(kind, tmp_path)
+    before = {str(p): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    frags = [str(where), *DAMAGE[kind]]
+    if command == "sweep":
+        spec_file = tmp_path / "study.yaml"
+        spec_file.write_text(yaml.safe_dump(GOOD))
+        args = ["sweep", str(spec_file), "--out", str(where)]
+        if kind == "run is a file":
+            frags = [str(where), "the run directory is a file, not a directory"]
+    else:
+        args = [command, str(where), *DAMAGE_COMMANDS[command]]
+    MESSAGES.append(one_clear_error(runner.invoke(app, args), frags))
+    after = {str(p): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert {k: v for k, v in after.items() if not k.endswith("study.yaml")} == before  # nothing written
