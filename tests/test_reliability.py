@@ -103,7 +103,8 @@ def ray_attempts(run_dir: Path) -> dict[str, int]:
 
 def trials_in_table(run_dir: Path) -> int:
     try:
-        return pd.read_parquet(run_dir / "results.parquet", columns=["trial_id"])["trial_id"].nunique()
+        # read_results sees the whole table while a sweep appends part files (scaling.records)
+        return read_results(run_dir)["trial_id"].nunique()
     except (FileNotFoundError, OSError, ValueError):
         return 0
 

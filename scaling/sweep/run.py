@@ -33,7 +33,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from analysis.table import RESULTS_FILE  # noqa: E402
-from scaling.records import RunLock, _check_same_study, read_results  # noqa: E402
+from scaling.records import RunLock, _check_same_study, compact, read_results  # noqa: E402
 from scaling.spec import SpecError, StudySpec  # noqa: E402
 from scaling.sweep.recorder import _Recorder  # noqa: E402
 from scaling.sweep.schedule import _scheduler  # noqa: E402
@@ -130,6 +130,7 @@ def run_sweep(
             tuner.fit()
         results = run_dir / RESULTS_FILE
         if results.exists():
+            compact(run_dir)  # the part files of this run's appends -> one results.parquet
             read_results(run_dir)  # fail loudly now if what we wrote cannot be read back
         return SweepResult(
             run_dir=run_dir,
