@@ -991,7 +991,11 @@ def check_mirage(
     df = table
     if "trial_id" in df.columns:
         order = pd.unique(df["trial_id"])  # the table's order: means and ties come out as before
-        df = trial_summary(df, carry=(x, *columns.values(), *([sel_col] if sel_col else [])))
+        # the noise columns too: per-problem spreads, eval sizes and the seed (steps 4-5)
+        noise = [c for col in columns.values() for c in (f"{col}_std", f"{col}_stderr")]
+        noise += [c for c in (n_problems, seeds) if isinstance(c, str)]
+        carry = (x, *columns.values(), *([sel_col] if sel_col else []), *noise)
+        df = trial_summary(df, carry=tuple(dict.fromkeys(c for c in carry if c in df.columns)))
         df = df.set_index("trial_id").loc[order].reset_index()
     if "status" in df.columns:
         df = df[df["status"].astype("string").fillna("") == "ok"]

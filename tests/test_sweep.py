@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pandas as pd
 import pytest
 
 from analysis.table import METRIC_KEYS
@@ -361,3 +362,20 @@ def test_packed_members_fail_alone_and_max_trials_counts_members(ray_local, tmp_
     assert df["trial_id"].nunique() == 3 and set(df["status"]) == {"ok"}
     trials = next(iter(_storage_trials(first.optuna_url, "ppartial/").values()))
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+
+
+def test_the_same_spec_run_twice_gives_bit_identical_rows(ray_local, tmp_path):
+    """Runs are reproducible on one machine: the same LRs (BracketSampler is deterministic
+    given the storage) and the same metrics, bit for bit, in two fresh run directories."""
+    from scaling.sweep import run_sweep
+
+    spec = small_spec("twice", axes={"dataset_size": [64, 128], "epochs": [1]}, trials_per_cell=3)
+    cols = ["cell", "optuna_trial", "learning_rate", "epoch", "train_loss", "val_eval_loss", "test_eval_loss",
+            "test_exact_match"]  # fmt: skip
+    runs = []
+    for k in range(2):
+        res = run_sweep(spec, out=tmp_path / f"run{k}")
+        df = read_results(res.run_dir)
+        runs.append(df[cols].sort_values(["cell", "optuna_trial", "epoch"]).reset_index(drop=True))
+    assert len(runs[0]) == 6 and runs[0]["learning_rate"].nunique() >= 3
+    pd.testing.assert_frame_equal(runs[0], runs[1], check_exact=True)
