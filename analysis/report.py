@@ -353,6 +353,18 @@ def _blocks_lr(an: Analysis) -> list[tuple]:
     return blocks
 
 
+def _verdict_text(e: Mapping[str, Any]) -> str:
+    """The mirage verdict, with the fraction of seed resamples each way when it is "uncertain", and
+    "(holds across seeds)" when seed resamples agreed; a single-seed verdict says so."""
+    fr = e.get("fractions") or {}
+    if e["mirage"] == "uncertain" and fr:
+        return "uncertain (" + ", ".join(f"{k} {_pct(v)}" for k, v in sorted(fr.items(), key=lambda kv: -kv[1])) + \
+            f" of {e.get('n_boot') or 'the'} seed resamples)"
+    if fr:
+        return f"{e['mirage']} (holds across seeds: {_pct(fr.get(e['mirage'], math.nan))} of resamples)"
+    return f"{e['mirage']} (one seed per size: not checked across seeds)" if e.get("seeds") is False else e["mirage"]
+
+
 def _blocks_emergence(an: Analysis) -> list[tuple]:
     N = an.numbers.get("emergence", {})
     blocks: list[tuple] = []
@@ -368,7 +380,7 @@ def _blocks_emergence(an: Analysis) -> list[tuple]:
         for e in N["series"]:
             iv = f"D={_d(e['interval'][0])} .. {_d(e['interval'][1])}" if e["interval"] else "-"
             cont = ", ".join(f"{k}: {v}" for k, v in e["continuous"].items()) or "none measured"
-            rows.append([e["label"], e["metric"], e["verdict"], iv, cont, e["mirage"]])
+            rows.append([e["label"], e["metric"], e["verdict"], iv, cont, _verdict_text(e)])
         blocks.append(
             (
                 "table",
@@ -376,7 +388,7 @@ def _blocks_emergence(an: Analysis) -> list[tuple]:
                 rows,
             )
         )
-        blocks.append(("list", [f"{e['label']}, {e['metric']}: {e['mirage']}: {e['plain']}. ({e['reason']})"
+        blocks.append(("list", [f"{e['label']}, {e['metric']}: {_verdict_text(e)}: {e['plain']}. ({e['reason']})"
                                 for e in N["series"]]))  # fmt: skip
         blocks.append(("figure", "emergence", "Test metrics against dataset size, one line per epochs setting; shaded: "
                        "the interval of a detected jump."))  # fmt: skip

@@ -145,6 +145,10 @@ def recommend_finding(an: Analysis) -> Finding:
         elif e["mirage"] == "metric artefact":
             add("emergence", f"{e['label']}: the jump of {e['metric']} is an artefact of the metric; track "
                 "token accuracy and answer log-prob to forecast it.")  # fmt: skip
+        elif e["mirage"] == "uncertain":
+            fr = ", ".join(f"{k} {_pct(v)}" for k, v in (e.get("fractions") or {}).items())
+            add("emergence", f"{e['label']}: the verdict on {e['metric']} does not hold across seeds ({fr}): add seeds "
+                "(seeds.repeat_best) in the cells around the transition before calling it.")  # fmt: skip
         elif e["mirage"] == "insufficient":
             add(
                 "emergence",
