@@ -603,3 +603,53 @@ def test_report_renders_in_headless_chromium(written):
         if e.get("method") == "Network.requestWillBeSent"
     ]
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+# ---- planted laws and a seed-noisy jump: what the report must say ------------------------
+
+
+def _planted_run(tmp_path, name, loss_of_d, *, em_sd=0.0, seed=1):
+    """The synthetic study at one epochs setting, its test loss replaced by loss_of_d(D) (with 1%
+    noise per seed) and, when em_sd > 0, its test exact match by a jump at JUMP_AT with that seed noise."""
+    rng = np.random.default_rng(seed)
+    rows = synthetic_rows(name=name, epochs=(1,), repeat=2, seed=seed)
+    for r in rows:
+        if r.get("status") == "ok" and "test_eval_loss" in r:
+            r["test_eval_loss"] = float(loss_of_d(r["dataset_size"])) * math.exp(rng.normal(0, 0.01))
+            if em_sd:
+                d = r["dataset_size"]
+                r["test_exact_match"] = float(np.clip(0.1 + 0.5 * (d > JUMP_AT) + rng.normal(0, em_sd), 0, 1))
+                r["test_token_accuracy"] = float(0.5 + 0.05 * math.log10(d) + rng.normal(0, em_sd))
+    run = write_run(tmp_path / name, rows, spec_dict(name=name, epochs=(1,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return analyse(read_run(run), bootstrap=40, seed=0, sections=("study", "data", "emergence"))
+
+
+def test_planted_power_without_floor_says_no_floor_resolved(tmp_path):
+    an = _planted_run(tmp_path, "nofloor", lambda d: 5.0 * d**-0.3)
+    s = an.numbers["data"]["series"][0]
+    assert s["floor"]["text"].startswith("no floor resolved"), s["floor"]
+    assert s["law"] in {"power_nofloor", "power"}
+    assert s["exponent"]["alpha"] == pytest.approx(0.3, abs=0.03)
+    assert set(s["selection"]["candidates"]) == {"power_nofloor", "power", "rectified", "bnsl"}
+    md = build_report(an).to_markdown()
+    assert "no floor resolved" in md and s["law"] in md
+
+
+def test_planted_rectified_curve_is_chosen_by_auto(tmp_path):
+    # a pre-power phase: flat below D ~ D_l^(1/beta) = 3,600, a power law above it
+    an = _planted_run(tmp_path, "rect", lambda d: 0.3 + 40.0 / (60.0 + d**0.5))
+    s = an.numbers["data"]["series"][0]
+    assert s["law"] == "rectified", s["selection"]
+    assert s["fit"]["selection"]["chosen"] == "rectified"
+
+
+def test_seed_noisy_jump_is_uncertain_with_fractions(tmp_path):
+    an = _planted_run(tmp_path, "noisy", lambda d: true_loss(d, 1), em_sd=0.25)
+    e = an.numbers["emergence"]["series"][0]
+    assert e["seeds"] is True and e["n_problems"] == 500
+    assert e["mirage"] == "uncertain", e
+    assert e["fractions"] and sum(e["fractions"].values()) == pytest.approx(1.0)
+    assert max(e["fractions"].values()) < 0.9
+    assert "uncertain (" in build_report(an).to_markdown()

@@ -164,7 +164,7 @@ def data_finding(an: Analysis) -> Finding:
                               "status": fit.param_status_.get("E", "estimated"), "text": fit.param_text_["E"]}  # fmt: skip
         else:
             entry["floor"] = {"E": None, "ci": [None, None], "status": "absent",
-                              "text": "no floor in this law (E = 0)"}  # fmt: skip
+                              "text": "no floor resolved: the chosen law has none (E = 0)"}  # fmt: skip
         dmax = float(max(sizes))
         # extrapolation: 10x the largest size
         x10 = np.array([EXTRAPOLATE * dmax])
