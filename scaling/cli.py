@@ -454,6 +454,7 @@ def plan(
                   f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}]", note)  # fmt: skip
     console.print(t)
     c = p["choice"]
+    console.print(f"[bold]plan:[/] {p['headline']}")
     console.print(
         f"[bold]best:[/] D={c['dataset_size']:.0f}, epochs={c['epochs']}, learning rate {_fmt(c['learning_rate'])} "
         f"[{_fmt(c['lr_lo'])}, {_fmt(c['lr_hi'])}] ({c['lr_source']}); predicted test loss {_fmt(c['predicted_loss'])} "

@@ -653,3 +653,22 @@ def test_seed_noisy_jump_is_uncertain_with_fractions(tmp_path):
     assert e["fractions"] and sum(e["fractions"].values()) == pytest.approx(1.0)
     assert max(e["fractions"].values()) < 0.9
     assert "uncertain (" in build_report(an).to_markdown()
+
+
+def test_plan_clips_an_lr_above_the_searched_range_and_flags_the_extrapolation(synth_run):
+    import copy
+
+    _, an, _, _ = synth_run
+    an2 = copy.copy(an)
+    an2.numbers = copy.deepcopy(an.numbers)
+    an2.numbers["lr"]["searched_range"] = [1e-5, 1e-4]  # the rule predicts ~1e-3 out there: above it
+    p = plan_budget(an2, budget_flops=1e15)  # 5e5 example-passes: 5x-16x the largest D (32,000)
+    c = p["choice"]
+    assert c["lr_clipped"]["predicted"] > 1e-4
+    assert c["learning_rate"] == pytest.approx(1e-4)
+    assert c["lr_lo"] <= 1e-4 and c["lr_hi"] <= 1e-4
+    factor = c["dataset_size"] / SIZES[-1]
+    assert c["extrapolation_factor"] == pytest.approx(factor) and factor > 4
+    assert p["headline"].startswith(f"EXTRAPOLATED {factor:.0f}x")
+    assert "CLIPPED" in p["headline"]
+    assert any("clipped to 0.0001" in n for n in p["notes"])
