@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -672,3 +673,18 @@ def test_plan_clips_an_lr_above_the_searched_range_and_flags_the_extrapolation(s
     assert p["headline"].startswith(f"EXTRAPOLATED {factor:.0f}x")
     assert "CLIPPED" in p["headline"]
     assert any("clipped to 0.0001" in n for n in p["notes"])
+
+
+def test_cli_fit_auto_prints_the_chosen_law_and_each_candidates_holdout_error(tmp_path):
+    rng = np.random.default_rng(3)
+    xs = np.geomspace(100, 100_000, 12)
+    ys = 0.3 + 40.0 / (60.0 + xs**0.5) * np.exp(rng.normal(0, 0.005, xs.size))  # a planted rectified curve
+    pd.DataFrame({"dataset_size": xs, "test_eval_loss": ys}).to_csv(tmp_path / "t.csv", index=False)
+    res = CliRunner().invoke(app, ["fit", str(tmp_path / "t.csv"), "--law", "auto"])
+    assert res.exit_code == 0, res.output
+    assert "law chosen: rectified" in res.output
+    for name in ("power_nofloor", "power", "rectified", "bnsl"):
+        assert f"{name}: held-out error" in res.output
+    res = CliRunner().invoke(app, ["fit", str(tmp_path / "t.csv"), "--law", "auto", "--json"])
+    doc = json.loads(res.output)
+    assert doc["law"] == "rectified" and doc["selection"]["chosen"] == "rectified"
