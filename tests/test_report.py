@@ -688,3 +688,14 @@ def test_cli_fit_auto_prints_the_chosen_law_and_each_candidates_holdout_error(tm
     res = CliRunner().invoke(app, ["fit", str(tmp_path / "t.csv"), "--law", "auto", "--json"])
     doc = json.loads(res.output)
     assert doc["law"] == "rectified" and doc["selection"]["chosen"] == "rectified"
+
+
+def test_more_data_advice_says_when_law_and_last_doubling_disagree():
+    from analysis.findings.data import _does_more_data_pay
+
+    # the case: the law predicts a gain below the noise, the last doubling fell 2.5x
+    assert _does_more_data_pay(0.001, 0.0005, 0.002, 0.01, {"per_doubling": 0.15})[0] == "disagrees"
+    assert _does_more_data_pay(0.001, 0.0005, 0.002, 0.01, {"per_doubling": 0.001})[0] == "hardly_measurable"
+    assert _does_more_data_pay(0.1, 0.05, 0.15, 0.01, {"per_doubling": 0.12})[0] == "pays"
+    assert _does_more_data_pay(0.1, 0.05, 0.15, 0.01, {"per_doubling": -0.02})[0] == "disagrees"
+    assert _does_more_data_pay(0.015, 0.005, 0.03, 0.01, None)[0] == "unclear"
