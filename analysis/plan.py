@@ -38,7 +38,8 @@ from analysis.table import Run, clean
 
 __all__ = ["PlanError", "plan_budget"]
 
-_SECTIONS = ("study", "data", "epochs", "lr")  # what a plan needs from the analysis
+_SECTIONS = ("study", "data", "epochs", "lr")
+EXTRAPOLATE_FLAG = 4.0  # a D beyond 4x the largest measured one is an extrapolation the headline names  # what a plan needs from the analysis
 
 
 class PlanError(ValueError):
@@ -53,6 +54,13 @@ def _predict(fit: Any, frame: dict[str, np.ndarray], level: float) -> tuple[floa
             lo, hi = fit.predict_interval(frame, level=level)
             return y, float(lo[0]), float(hi[0])
     return y, math.nan, math.nan
+
+
+def _f(v: Any) -> float:
+    try:
+        return float(v) if v is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _learning_rate(an: Analysis, d: float, e: float) -> dict[str, Any]:
@@ -154,7 +162,7 @@ def plan_budget(source: Run | pd.DataFrame | Analysis, *, budget_flops: float | 
         cands.append({
             "series": s["label"], **{c: float(v) for c, v in s["key"].items()}, "epochs": int(e),
             "dataset_size": d, "examples_seen": d * e, "flops": d * e * fpe, "capped": capped,
-            "predicted_loss": y, "lo": lo, "hi": hi, "law": "power (per epochs setting)",
+            "predicted_loss": y, "lo": lo, "hi": hi, "law": fit.law_name_,
             "extrapolation": bool(d > dhi * (1 + 1e-9) or d < dlo * (1 - 1e-9)), "fitted_sizes": [dlo, dhi],
         })  # fmt: skip
     if not cands:
@@ -177,6 +185,40 @@ def plan_budget(source: Run | pd.DataFrame | Analysis, *, budget_flops: float | 
         lo_, hi_ = choice["fitted_sizes"]
         notes.append(f"D={choice['dataset_size']:.0f} is outside the studied sizes [{lo_:.0f}, {hi_:.0f}]: "
                      "the prediction is an extrapolation")  # fmt: skip
+
+    # 4b. keep the LR inside what was searched, and say where it came from
+    rng = an.numbers.get("lr", {}).get("searched_range") or [None, None]
+    lr = choice.get("learning_rate", math.nan)
+    choice["lr_clipped"] = None
+    if math.isfinite(lr) and rng[0] is not None and rng[1] is not None:
+        lo_r, hi_r = float(rng[0]), float(rng[1])
+        if lr > hi_r or lr < lo_r:
+            edge = hi_r if lr > hi_r else lo_r
+            choice["lr_clipped"] = {"predicted": lr, "to": edge, "range": [lo_r, hi_r]}
+            notes.append(f"the {choice['lr_source']} predicts learning rate {lr:.3g}, outside the searched range "
+                         f"[{lo_r:.3g}, {hi_r:.3g}]: clipped to {edge:.3g}; nothing was measured beyond it")  # fmt: skip
+            choice["learning_rate"] = edge
+            choice["lr_lo"] = max(lo_r, min(_f(choice.get("lr_lo")), hi_r)) if math.isfinite(_f(choice.get("lr_lo"))) else math.nan
+            choice["lr_hi"] = max(lo_r, min(_f(choice.get("lr_hi")), hi_r)) if math.isfinite(_f(choice.get("lr_hi"))) else math.nan
+    choice["lr_has_interval"] = bool(math.isfinite(_f(choice.get("lr_lo"))) and math.isfinite(_f(choice.get("lr_hi"))))
+    if choice["lr_source"] != "none" and not choice["lr_has_interval"]:
+        notes.append(f"the learning rate comes from the {choice['lr_source']}, which has no interval: treat it as a "
+                     "guess, not a measurement")  # fmt: skip
+    dmax = float(choice["fitted_sizes"][1])
+    factor = choice["dataset_size"] / dmax if dmax > 0 else math.nan
+    choice["extrapolation_factor"] = factor
+    choice["far_extrapolation"] = bool(math.isfinite(factor) and factor > EXTRAPOLATE_FLAG)
+    head = (f"D={choice['dataset_size']:.0f}, epochs={choice['epochs']}: predicted test loss "
+            f"{choice['predicted_loss']:.4g} [{choice['lo']:.4g}, {choice['hi']:.4g}]")
+    if choice["far_extrapolation"]:
+        head = f"EXTRAPOLATED {factor:.0f}x beyond the largest measured D ({dmax:.0f}): " + head
+    if math.isfinite(_f(choice.get("learning_rate"))):
+        head += f"; learning rate {choice['learning_rate']:.3g}"
+        if choice["lr_clipped"]:
+            head += f" (CLIPPED to the searched range; the {choice['lr_source']} says {lr:.3g})"
+        if not choice["lr_has_interval"]:
+            head += " (NO INTERVAL: a guess)"
+    headline = head
 
     # 5. the data-constrained cross-check
     dc = None
@@ -213,4 +255,5 @@ def plan_budget(source: Run | pd.DataFrame | Analysis, *, budget_flops: float | 
         "budget_flops": budget_flops, "budget_hours": budget_hours, "flops_per_example": fpe,
         "flops_per_second": fps, "examples": examples, "max_dataset_size": max_dataset_size, "level": level,
         "candidates": cands, "choice": choice, "close_call": close, "data_constrained": dc, "notes": notes,
+        "headline": headline,
     })  # fmt: skip

@@ -152,39 +152,66 @@ def _blocks_study(an: Analysis) -> list[tuple]:
     return blocks
 
 
+def _param_cell(d: Mapping[str, Any], key: str) -> str:
+    """A parameter for a person: on its bound, its one-sided text ("no floor resolved: E < 0.01");
+    otherwise the point with its interval."""
+    if d.get("status") not in (None, "estimated"):
+        return d.get("text", "n/a")
+    return f"{_g(d[key])} {_ci(*d['ci'])}"
+
+
+def _candidates_text(sel: Mapping[str, Any] | None) -> str:
+    if not sel:
+        return ""
+    parts = []
+    for name, c in (sel.get("candidates") or {}).items():
+        err = c.get("holdout_error")
+        parts.append(f"{name} {_pct(err) if err is not None else 'n/a'}" + ("" if c.get("eligible") else " (ineligible)"))
+    return "; ".join(parts)
+
+
 def _blocks_data(an: Analysis) -> list[tuple]:
     N = an.numbers.get("data", {})
     if N.get("reason"):
         return [("p", f"Not computed: {N['reason']}.")]
     blocks: list[tuple] = [("p", "Each point is the final test loss of the config chosen on validation in one cell (with "
-                            "its repeat seeds). The law L(D) = E + A·D^-alpha is fitted per epochs setting by a robust "
-                            f"(Huber) fit in log space; intervals are {an.level:.0%} bootstrap percentiles over "
-                            f"{an.bootstrap} resamples of the points.")]  # fmt: skip
+                            "its repeat seeds). Per epochs setting the law is chosen among power without a floor, power "
+                            "with a floor, rectified (pre-power phase) and BNSL by leave-largest-out error (fit on the "
+                            "smaller sizes, predict the largest fifth), then refitted on all points by a robust (Huber) "
+                            "fit in log space, each point weighted by 1/SD^2 over its seeds where there are repeats; "
+                            f"intervals are {an.level:.0%} bootstrap percentiles over {an.bootstrap} resamples. A "
+                            "parameter on its bound is shown as a bound, not a point.")]  # fmt: skip
     rows = []
     for s in N.get("series", []):
-        if "exponent" not in s:
-            rows.append([s["label"], "n/a", "n/a", "n/a", "n/a", "-"])
+        if "fit" not in s:
+            rows.append([s["label"], "n/a", "n/a", "n/a", "n/a", "n/a", "-"])
             continue
-        ex, fl, x = s["exponent"], s["floor"], s["extrapolation"]
+        ex, fl, x = s.get("exponent"), s["floor"], s["extrapolation"]
         h = s["holdout"]
-        rows.append([s["label"], _g(ex["alpha"]), _ci(*ex["ci"]), f"{_g(fl['E'])} {_ci(*fl['ci'])}",
+        rows.append([s["label"], s["law"], _candidates_text(s.get("selection")),
+                     (f"{ex['name']} = " + _param_cell(ex, "alpha")) if ex else "n/a", _param_cell(fl, "E"),
                      f"{_g(x['loss'])} {_ci(x['lo'], x['hi'])}", _pct(h.get("mape")) if "mape" in h else h.get("reason", "")])  # fmt: skip
-    blocks.append(("table", ["series", "exponent alpha", f"{an.level:.0%} CI", "floor E [CI]",
-                             f"loss at {EXTRAPOLATE:g}x the largest D [CI]", "hold-out error"], rows))  # fmt: skip
+    blocks.append(("table", ["series", "law chosen", "held-out error per candidate", f"exponent [{an.level:.0%} CI]",
+                             "floor E", f"loss at {EXTRAPOLATE:g}x the largest D [CI]", "hold-out error"], rows))  # fmt: skip
     blocks.append(("figure", "loss_vs_data", "Test loss vs dataset size (log-log): measured points (hollow: mean over "
-                   "seeds), fitted power law (solid), extrapolation (dashed), bootstrap band, prediction at 10x the "
+                   "seeds), fitted law (solid), extrapolation (dashed), bootstrap band, prediction at 10x the "
                    "largest size (diamond) and the hold-out prediction (x)."))  # fmt: skip
     items = []
     for s in N.get("series", []):
-        if "exponent" not in s:
+        if "fit" not in s:
             items.append(f"{s['label']}: no law: {s.get('reason', '')}.")
             continue
-        x, g, h = s["extrapolation"], s["gain_2x"], s["holdout"]
-        items.append(f"{s['label']}: loss falls as D^-{_g(s['exponent']['alpha'])} (CI {_ci(*s['exponent']['ci'])}) "
-                     f"towards a floor of {_g(s['floor']['E'])}. {EXTRAPOLATE:g}x more data (D={_d(x['dataset_size'])}) "
-                     f"is predicted to give test loss {_g(x['loss'])} {_ci(x['lo'], x['hi'])}; doubling D from "
-                     f"{_d(g['from'])} gains {_g(g['gain'])} {_ci(g['lo'], g['hi'])} against a {g['noise_kind']} of "
-                     f"{_g(g['noise'])}.")  # fmt: skip
+        x, g, h, ex = s["extrapolation"], s["gain_2x"], s["holdout"], s.get("exponent")
+        m = g.get("measured_last") or {}
+        exs = (f"exponent {ex['name']} = {_g(ex['alpha'])} (CI {_ci(*ex['ci'])})" if ex and ex["status"] == "estimated"
+               else (ex["text"] if ex else "no exponent"))  # fmt: skip
+        items.append(f"{s['label']}: law {s['law']} (held-out errors: {_candidates_text(s.get('selection'))}); {exs}; "
+                     f"{s['floor']['text'] if s['floor']['status'] != 'estimated' else 'floor E = ' + _param_cell(s['floor'], 'E')}. "
+                     f"{EXTRAPOLATE:g}x more data (D={_d(x['dataset_size'])}) is predicted to give test loss "
+                     f"{_g(x['loss'])} {_ci(x['lo'], x['hi'])}; doubling D from {_d(g['from'])} gains {_g(g['gain'])} "
+                     f"{_ci(g['lo'], g['hi'])} against a {g['noise_kind']} of {_g(g['noise'])}"
+                     + (f"; the last measured step (D={_d(m['from'])} to {_d(m['to'])}) gained {_g(m['change'])} "
+                        f"({_g(m['ratio'], 2)}x)" if m else "") + f" (verdict: {g.get('verdict', 'n/a')}).")  # fmt: skip
         if "mape" in h:
             items.append(f"{s['label']}: hold-out check: fitted on D={', '.join(_d(v) for v in h['train_sizes'])}, the law "
                          f"predicts {_g(h['predicted'])} at D={_d(h['test_size'])} where {_g(h['observed'])} was measured "
@@ -326,6 +353,18 @@ def _blocks_lr(an: Analysis) -> list[tuple]:
     return blocks
 
 
+def _verdict_text(e: Mapping[str, Any]) -> str:
+    """The mirage verdict, with the fraction of seed resamples each way when it is "uncertain", and
+    "(holds across seeds)" when seed resamples agreed; a single-seed verdict says so."""
+    fr = e.get("fractions") or {}
+    if e["mirage"] == "uncertain" and fr:
+        return "uncertain (" + ", ".join(f"{k} {_pct(v)}" for k, v in sorted(fr.items(), key=lambda kv: -kv[1])) + \
+            f" of {e.get('n_boot') or 'the'} seed resamples)"
+    if fr:
+        return f"{e['mirage']} (holds across seeds: {_pct(fr.get(e['mirage'], math.nan))} of resamples)"
+    return f"{e['mirage']} (one seed per size: not checked across seeds)" if e.get("seeds") is False else e["mirage"]
+
+
 def _blocks_emergence(an: Analysis) -> list[tuple]:
     N = an.numbers.get("emergence", {})
     blocks: list[tuple] = []
@@ -341,7 +380,7 @@ def _blocks_emergence(an: Analysis) -> list[tuple]:
         for e in N["series"]:
             iv = f"D={_d(e['interval'][0])} .. {_d(e['interval'][1])}" if e["interval"] else "-"
             cont = ", ".join(f"{k}: {v}" for k, v in e["continuous"].items()) or "none measured"
-            rows.append([e["label"], e["metric"], e["verdict"], iv, cont, e["mirage"]])
+            rows.append([e["label"], e["metric"], e["verdict"], iv, cont, _verdict_text(e)])
         blocks.append(
             (
                 "table",
@@ -349,7 +388,7 @@ def _blocks_emergence(an: Analysis) -> list[tuple]:
                 rows,
             )
         )
-        blocks.append(("list", [f"{e['label']}, {e['metric']}: {e['mirage']}: {e['plain']}. ({e['reason']})"
+        blocks.append(("list", [f"{e['label']}, {e['metric']}: {_verdict_text(e)}: {e['plain']}. ({e['reason']})"
                                 for e in N["series"]]))  # fmt: skip
         blocks.append(("figure", "emergence", "Test metrics against dataset size, one line per epochs setting; shaded: "
                        "the interval of a detected jump."))  # fmt: skip

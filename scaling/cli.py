@@ -244,7 +244,9 @@ def _is_run_table(df) -> bool:
 @app.command()
 def fit(
     table: Annotated[Path, typer.Argument(help="run directory, results table, or a plain CSV/Parquet (x, y) table")],
-    law: Annotated[str, typer.Option(help="power | chinchilla | data_constrained | bnsl | multiplicative")] = "power",
+    law: Annotated[str, typer.Option(help="auto (chosen by leave-largest-out error; one x column) | power | "
+                                          "power_nofloor | rectified | chinchilla | data_constrained | bnsl | "
+                                          "multiplicative")] = "power",
     x: Annotated[str, typer.Option(help="input column(s), comma separated")] = "dataset_size",
     y: Annotated[str, typer.Option(help="output column")] = "test_eval_loss",
     epochs: Annotated[int | None, typer.Option(help="on a run: fit only this epochs setting (as the report does)")] = None,
@@ -271,14 +273,26 @@ def fit(
         _fail(f"{table}: {err}")
     d = f.to_dict()
     if as_json:
-        typer.echo(json.dumps({k: d[k] for k in ("law", "params", "ci", "metrics")}, default=float))
+        keys = ("law", "params", "ci", "metrics", "param_status", "param_text", "selection")
+        typer.echo(json.dumps({k: d[k] for k in keys}, default=float))
         return
-    t = Table(title=f"{law} fit of {y} on {', '.join(cols)} ({table})")
+    sel = d.get("selection")
+    if sel:
+        console.print(f"[bold]law chosen:[/] {d['law']} (leave-largest-out: fitted below x={_fmt(sel.get('split_at'))}, "
+                      f"{sel.get('n_test')} point(s) held out)")  # fmt: skip
+        for name, c in (sel.get("candidates") or {}).items():
+            err = c.get("holdout_error")
+            console.print(f"  {name}: held-out error {_fmt(err) if err is not None else 'n/a'}"
+                          + ("" if c.get("eligible") else " (ineligible)") + (f"; {c['note']}" if c.get("note") else ""))  # fmt: skip
+    t = Table(title=f"{d['law']} fit of {y} on {', '.join(cols)} ({table})")
     t.add_column("parameter")
     t.add_column("value", justify="right")
     t.add_column("90% CI", justify="right")
     for k, v in d["params"].items():
         ci = d["ci"].get(k)
+        if d.get("param_status", {}).get(k, "estimated") in ("lower_bound", "upper_bound"):
+            t.add_row(k, d["param_text"][k], "-")  # on its bound: a one-sided bound, never a point
+            continue
         t.add_row(k, _fmt(v), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "-")
     console.print(t)
     console.print("  ".join(f"{k}={_fmt(v)}" for k, v in d["metrics"].items()))
@@ -458,6 +472,7 @@ def plan(
                   f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}]", note)  # fmt: skip
     console.print(t)
     c = p["choice"]
+    console.print(f"[bold]plan:[/] {p['headline']}")
     console.print(
         f"[bold]best:[/] D={c['dataset_size']:.0f}, epochs={c['epochs']}, learning rate {_fmt(c['learning_rate'])} "
         f"[{_fmt(c['lr_lo'])}, {_fmt(c['lr_hi'])}] ({c['lr_source']}); predicted test loss {_fmt(c['predicted_loss'])} "

@@ -40,6 +40,7 @@ MIN_SIZES_HOLDOUT = 4  # fit on >= 3 smaller sizes, test on the largest
 MIN_TRIALS_IMPORTANCE = 8  # fewer complete trials: importances are noise
 WIDE_CI = 0.5  # exponent interval wider than 50% of its value: "add seeds / sizes"
 HOLDOUT_BAD = 0.05  # hold-out error above 5% of the loss: the law extrapolates poorly
+LAW = "auto"  # the per-series L(D) law: chosen by leave-largest-out error (analysis.fit)
 PAYS_Z = 2.0  # a predicted gain above 2 noise SDs is one the next run could measure
 # Data-constrained law for fine-tunes of one base model: N is a constant, so its
 # term A/N'^alpha is a constant too and folds into E; fixing A ~ 0 and alpha = 0
@@ -85,6 +86,7 @@ class Analysis:
     sections: tuple[str, ...] = PARTS
     by: tuple[str, ...] = ()
     series_cols: tuple[str, ...] = ("epochs",)
+    law: str = LAW
     trials: pd.DataFrame = field(default_factory=pd.DataFrame)
     best: pd.DataFrame | None = None
     points: pd.DataFrame = field(default_factory=pd.DataFrame)

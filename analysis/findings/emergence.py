@@ -19,7 +19,17 @@ _PLAIN = {
     "no jump": "no sudden jump: the metric changes gradually (or not at all) with data",
     "insufficient": "too few dataset sizes to tell a jump from a trend (at least 4 are needed)",
     "inconclusive": "the metric jumps, but no continuous metric was measured to check it against",
+    "uncertain": "the verdict does not hold across seeds: resampling the seeds gives different verdicts",
 }  # fmt: skip
+N_BOOT = 40  # seed resamples per check (~60 ms each): a fraction near AGREE known to about +-0.05
+BOUNDED = {"exact_match": (0.0, 1.0), "token_accuracy": (0.0, 1.0)}  # metrics in [0, 1]
+
+
+def _test_size(an: Analysis) -> int | None:
+    """How many problems each test evaluation had (spec eval.test_size), for binomial errors."""
+    ev = (an.spec or {}).get("eval") or {}
+    n = ev.get("test_size") if isinstance(ev, dict) else None
+    return int(n) if isinstance(n, int | float) and n > 0 else None
 
 
 def emergence_finding(an: Analysis) -> Finding:
@@ -48,10 +58,14 @@ def emergence_finding(an: Analysis) -> Finding:
         for m in present:
             g = sp.groupby("dataset_size")[f"test_{m}"].mean().dropna()
             fig["curves"][m] = (g.index.to_numpy(float), g.to_numpy(float))
+        has_seeds = "seed" in sp and bool((sp.groupby("dataset_size")["seed"].nunique() >= 2).any())
+        n_problems = _test_size(an)
         for m in disc:
             res = check_mirage(
-                sp, "dataset_size", discontinuous=m, continuous=cont, split="test", agg="mean"
-            )
+                sp, "dataset_size", discontinuous=m, continuous=cont, split="test", agg="mean",
+                n_problems=n_problems, bounds={k: v for k, v in BOUNDED.items() if k in (m, *cont)},
+                seeds="seed" if has_seeds else None, n_boot=N_BOOT, random_state=an.seed,
+            )  # fmt: skip
             jump = res.results[m]
             entry = {
                 "label": s["label"], **{c: _py(v) for c, v in s["key"].items()}, "metric": m,
@@ -60,6 +74,8 @@ def emergence_finding(an: Analysis) -> Finding:
                 "mirage": res.verdict, "reason": res.reason, "plain": _PLAIN.get(res.verdict, ""),
                 "continuous": {k: r.verdict for k, r in res.results.items() if k != m},
                 "missing": list(res.missing),
+                "seeds": bool(has_seeds), "n_problems": n_problems, "fractions": dict(res.fractions),
+                "n_boot": int(getattr(res, "n_boot", 0) or 0),
             }  # fmt: skip
             out["series"].append(entry)
             if jump.verdict == "jump" and jump.interval:

@@ -9,7 +9,6 @@ from typing import Any
 
 from analysis.findings.common import (
     HOLDOUT_BAD,
-    PAYS_Z,
     WIDE_CI,
     Analysis,
     Finding,
@@ -100,16 +99,28 @@ def recommend_finding(an: Analysis) -> Finding:
                 "add seeds (seeds.repeat_best) and dataset sizes to pin it down.", series=s["label"])  # fmt: skip
         g = s.get("gain_2x") or {}
         z = g.get("gain_over_noise", math.nan)
-        if math.isfinite(_f(z)):
-            if z >= PAYS_Z:
-                add("more_data", f"{s['label']}: more data still pays: doubling D from {_d(g['from'])} to {_d(g['to'])} "
-                    f"is predicted to lower test loss by {_g(g['gain'])} {_ci(g['lo'], g['hi'])}, {_g(z, 2)}x the "
-                    f"{g['noise_kind']} ({_g(g['noise'])}).", series=s["label"], gain_over_noise=z)  # fmt: skip
-            else:
-                add("more_data", f"{s['label']}: doubling D from {_d(g['from'])} to {_d(g['to'])} is predicted to lower "
-                    f"test loss by only {_g(g['gain'])}, {_g(z, 2)}x the {g['noise_kind']} ({_g(g['noise'])}): "
-                    "the next doubling would hardly be measurable; spend elsewhere (epochs, rank, learning rate).",
-                    series=s["label"], gain_over_noise=z)  # fmt: skip
+        v = g.get("verdict")
+        m = g.get("measured_last") or {}
+        pred = (f"doubling D from {_d(g.get('from'))} to {_d(g.get('to'))} is predicted to lower test loss by "
+                f"{_g(g.get('gain'))} {_ci(g.get('lo'), g.get('hi'))}, {_g(z, 2)}x the {g.get('noise_kind')} "
+                f"({_g(g.get('noise'))})")  # fmt: skip
+        last = (f"the last measured step (D={_d(m.get('from'))} to {_d(m.get('to'))}) took test loss from "
+                f"{_g(m.get('loss_from'))} to {_g(m.get('loss_to'))} ({_g(m.get('ratio'), 2)}x)") if m else ""
+        if v == "pays":
+            add("more_data", f"{s['label']}: more data still pays: {pred}" + (f"; {last}" if last else "") + ".",
+                series=s["label"], gain_over_noise=z, verdict=v)  # fmt: skip
+        elif v == "hardly_measurable":
+            add("more_data", f"{s['label']}: {pred}" + (f"; {last}" if last else "") + ": the next doubling would "
+                "hardly be measurable; spend elsewhere (epochs, rank, learning rate).",
+                series=s["label"], gain_over_noise=z, verdict=v)  # fmt: skip
+        elif v == "disagrees":
+            add("more_data", f"{s['label']}: no advice on more data: the fitted law and the measurements disagree: "
+                f"{pred}, but {last}. Add a larger size (or seeds) before deciding.",
+                series=s["label"], gain_over_noise=z, verdict=v)  # fmt: skip
+        elif v == "unclear":
+            add("more_data", f"{s['label']}: whether more data pays is unclear: {pred}; the interval spans both a "
+                "measurable and an unmeasurable gain. Add seeds to narrow it.",
+                series=s["label"], gain_over_noise=z, verdict=v)  # fmt: skip
         h = s.get("holdout") or {}
         if math.isfinite(_f(h.get("mape"))) and h["mape"] > HOLDOUT_BAD:
             add("holdout", f"{s['label']}: the law fitted without the largest size misses it by {_pct(h['mape'])}: "
@@ -134,6 +145,10 @@ def recommend_finding(an: Analysis) -> Finding:
         elif e["mirage"] == "metric artefact":
             add("emergence", f"{e['label']}: the jump of {e['metric']} is an artefact of the metric; track "
                 "token accuracy and answer log-prob to forecast it.")  # fmt: skip
+        elif e["mirage"] == "uncertain":
+            fr = ", ".join(f"{k} {_pct(v)}" for k, v in (e.get("fractions") or {}).items())
+            add("emergence", f"{e['label']}: the verdict on {e['metric']} does not hold across seeds ({fr}): add seeds "
+                "(seeds.repeat_best) in the cells around the transition before calling it.")  # fmt: skip
         elif e["mirage"] == "insufficient":
             add(
                 "emergence",
