@@ -70,13 +70,19 @@ def _fmt(v: Any) -> str:
 @app.command()
 def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) -> None:
     """Check a study spec without running it."""
+    from scaling.spec import SpecError, redact_url
+
     s = _load(spec)
+    try:  # a ${VAR} in storage.optuna must be set
+        url = s.optuna_url(s.run_dir())
+    except SpecError as err:
+        _fail(str(err))
     cells = s.cells()
     console.print(
         f"[green]ok[/] {spec}: study '{s.name}', {len(cells)} cells x "
         f"{s.trials_per_cell} LR trials (+{s.seeds.repeat_best} seeds) = {s.planned_trials()} trials; "
         f"D={list(s.axes.dataset_sizes())}, epochs={list(s.axes.epoch_values())}, "
-        f"lr=[{s.learning_rate.low:g}, {s.learning_rate.high:g}]"
+        f"lr=[{s.learning_rate.low:g}, {s.learning_rate.high:g}]; Optuna storage {redact_url(url)}"
     )
 
 
@@ -94,7 +100,7 @@ def sweep(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from scaling.records import RecordsError, RunLocked, check_run_dir
-    from scaling.spec import SpecError
+    from scaling.spec import SpecError, redact_url
 
     if max_trials is not None and max_trials < 1:
         _fail(f"--max-trials: must be >= 1 (got {max_trials})")
@@ -109,7 +115,8 @@ def sweep(
     run_dir = s.run_dir(out)
     try:  # an --out that is a file, a damaged spec copy or results table: refused before anything is written
         check_run_dir(run_dir)
-    except RecordsError as err:
+        s.optuna_url(run_dir)  # a ${VAR} in storage.optuna must be set
+    except (RecordsError, SpecError) as err:
         _fail(str(err))
     if not resume and (run_dir / "spec.yaml").exists():
         _fail(f"{run_dir}: already holds a study; pass --resume or choose another --out")
@@ -148,7 +155,10 @@ def sweep(
     console.print("[bold]wrote[/]")
     console.print(f"  results table   {res.results}")
     console.print(f"  study spec      {res.run_dir / 'spec.yaml'}")
-    console.print(f"  Optuna storage  {res.optuna_url}   (optuna-dashboard {res.optuna_url})")
+    # never the password: a ${VAR} as the user wrote it (the shell expands it), else redacted
+    raw = s.storage.optuna
+    shown = f'"{raw}"' if raw and "${" in raw else redact_url(res.optuna_url)
+    console.print(f"  Optuna storage  {redact_url(res.optuna_url)}   (optuna-dashboard {shown})")
     console.print(f"  Ray Tune state  {res.run_dir / 'ray'}")
 
 

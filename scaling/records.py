@@ -139,8 +139,8 @@ def _check_same_study(spec: StudySpec, run_dir: Path) -> None:
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         # packing is how the study runs, not what it is: off (the default), spec.yaml is as before
-        exclude = {"source"} | ({"packing"} if spec.packing.adapters_per_worker == 1 else set())
-        saved.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude=exclude), sort_keys=False))
+        exclude = {"packing"} if spec.packing.adapters_per_worker == 1 else set()
+        saved.write_text(yaml.safe_dump(spec.to_record(exclude=exclude), sort_keys=False))  # no password
 
 
 def empty_table() -> pd.DataFrame:

@@ -17,6 +17,7 @@ Steps of `load_spec`:
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,12 +42,47 @@ __all__ = [
     "PackingSpec",
     "load_spec",
     "parse_spec",
+    "redact_url",
     "Cell",
 ]
 
 
 class SpecError(ValueError):
     """A study spec broke a rule. The message names file, field, rule and value."""
+
+
+# -- secrets: a password in a storage URL is never printed or written -------------------------
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|sslpassword)=)[^&]*")
+
+
+def redact_url(url: str | None) -> str | None:
+    """``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``; a password given as a
+    query parameter (``?password=...``) too. A ``${VAR}`` reference is shown as written."""
+    if url is None:
+        return None
+    text = str(url)
+    # user:password@ before the host; the last "@" ends the credentials (a password may hold "@")
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@", text)
+    if m and ":" in m.group(2):
+        user = m.group(2).split(":", 1)[0]
+        rest = text[m.end():]
+        text = f"{m.group(1)}{user}:***@{rest}"
+    return _QUERY_SECRET.sub(lambda q: q.group(1) + "***", text)
+
+
+def expand_env(value: str, *, field: str, source: str) -> str:
+    """``${VAR}`` references in a spec value, from the environment; a SpecError naming the file,
+    field, rule and the variable (never a value) when one is unset."""
+
+    def one(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise SpecError(f"{source}: {field}: environment variable {name} must be set (the spec says "
+                            f"{value!r}); export it before running")  # fmt: skip
+        return os.environ[name]
+
+    return _ENV_REF.sub(one, value)
 
 
 class _Frozen(BaseModel):
@@ -205,14 +241,19 @@ class SamplerSpec(_Frozen):
     anchor: bool = True
 
 
+_URL = re.compile(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://")
+
+
 class StorageSpec(_Frozen):
-    optuna: str | None = None  # Optuna URL; default sqlite:///<run_dir>/optuna.db
+    # Optuna URL; default sqlite:///<run_dir>/optuna.db. May be (or hold) ${VAR}, read from the
+    # environment when the sweep opens it: a password then never sits in the spec at all
+    optuna: str | None = None
     results_dir: str = "runs"  # the run directory is <results_dir>/<name>
 
     @field_validator("optuna")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", v):
+        if v is not None and not _ENV_REF.search(v) and not _URL.match(v):
             raise ValueError("must be an SQLAlchemy URL starting sqlite://, postgresql:// or mysql://")
         return v
 
@@ -309,7 +350,28 @@ class StudySpec(_Frozen):
         return Path(out) if out is not None else Path(self.storage.results_dir) / self.name
 
     def optuna_url(self, run_dir: Path) -> str:
-        return self.storage.optuna or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+        """The Optuna storage URL to connect to, ${VAR}s read from the environment (SpecError
+        naming the variable when unset). Print `redact_url` of it, never the URL itself."""
+        if not self.storage.optuna:
+            return f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+        url = expand_env(self.storage.optuna, field="storage.optuna", source=self.source or "<spec>")
+        if not _URL.match(url):
+            raise SpecError(f"{self.source}: storage.optuna: must be an SQLAlchemy URL starting sqlite://, "
+                            f"postgresql:// or mysql:// (got {redact_url(url)!r})")  # fmt: skip
+        return url
+
+    def without_secrets(self) -> StudySpec:
+        """The spec with a storage URL's password redacted, a ${VAR} kept as written: what may be
+        written, pickled (Ray Tune's tuner.pkl holds the searcher and callbacks) or shipped."""
+        if not self.storage.optuna:
+            return self
+        return self.model_copy(update={"storage": self.storage.model_copy(
+            update={"optuna": redact_url(self.storage.optuna)})})  # fmt: skip
+
+    def to_record(self, *, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The spec as plain data to write or ship (spec.yaml, Ray workers), without secrets; a
+        resume reads a ${VAR} again."""
+        return self.without_secrets().model_dump(mode="json", exclude={"source", *exclude})
 
     def facts(self) -> dict[str, Any]:
         """What analysis needs to know about the study beyond the raw spec, as plain values."""
@@ -342,6 +404,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
             value = None
         if field == "(top level)" or (isinstance(value, dict) and e["type"] != "model_type"):
             value = None  # a cross-field rule: its message already quotes the values
+        if field.startswith("storage") and isinstance(value, str):
+            value = redact_url(value)
         shown = "" if value is None else f" (got {value!r})"
         lines.append(f"{source}: {field}: {msg}{shown}")
     return "\n".join(lines)

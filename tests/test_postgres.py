@@ -146,3 +146,37 @@ def test_sweep_with_postgres_storage_stops_and_resumes_exactly(postgres_url, ray
         n_done = con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
     assert names == ["pg/D=64,E=1,r=8", "pg/D=64,E=2,r=8"] and n_done == 4
     print(f"\nPostgreSQL storage: 3 trials, stop, resume 1 more: 4/4 complete, {len(df)} rows in {took:.0f}s")
+
+
+def test_no_file_or_output_of_a_sweep_and_its_report_holds_the_password(postgres_url, ray_local, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    """The server trusts local connections, so any password connects: put one in the URL (through
+    ${SCALING_OPTUNA_URL} and written literally), run a real sweep and report through the CLI,
+    and grep every byte they printed and wrote for it."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from scaling.cli import app
+
+    pw = "pw-Kx93zQ-never-shown"
+    url = postgres_url.replace("postgres@", f"postgres:{pw}@")
+    base = {"axes": {"dataset_size": [64]}, "learning_rate": {"low": 1e-3, "high": 3e-2}, "trials_per_cell": 1,
+            "eval": {"validation_size": 32, "test_size": 32}}  # fmt: skip
+    monkeypatch.setenv("SCALING_OPTUNA_URL", url)
+    for name, optuna_value in (("viaenv", "${SCALING_OPTUNA_URL}"), ("literal", url)):
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(yaml.safe_dump({"name": name, **base, "storage": {"optuna": optuna_value}}))
+        run = tmp_path / f"run-{name}"
+        out = []
+        for cmd in (["validate", str(spec)], ["sweep", str(spec), "--out", str(run)], ["report", str(run)],
+                    ["best-lr", str(run)], ["show", str(run)]):  # fmt: skip
+            r = CliRunner().invoke(app, cmd)
+            assert r.exit_code == 0, (cmd, r.output)
+            out.append(r.output)
+        assert read_results(run)["status"].eq("ok").all()
+        printed = "\n".join(out)
+        assert pw not in printed and "postgres:***@" in printed
+        files = [p for p in run.rglob("*") if p.is_file()]
+        assert len(files) > 5 and (run / "spec.yaml") in files and (run / "report" / "report.html") in files
+        leaks = [str(p) for p in files if pw.encode() in p.read_bytes()]
+        assert leaks == [], f"the password is in {leaks}"

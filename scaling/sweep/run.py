@@ -97,11 +97,13 @@ def run_sweep(
         recorded: set[str] = set()  # trials whose rows reached the table
         if (run_dir / RESULTS_FILE).exists():
             recorded = set(read_results(run_dir)["trial_id"].astype(str))
-        searcher = CellSearcher(spec, storage, max_trials=max_trials, recorded=recorded)
+        # what Ray Tune pickles to disk (tuner.pkl: searcher, callbacks) gets no password
+        safe = spec.without_secrets()
+        searcher = CellSearcher(safe, storage, max_trials=max_trials, recorded=recorded)
         todo = searcher.remaining()
         if on_start:
             on_start(todo, spec.planned_trials())
-        recorder = _Recorder(spec, run_dir, on_trial_done)
+        recorder = _Recorder(safe, run_dir, on_trial_done)
         if todo > 0:
             from scaling.models import ensure_base_model
 
@@ -110,7 +112,8 @@ def run_sweep(
             res = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
             scheduler = _scheduler(spec)
             tuner = tune.Tuner(
-                tune.with_resources(_make_trainable(spec.model_dump(mode="json")), res),
+                # workers never open Optuna: they get the spec with its password redacted
+                tune.with_resources(_make_trainable(spec.to_record()), res),
                 tune_config=tune.TuneConfig(
                     search_alg=searcher,
                     scheduler=scheduler,
