@@ -590,6 +590,13 @@ class LawFit:
             if prm.name in self.fixed_:
                 continue
             lo_, hi_ = np.quantile(nat[:, j], [qlo, qhi])
+            est = float(self.params_[prm.name])
+            if np.isfinite(est) and not lo_ <= est <= hi_:
+                # the refits settle off the estimate (another optimum, or a bound): an interval
+                # that excludes its own estimate would mislead, so it reaches the estimate
+                self._warn(f"{prm.name}={est:.4g} lies outside its bootstrap interval [{lo_:.4g}, {hi_:.4g}]; "
+                           "the interval is extended to it (the refits find another optimum)")  # fmt: skip
+                lo_, hi_ = min(lo_, est), max(hi_, est)
             self.ci_[prm.name] = (float(lo_), float(hi_))
 
     def _metrics(self, obj: _Objective, theta, X, yv, w, k: int) -> None:

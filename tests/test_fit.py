@@ -600,3 +600,18 @@ def test_prediction_interval_at_4x_covers_at_its_nominal_level():
 def test_prediction_interval_at_4x_covers_fast_variant():
     # 40 curves: a binomial 95% band around 0.9 is [0.80, 0.98] (sd 0.047)
     assert 0.80 <= _extrapolation_coverage(40, bootstrap=100) <= 0.98
+
+
+def test_every_interval_contains_its_own_estimate():
+    """A bootstrap whose refits settle off the estimate (here: a rectified law on 10 noisy points,
+    the demo's shape) must not report an interval that excludes the estimate."""
+    rng = np.random.default_rng(3)
+    d = np.repeat([300.0, 600, 1200, 2400, 4800], 2)
+    y = 0.05 + 400.0 / (250.0 + d**0.7) * np.exp(rng.normal(0, 0.15, d.size))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_law(law="rectified", data=pd.DataFrame({"D": d, "L": y}), x="D", y="L", bootstrap=100, seed=0)
+    for name, (lo, hi) in fit.ci_.items():
+        assert lo <= fit.params_[name] <= hi, (name, fit.params_[name], lo, hi)
