@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 
 import pandas as pd
@@ -65,19 +66,26 @@ def _hold(path, q):
         q.get()  # wait until told to release
 
 
-def test_run_lock_refuses_a_second_sweep(tmp_path):
+@contextlib.contextmanager
+def _held_by_another_process(path):
+    """The run directory's RunLock, held by a real second process for the block's duration."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_hold, args=(tmp_path, q))
+    p = ctx.Process(target=_hold, args=(path, q))
     p.start()
     try:
         assert q.get(timeout=30) == "held"
-        with pytest.raises(RunLocked, match="another sweep"):
-            with RunLock(tmp_path):
-                pass
+        yield
     finally:
         q.put("release")
         p.join(30)
+
+
+def test_run_lock_refuses_a_second_sweep(tmp_path):
+    with _held_by_another_process(tmp_path):
+        with pytest.raises(RunLocked, match="another sweep"):
+            with RunLock(tmp_path):
+                pass
     with RunLock(tmp_path):  # free again once the holder is gone
         pass
 
@@ -324,16 +332,8 @@ def test_check_run_dir_leaves_a_held_run_to_its_sweep(tmp_path):
     (tmp_path / "spec.yaml").write_bytes(b"name: [half written")
     with pytest.raises(RecordsError, match="not valid YAML"):
         check_run_dir(tmp_path)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_hold, args=(tmp_path, q))
-    p.start()
-    try:
-        assert q.get(timeout=30) == "held"
+    with _held_by_another_process(tmp_path):
         check_run_dir(tmp_path)  # the holder is mid-write: the sweep asking will be refused by RunLock instead
-    finally:
-        q.put("release")
-        p.join(30)
 
 
 def test_values_are_coerced_to_the_column_types_or_refused(tmp_path):
