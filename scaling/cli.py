@@ -163,12 +163,14 @@ def sweep(
 
 
 def _searched_range(where: Path):
-    """The LR range the run searched (its spec.yaml), or None for a bare table."""
+    """The LR range the run searched (its spec.yaml), or None for a bare table. Reads the spec
+    copy only: the caller has the table already."""
     from analysis.lr import search_range
-    from scaling.records import RecordsError, read_run
+    from scaling.records import RecordsError, _load_spec
 
     try:
-        return search_range(read_run(where).spec)
+        raw, _ = _load_spec(where if where.is_dir() else where.parent)
+        return search_range(raw)
     except (RecordsError, ValueError):
         return None
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from scaling.spec import StudySpec, load_spec, parse_spec
+from scaling.spec import StudySpec, load_spec, parse_spec, redact_url
 
 __all__ = ["BestLR", "Study", "StudyResult"]
 
@@ -73,10 +73,8 @@ class Study:
         from scaling.sweep import run_sweep
 
         res = run_sweep(self.spec, out=self.run_dir, max_trials=max_trials, ray_address=ray_address)
-        from sqlalchemy.engine import make_url
-
         return StudyResult(run_dir=res.run_dir, trials_run=res.trials_run, counts=dict(res.counts),
-                           optuna_url=make_url(res.optuna_url).render_as_string(hide_password=True),
+                           optuna_url=redact_url(res.optuna_url),
                            wall_seconds=res.wall_seconds)  # fmt: skip
 
     def results(self) -> pd.DataFrame:

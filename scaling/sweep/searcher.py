@@ -29,7 +29,7 @@ from ray.tune.search import Searcher
 from analysis.table import SELECT_METRIC
 from scaling.lr_sampler import BracketSampler, cell_attrs
 from scaling.records import _trial_status
-from scaling.spec import Cell, SpecError, StudySpec
+from scaling.spec import Cell, SpecError, StudySpec, redact_url
 
 __all__ = ["CellSearcher", "cell_study_name", "open_storage"]
 
@@ -49,13 +49,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as err:  # sqlalchemy raises many kinds
         detail = (str(err).strip().splitlines() or [""])[0]  # drop SQLAlchemy's "Background on this error" lines
-        from sqlalchemy.engine import make_url
-
-        try:
-            shown = make_url(url).render_as_string(hide_password=True)
-        except Exception:
-            shown = url
-        raise SpecError(f"storage.optuna: cannot open Optuna storage {shown!r}: {type(err).__name__}: {detail}") from None
+        raise SpecError(f"storage.optuna: cannot open Optuna storage {redact_url(url)!r}: "
+                        f"{type(err).__name__}: {detail}") from None
 
 
 def cell_study_name(spec: StudySpec, cell: Cell) -> str:
