@@ -133,6 +133,8 @@ class CellSearcher(Searcher):
                     # but killed before its rows reached the table. Re-run it under its own
                     # number (telling Optuna again is a no-op: skip_if_finished).
                     st.orphans.append(t)
+            # enqueued leftovers first: a rerun's own ask must not pop one of them
+            st.orphans.sort(key=lambda t: t.state != optuna.trial.TrialState.WAITING)
             self.orphans_found += len(st.orphans)
             self.cells.append(st)
 
@@ -232,14 +234,45 @@ class CellSearcher(Searcher):
         return Searcher.FINISHED
 
     def _claim_orphan(self, st: _CellState, t: optuna.trial.FrozenTrial) -> tuple[int, float, int, str]:
-        """A leftover trial, counted in flight again: (Optuna number, its LR, its seed, phase)."""
+        """A leftover trial, counted in flight again: (Optuna number, its LR, its seed, phase).
+
+        RUNNING with an LR: re-run under its own number. RUNNING without one (the driver died
+        between ask and suggest) or WAITING (enqueued, never asked): claimed and given its LR now
+        (an enqueued LR is kept). FAIL/PRUNED in Optuna but without rows: Optuna cannot change a
+        finished trial's state, so it is re-run under a new number (user attr rerun_of), and the
+        state Optuna ends with is the one the new rows say (the old trial keeps no rows).
+        """
         phase = t.user_attrs.get("phase", "search")
+        seed = int(t.user_attrs.get("seed", self.spec.seeds.base))
+        lr_spec = self.spec.learning_rate
         if phase == "repeat":
             st.in_flight_repeat += 1
         else:
             st.in_flight_search += 1
-        seed = int(t.user_attrs.get("seed", self.spec.seeds.base))
-        return t.number, t.params["learning_rate"], seed, phase
+        if t.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED):
+            lr = t.params.get("learning_rate")
+            if lr is not None:
+                st.study.enqueue_trial({"learning_rate": lr}, skip_if_exists=False,
+                                       user_attrs={"phase": phase, "seed": seed, "rerun_of": t.number})  # fmt: skip
+            ot = st.study.ask()
+            if lr is None:
+                ot.set_user_attr("phase", phase)
+                ot.set_user_attr("seed", seed)
+                ot.set_user_attr("rerun_of", t.number)
+            lr = ot.suggest_float("learning_rate", lr_spec.low, lr_spec.high, log=lr_spec.log)
+            return ot.number, lr, seed, phase
+        if "learning_rate" in t.params:
+            return t.number, t.params["learning_rate"], seed, phase
+        storage = st.study._storage
+        if t.state == optuna.trial.TrialState.WAITING:
+            # what study.ask() does with an enqueued trial: take it (RUNNING), then suggest
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING)
+        ot = optuna.trial.Trial(st.study, t._trial_id)
+        if "phase" not in t.user_attrs:
+            ot.set_user_attr("phase", phase)
+            ot.set_user_attr("seed", seed)
+        lr = ot.suggest_float("learning_rate", lr_spec.low, lr_spec.high, log=lr_spec.log)
+        return t.number, lr, seed, phase
 
     def _ask_search(self, st: _CellState) -> tuple[int, float]:
         """Ask the cell's study for one LR-search trial: (Optuna number, learning rate)."""
