@@ -19,8 +19,8 @@ from rich.table import Table
 __all__ = ["app"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Scaling studies for LoRA fine-tunes.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # a path or a summary line is never broken mid-way (copyable, greppable); tables still fit the width
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(msg: str, code: int = 2) -> None:
