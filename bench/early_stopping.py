@@ -32,6 +32,7 @@ def _spec(name: str, *, trials: int, epochs: int, sizes: list[int], method: str,
             "axes": {"dataset_size": sizes, "epochs": [epochs]},
             "learning_rate": {"low": 3e-4, "high": 3e-2},
             "trials_per_cell": trials,
+            "sampler": {"extra_trials": 0},  # both arms get the same fixed budget
             "eval": {"validation_size": 300, "test_size": 300},
             "early_stopping": {"method": method, "grace_epochs": 1, "reduction_factor": rf},
         }

@@ -37,6 +37,7 @@ def main() -> None:
             "axes": {"dataset_size": [args.dataset_size], "epochs": [args.epochs]},
             "learning_rate": {"low": 1e-3, "high": 1e-2},
             "trials_per_cell": args.k,
+            "sampler": {"extra_trials": 0},  # exactly k trials, as the direct loop runs
             "resources": {"cpus": 1, "max_concurrent": 1},
         }
     )

@@ -80,7 +80,9 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
     cells = s.cells()
     console.print(
         f"[green]ok[/] {spec}: study '{s.name}', {len(cells)} cells x "
-        f"{s.trials_per_cell} LR trials (+{s.seeds.repeat_best} seeds) = {s.planned_trials()} trials; "
+        f"{s.trials_per_cell} LR trials (+{s.seeds.repeat_best} seeds) = {s.planned_trials()} trials"
+        + (f" (up to {s.max_trials()} with sampler.extra_trials for unbracketed cells)" if s.sampler.extra_trials else "")
+        + "; "
         f"D={list(s.axes.dataset_sizes())}, epochs={list(s.axes.epoch_values())}, "
         f"lr=[{s.learning_rate.low:g}, {s.learning_rate.high:g}]; Optuna storage {redact_url(url)}"
     )
@@ -135,7 +137,9 @@ def sweep(
 
     def on_done(status: str, row: dict) -> None:
         last = f"{row['cell']} lr={row['learning_rate']:.2e} {status}"
-        progress.update(task_id, advance=1, last=last)
+        task = next(t for t in progress.tasks if t.id == task_id)
+        # a cell left unbracketed takes extra LR trials (sampler.extra_trials): the total grows
+        progress.update(task_id, advance=1, last=last, total=max(task.total or 0, task.completed + 1))
 
     try:
         res = run_sweep(s, out=out, max_trials=max_trials, on_start=on_start, on_trial_done=on_done)

@@ -84,6 +84,7 @@ __all__ = [
     "CellLR",
     "cell_attrs",
     "summarise_cell",
+    "summarise_trials",
 ]
 
 # ---- conventions and defaults ------------------------------------------------
@@ -236,6 +237,15 @@ def _range_of(trials: Sequence[FrozenTrial], param: str) -> tuple[float, float] 
         if isinstance(d, FloatDistribution) and d.low > 0:
             return math.log(d.low), math.log(d.high)
     return None
+
+
+def summarise_trials(
+    trials: Sequence[FrozenTrial], *, lo: float, hi: float, minimize: bool = True, param: str = PARAM
+) -> CellLR:
+    """`CellLR` of finished trials searched over the LR range [lo, hi] (in LR units, not log)."""
+    if not 0 < lo < hi:
+        raise ValueError(f"the LR range must satisfy 0 < lo < hi, got lo={lo!r} hi={hi!r}")
+    return _summarise(trials, lo=math.log(lo), hi=math.log(hi), sign=1.0 if minimize else -1.0, param=param)
 
 
 def summarise_cell(study: Study, *, param: str = PARAM) -> CellLR:

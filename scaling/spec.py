@@ -239,6 +239,11 @@ class SamplerSpec(_Frozen):
     # with 3-8 trials per cell, a fixed anchor stops a cell from being judged on unlucky
     # draws (bracket places its first trial itself)
     anchor: bool = True
+    # a cell whose best LR still has no tried LR on one side after trials_per_cell (and is not
+    # at the range's edge there) gets up to this many more LR trials, one at a time, stepping
+    # out on the open side: an unbracketed optimum is only a bound. Seed noise on the demo left
+    # 3-7 of 10 cells unbracketed after 3 trials; one more trial brackets most of them
+    extra_trials: Annotated[int, Field(ge=0)] = 2
 
 
 _URL = re.compile(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://")
@@ -344,7 +349,12 @@ class StudySpec(_Frozen):
         ]
 
     def planned_trials(self) -> int:
+        """Trials every cell gets: trials_per_cell LR trials plus the repeat seeds."""
         return len(self.cells()) * (self.trials_per_cell + self.seeds.repeat_best)
+
+    def max_trials(self) -> int:
+        """planned_trials plus every cell's sampler.extra_trials (taken only by unbracketed cells)."""
+        return self.planned_trials() + len(self.cells()) * self.sampler.extra_trials
 
     def run_dir(self, out: str | Path | None = None) -> Path:
         return Path(out) if out is not None else Path(self.storage.results_dir) / self.name

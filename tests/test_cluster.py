@@ -89,6 +89,7 @@ def test_a_worker_node_dies_mid_sweep_and_its_trial_reruns_elsewhere(three_node_
         "trials_per_cell": 4,
         "eval": {"validation_size": 64, "test_size": 64},
         "resources": {"cpus": 1, "max_failures": 2},  # a node loss is an infrastructure fault
+        "sampler": {"extra_trials": 0},  # a fixed budget: the trial counts below are exact
     })  # fmt: skip
     run = tmp_path / "run"
     where: dict[int, str] = {}  # worker pid -> the node (raylet pid) it ran on

@@ -118,6 +118,7 @@ def test_sweep_with_postgres_storage_stops_and_resumes_exactly(postgres_url, ray
         "eval": {"validation_size": 64, "test_size": 64},
         "resources": {"cpus": 1, "max_failures": 1},
         "storage": {"optuna": postgres_url},
+        "sampler": {"extra_trials": 0},  # a fixed budget: the trial counts below are exact
     })  # fmt: skip
     run = tmp_path / "run"
     t0 = time.perf_counter()
@@ -161,7 +162,7 @@ def test_no_file_or_output_of_a_sweep_and_its_report_holds_the_password(postgres
     pw = "pw-Kx93zQ-never-shown"
     url = postgres_url.replace("postgres@", f"postgres:{pw}@")
     base = {"axes": {"dataset_size": [64]}, "learning_rate": {"low": 1e-3, "high": 3e-2}, "trials_per_cell": 1,
-            "eval": {"validation_size": 32, "test_size": 32}}  # fmt: skip
+            "eval": {"validation_size": 32, "test_size": 32}, "sampler": {"extra_trials": 0}}  # fmt: skip
     monkeypatch.setenv("SCALING_OPTUNA_URL", url)
     for name, optuna_value in (("viaenv", "${SCALING_OPTUNA_URL}"), ("literal", url)):
         spec = tmp_path / f"{name}.yaml"

@@ -47,6 +47,8 @@ TINY = {
     "eval": {"validation_size": 64, "test_size": 64},
     "train": {"batch_size": 32},
     "resources": {"cpus": 1, "max_failures": 2},
+    # a fixed budget (no extra LR trials for unbracketed cells): each test knows its trial count
+    "sampler": {"extra_trials": 0},
 }
 
 

@@ -23,6 +23,8 @@ def small_spec(name: str = "tiny", **over):
         "eval": {"validation_size": 64, "test_size": 64},
         "train": {"batch_size": 32},
         "resources": {"cpus": 1, "max_failures": 0},
+        # a fixed budget (no extra LR trials for unbracketed cells): each test knows its trial count
+        "sampler": {"extra_trials": 0},
     }
     for k, v in over.items():
         data[k] = v if not isinstance(v, dict) else {**data.get(k, {}), **v}
@@ -113,6 +115,20 @@ def test_a_diverging_trial_is_a_failed_row_and_the_sweep_goes_on(ray_local, tmp_
     assert df["error"].str.contains("Diverged|nan|inf", case=False).all()
     trials = next(iter(_storage_trials(res.optuna_url, "diverge/").values()))
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
+def test_an_unbracketed_cell_gets_its_extra_trial_through_ray_and_a_resume_adds_none(ray_local, tmp_path):
+    from scaling.sweep import run_sweep
+
+    # 1 planned trial can never bracket: the cell takes its one extra, and Ray runs it (its
+    # num_samples counts the extras a cell may take, the searcher says when it is done)
+    spec = small_spec("extra", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=1,
+                      sampler={"extra_trials": 1})  # fmt: skip
+    res = run_sweep(spec, out=tmp_path / "run")
+    assert res.counts == {"ok": 2, "failed": 0, "pruned": 0}
+    df = read_results(res.run_dir)
+    assert df["trial_id"].nunique() == 2 and df.drop_duplicates("trial_id")["learning_rate"].nunique() == 2
+    assert run_sweep(spec, out=tmp_path / "run").trials_run == 0
 
 
 def test_changed_study_in_same_run_dir_is_refused(ray_local, tmp_path):

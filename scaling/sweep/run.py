@@ -117,7 +117,7 @@ def run_sweep(
                 tune_config=tune.TuneConfig(
                     search_alg=searcher,
                     scheduler=scheduler,
-                    num_samples=todo,
+                    num_samples=searcher.most_remaining(),  # the searcher says when it is done
                     max_concurrent_trials=spec.resources.max_concurrent,
                     reuse_actors=True,
                 ),

@@ -27,7 +27,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from analysis.table import SELECT_METRIC
-from scaling.lr_sampler import BracketSampler, cell_attrs
+from scaling.lr_sampler import BracketSampler, cell_attrs, summarise_trials
 from scaling.records import _trial_status
 from scaling.spec import Cell, SpecError, StudySpec, redact_url
 
@@ -140,9 +140,30 @@ class CellSearcher(Searcher):
 
     # -- bookkeeping -------------------------------------------------------------
     def remaining(self) -> int:
+        """Trials still to run at least: every cell's trials_per_cell and repeats, plus one for each
+        cell whose told trials already ask for an extra (more may follow as trials are told)."""
         per = self.spec.trials_per_cell + self.spec.seeds.repeat_best
+        left = sum(max(0, per - c.done_search - c.done_repeat) + self._extra_wanted(c) for c in self.cells)
+        return left if self.max_trials is None else min(left, self.max_trials)
+
+    def most_remaining(self) -> int:
+        """Trials still to run at most: remaining() plus the extra LR trials cells may still take."""
+        cap = self.spec.trials_per_cell + self.spec.sampler.extra_trials
+        per = cap + self.spec.seeds.repeat_best
         left = sum(max(0, per - c.done_search - c.done_repeat) for c in self.cells)
         return left if self.max_trials is None else min(left, self.max_trials)
+
+    def _extra_wanted(self, st: _CellState) -> bool:
+        """True when a cell's LR trials are all told, its best is not bracketed (nor at the range's
+        edge on its open side) and sampler.extra_trials allows one more."""
+        tpc, extra = self.spec.trials_per_cell, self.spec.sampler.extra_trials
+        if st.in_flight_search or st.orphans or not tpc <= st.done_search < tpc + extra:
+            return False
+        search = [t for t in st.study.get_trials(deepcopy=False)
+                  if t.state.is_finished() and t.user_attrs.get("phase", "search") == "search"]  # fmt: skip
+        lr = self.spec.learning_rate
+        cell = summarise_trials(search, lo=lr.low, hi=lr.high)
+        return not cell.done
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
@@ -181,6 +202,16 @@ class CellSearcher(Searcher):
         open_cells = [
             st for st in self.cells if st.done_search + st.in_flight_search < self.spec.trials_per_cell
         ]
+        # a cell whose LR trials left its optimum unbracketed: one more, on the open side
+        # (asked alone, once its trials are told, so the sampler steps from what they said)
+        extra = [] if open_cells else [st for st in self.cells if self._extra_wanted(st)]
+        if extra and self._budget() > 0:
+            st = min(extra, key=lambda s: -s.cell.dataset_size * s.cell.epochs)
+            number, lr = self._ask_search(st)
+            st.in_flight_search += 1
+            if self.spec.packing.adapters_per_worker > 1:
+                return self._start_pack(trial_id, st, [(number, lr, self.spec.seeds.base, "search")])
+            return self._start(trial_id, st, number, lr, self.spec.seeds.base, "search")
         if open_cells:
             in_turn = self.spec.sampler.kind == "bracket"
             st = min(
@@ -303,7 +334,7 @@ class CellSearcher(Searcher):
 
     def _budget(self) -> int:
         """How many more Optuna trials max_trials allows (members of a pack count one each)."""
-        return self.spec.planned_trials() if self.max_trials is None else self.max_trials - self.started
+        return self.spec.max_trials() if self.max_trials is None else self.max_trials - self.started
 
     def _best(self, st: _CellState) -> optuna.trial.FrozenTrial | None:
         done = [
