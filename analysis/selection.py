@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.lr import best_lr
+from analysis.lr_cell import best_lr
 from analysis.table import LOSS, MAXIMISED, _py, trial_summary
 
 __all__ = [
@@ -83,7 +83,7 @@ def select(
     """Choose each cell's config on the validation split of ``metric`` (in its direction).
 
     ``bootstrap``/``seed``/``level`` go to `best_lr` (they set the LR intervals, never the choice);
-    ``lr_range`` (the searched (low, high), e.g. from `analysis.lr.search_range` of the spec) lets it
+    ``lr_range`` (the searched (low, high), e.g. from `analysis.lr_edge.search_range` of the spec) lets it
     tell a best LR beyond the range from one that was never bracketed.
     Raises ValueError when the table lacks the metric's validation column.
     """

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.lr import best_lr
+from analysis.lr_cell import best_lr
 from scaling.records import read_results
 from scaling.spec import parse_spec
 

@@ -6,7 +6,7 @@ Side by side, on the same cells and the same trial budget:
   * "bracket": `scaling.lr_sampler.BracketSampler`, cells sharing one storage so
     later cells start at the LR the earlier, bracketed ones predict.
 Per cell it reports whether the best LR was bracketed after 3 trials (a tried LR
-on each side), the lr* interval width (lr_high / lr_low of `analysis.lr.best_lr`,
+on each side), the lr* interval width (lr_high / lr_low of `analysis.lr_cell.best_lr`,
 90%, after the full budget) and lr*'s distance from the reference (a dense grid
 of 12 LRs on the real model; the planted optimum in the synthetic mode).
 Goal: bracketed with 3 trials in >= 80% of cells, lr* within 1.3x of the reference.
@@ -30,7 +30,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from analysis.lr import best_lr
+from analysis.lr_cell import best_lr
 from scaling.lr_sampler import BracketSampler, cell_attrs
 from scaling.models import BUILTIN_TINY, ensure_base_model
 from scaling.spec import parse_spec

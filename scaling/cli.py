@@ -169,7 +169,7 @@ def sweep(
 def _searched_range(where: Path):
     """The LR range the run searched (its spec.yaml), or None for a bare table. Reads the spec
     copy only: the caller has the table already."""
-    from analysis.lr import search_range
+    from analysis.lr_edge import search_range
     from scaling.records import RecordsError, _load_spec
 
     try:
@@ -324,7 +324,8 @@ def best_lr_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Best learning rate per (dataset size, epochs[, LoRA rank]) cell and the fitted LR rule."""
-    from analysis.lr import BOOTSTRAP, lr_rule
+    from analysis.lr_cell import BOOTSTRAP
+    from analysis.lr_trend import lr_rule
 
     df = _read_any(run_dir)
     sel = _selection_or_fail(df, run_dir, metric=metric, bootstrap=BOOTSTRAP, lr_range=_searched_range(run_dir))

@@ -48,7 +48,7 @@ class StudyResult:
 @dataclass(frozen=True)
 class BestLR:
     """Best LR per cell (``cells``: lr_best with its interval lr_low..lr_high, edge kind and
-    advice), the fitted LR rule (``rule``, an analysis.lr.LRRule) or, when none could be
+    advice), the fitted LR rule (``rule``, an analysis.lr_trend.LRRule) or, when none could be
     fitted with intervals, ``rule_reason``."""
 
     cells: pd.DataFrame
@@ -85,7 +85,8 @@ class Study:
 
     def best_lr(self, *, metric: str = "eval_loss") -> BestLR:
         """Best LR per cell, chosen on validation in the metric's direction, and the LR rule."""
-        from analysis.lr import lr_rule, search_range
+        from analysis.lr_edge import search_range
+        from analysis.lr_trend import lr_rule
         from analysis.selection import select
 
         sel = select(self.results(), metric=metric, bootstrap=200,

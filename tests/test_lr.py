@@ -9,15 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.lr import (
-    LREdgeWarning,
-    LRRule,
-    LRRuleError,
-    best_lr,
-    lr_rule,
-    search_range,
-    selection_columns,
-)
+from analysis.lr_cell import best_lr, selection_columns
+from analysis.lr_edge import LREdgeWarning, search_range
+from analysis.lr_trend import LRRule, LRRuleError, lr_rule
 
 SIZES = (1000, 4000, 16000, 64000)
 EPOCHS = (1, 3)

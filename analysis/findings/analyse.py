@@ -23,7 +23,7 @@ from analysis.findings.epochs import epochs_finding
 from analysis.findings.lr import lr_finding
 from analysis.findings.recommend import recommend_finding
 from analysis.findings.study import study_finding
-from analysis.lr import search_range
+from analysis.lr_edge import search_range
 from analysis.selection import axes_of, select, selected_points
 from analysis.table import SELECT, Run, trial_summary
 
@@ -73,7 +73,7 @@ def _select(an: Analysis) -> Finding:
         an.best = None
         an.points = selected_points(an.table, pd.DataFrame(), by=an.by)
         return Finding(numbers=out)
-    try:  # the searched range tells "beyond the range" from "not bracketed" (analysis.lr)
+    try:  # the searched range tells "beyond the range" from "not bracketed" (analysis.lr_edge)
         lr_range = search_range(an.spec)
     except ValueError:
         lr_range = None

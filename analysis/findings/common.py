@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit import LawFit
-from analysis.lr import LRRule
+from analysis.lr_trend import LRRule
 from analysis.selection import series, series_points
 from analysis.table import Run, _py
 

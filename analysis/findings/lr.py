@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.findings.common import LR_PREDICT_AT, MIN_TRIALS_IMPORTANCE, Analysis, Finding
-from analysis.lr import LRRule, lr_rule
+from analysis.lr_trend import LRRule, lr_rule
 from analysis.selection import series_label
 from analysis.table import SELECT, _py
 

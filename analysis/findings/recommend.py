@@ -55,7 +55,7 @@ def recommend_finding(an: Analysis) -> Finding:
         add("failures", f"{tr['failed']} of {tr['total']} trials failed; see section 1 for their errors.{extra}",
             failed=tr["failed"], diverged=diverged)  # fmt: skip
     # LR range: a best LR at the searched range's edge wants a wider range; one at the edge of
-    # the LRs tried inside a wider range wants more trials in that cell (analysis.lr edge kinds)
+    # the LRs tried inside a wider range wants more trials in that cell (analysis.lr_edge kinds)
     edges = N.get("lr", {}).get("edges", [])
     rng = N.get("lr", {}).get("searched_range") or [None, None]
     for side, word in (("high", "upward"), ("low", "downward"), ("both", "around the single value")):
