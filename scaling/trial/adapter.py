@@ -47,6 +47,8 @@ class PackedTrial:
     # while it trains, its LoRA weights by module name: A (r, in), B (out, r), as peft keeps
     # them in lora_A / lora_B; emptied when it leaves
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    # where its trained adapter is written (peft format) when it ends well; None: not kept
+    save_to: str | None = None
 
 
 # -----------------------------------------------------------------------------

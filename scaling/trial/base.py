@@ -6,7 +6,8 @@ Read top to bottom:
   2. the task's token ids, cached per worker (train pools are nested: only the new tail)
   3. batches (right-padded for training and scoring, left-padded for decoding)
   4. the model's facts a trial needs: its KV-cache argument, Kaplan's N
-  5. attach_lora: the one place an adapter's initial A, B are made
+  5. attach_lora: the one place an adapter's initial A, B are made; save_lora writes a
+     trained one in peft's own format
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from scaling.trial.config import TrialConfig
 
 __all__ = [
     "WorkerBase", "attach_lora", "cache_kwarg", "get_base", "get_data", "left_padded",
-    "non_embedding_params", "right_padded", "weights_fingerprint",
+    "non_embedding_params", "right_padded", "save_lora", "weights_fingerprint",
 ]  # fmt: skip
 
 # -----------------------------------------------------------------------------
@@ -162,3 +163,29 @@ def attach_lora(model: torch.nn.Module, cfg: TrialConfig) -> torch.nn.Module:
             return get_peft_model(model, lora)
     except ValueError as e:
         raise ValueError(f"target_modules {cfg.target_modules} do not fit model {cfg.model!r}: {e}") from e
+
+
+def save_lora(model: torch.nn.Module, cfg: TrialConfig, weights: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              out_dir: str) -> torch.nn.Module:  # fmt: skip
+    """Write a trained adapter (``weights``: module name -> (A, B), as peft keeps lora_A / lora_B)
+    in peft's format to ``out_dir``: peft itself attaches the same LoRA to the unwrapped base
+    ``model``, takes the weights and saves, so `PeftModel.from_pretrained(base, out_dir)` loads
+    it; the base comes back unchanged (unload: returned, as in trial/pack.py) and the global RNG
+    is left as it was."""
+    with torch.random.fork_rng(devices=[]):  # attach_lora seeds torch; a pack's others must not see it
+        peft_model = attach_lora(model, cfg)
+    try:
+        got = set()
+        with torch.no_grad():
+            for name, mod in model.named_modules():
+                if name in weights and hasattr(mod, "lora_A") and "default" in mod.lora_A:
+                    a, b = weights[name]
+                    mod.lora_A["default"].weight.copy_(a)
+                    mod.lora_B["default"].weight.copy_(b)
+                    got.add(name)
+        if got != set(weights):  # never expected: the same cfg wraps the same modules
+            raise RuntimeError(f"adapter modules {sorted(set(weights) - got)} not found when saving")
+        peft_model.save_pretrained(out_dir)
+    finally:
+        model = peft_model.unload()
+    return model

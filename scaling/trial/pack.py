@@ -88,6 +88,7 @@ from scaling.trial.base import (
     get_data,
     non_embedding_params,
     right_padded,
+    save_lora,
     weights_fingerprint,
 )
 from scaling.trial.config import TrialConfig
@@ -187,9 +188,11 @@ class Pack:
 
     # 1b. joining
     def add(self, cfg: TrialConfig, *, report: Callable[[dict], None] | None = None,
-            should_stop: Callable[[dict], bool] | None = None) -> PackedTrial:  # fmt: skip
+            should_stop: Callable[[dict], bool] | None = None, save_to: str | None = None) -> PackedTrial:  # fmt: skip
         """Join the pack; trains from the next step(). Raises ValueError for a config that
-        cannot be packed or is bad, TaskError for unusable data (nothing joins then)."""
+        cannot be packed or is bad, TaskError for unusable data (nothing joins then).
+        save_to: a directory where the trained adapter is written in peft's format when the
+        trial ends well (all epochs, or stopped early)."""
         if self._closed:
             raise RuntimeError("the pack is closed")
         if self.solo and self.trials:
@@ -211,7 +214,7 @@ class Pack:
         self._targets = cfg.target_modules
         self._layout.dropout = cfg.lora_dropout  # 0 unless solo
         self._wrap(True)
-        handle = PackedTrial(cfg=cfg)
+        handle = PackedTrial(cfg=cfg, save_to=save_to)
         adapter = _Adapter(cfg, handle, train=train, val=val, test=test, init=init,
                            base_params=self._base_params, t0=t0, report=report,
                            should_stop=should_stop)  # fmt: skip
@@ -372,12 +375,25 @@ class Pack:
                 out[id(a)] = (v, t)
         return out
 
-    def _leave(self, a: _Adapter, *, error: BaseException | None = None) -> None:
+    def _leave(self, a: _Adapter, *, error: BaseException | None = None, save: bool = True) -> None:
         self._active.remove(a)
         a.handle.status = "ok" if error is None else "failed"
         a.handle.error = error
+        if error is None and save and a.handle.save_to:
+            self._save(a)
         a.handle.lora = {}
         a.opt = a.A = a.B = a.params = None  # free the adapter's weights and AdamW state
+
+    def _save(self, a: _Adapter) -> None:
+        """Write a finished adapter to its save_to in peft's format (trial/base.py save_lora): the
+        base is unwrapped for it, as for a join, so the file is what a solo peft trial saves."""
+        weights = {n: (a.A[n].detach().cpu(), a.B[n].detach().cpu()) for n in self._names}
+        self._wrap(False)
+        try:
+            self._base.model = save_lora(self._base.model, a.cfg, weights, a.handle.save_to)
+        finally:
+            if self._names:
+                self._wrap(True)
 
     # 1d. the loop, and closing
     def run(self, *, fill: Callable[[Pack], None] | None = None) -> list[PackedTrial]:
@@ -398,7 +414,7 @@ class Pack:
             return
         self._closed = True
         for a in list(self._active):
-            self._leave(a)
+            self._leave(a, save=False)
             a.handle.status = "cancelled"
         if self._base is None:
             return
@@ -433,17 +449,21 @@ def run_packed(
     cache: dict | None = None,
     max_adapters: int | None = None,
     threads: int | None = None,
+    save_to: list[str | None] | None = None,
 ) -> list[list[dict] | BaseException]:
     """Train cfgs as one pack; per config, its history (the dicts passed to its report,
     as run_trial returns them) or the exception that ended it (TrialDiverged, ValueError,
     TaskError, or what its callback raised): one failure never stops the others.
 
     max_adapters caps how many train at once (default: all); the rest join, in order, as
-    earlier ones leave. threads defaults to the first config's threads."""
+    earlier ones leave. threads defaults to the first config's threads. save_to: per config, a
+    directory for its trained adapter (peft format) or None."""
     if reports is not None and len(reports) != len(cfgs):
         raise ValueError(f"reports must have one entry per config: {len(reports)} for {len(cfgs)} configs")
     if should_stops is not None and len(should_stops) != len(cfgs):
         raise ValueError(f"should_stops must have one entry per config: {len(should_stops)} for {len(cfgs)}")
+    if save_to is not None and len(save_to) != len(cfgs):
+        raise ValueError(f"save_to must have one entry per config: {len(save_to)} for {len(cfgs)} configs")
     if max_adapters is not None and max_adapters < 1:
         raise ValueError(f"max_adapters must be >= 1, got {max_adapters!r}")
     results: list[list[dict] | BaseException | None] = [None] * len(cfgs)
@@ -456,7 +476,8 @@ def run_packed(
             i = queue.pop(0)
             try:
                 handles[i] = pack.add(cfgs[i], report=reports[i] if reports else None,
-                                      should_stop=should_stops[i] if should_stops else None)  # fmt: skip
+                                      should_stop=should_stops[i] if should_stops else None,
+                                      save_to=save_to[i] if save_to else None)  # fmt: skip
             except ValueError as e:  # a bad or unpackable config (TaskError is a ValueError)
                 results[i] = e
 
@@ -477,6 +498,7 @@ def run_trial(
     report: Callable[[dict], None] | None = None,
     cache: dict | None = None,
     should_stop: Callable[[dict], bool] | None = None,
+    save_to: str | None = None,
 ) -> list[dict]:
     """Fine-tune a LoRA adapter for cfg.epochs epochs, evaluating after each.
 
@@ -484,10 +506,11 @@ def run_trial(
     when training blows up (NaN/inf loss or gradient, or a dead zero gradient), TaskError for
     unusable data (e.g. characters the tokenizer does not know), ValueError for a bad config.
     Deterministic on CPU for a config: the same cfg gives the same metrics (wall time aside),
-    whether the base model comes from cache or is loaded fresh.
+    whether the base model comes from cache or is loaded fresh. save_to: a directory where the
+    trained adapter is written in peft's format (`PeftModel.from_pretrained(base, save_to)`).
     """
     with Pack(cache=cache, threads=cfg.threads, solo=True) as pack:
-        handle = pack.add(cfg, report=report, should_stop=should_stop)
+        handle = pack.add(cfg, report=report, should_stop=should_stop, save_to=save_to)
         pack.run()
     if handle.status == "failed":
         raise handle.error
