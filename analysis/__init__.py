@@ -13,7 +13,7 @@ from typing import Any
 _WHERE = {
     "fit_law": "analysis.fit", "LawFit": "analysis.fit", "holdout": "analysis.fit", "compare": "analysis.fit",
     "best_lr": "analysis.lr", "lr_rule": "analysis.lr", "LRRule": "analysis.lr", "search_range": "analysis.lr",
-    "detect_jumps": "analysis.emergence", "check_mirage": "analysis.emergence",
+    "detect_jumps": "analysis.jumps", "check_mirage": "analysis.mirage",
     "select": "analysis.selection", "trial_summary": "analysis.table", "Run": "analysis.table",
     "analyse": "analysis.findings", "write_report": "analysis.report", "plan_budget": "analysis.plan",
 }  # fmt: skip
