@@ -14,7 +14,7 @@ _WHERE = {
     "fit_law": "analysis.fit", "LawFit": "analysis.fit", "holdout": "analysis.fit", "compare": "analysis.fit",
     "best_lr": "analysis.lr_cell", "lr_rule": "analysis.lr_trend", "LRRule": "analysis.lr_trend",
     "search_range": "analysis.lr_edge",
-    "detect_jumps": "analysis.emergence", "check_mirage": "analysis.emergence",
+    "detect_jumps": "analysis.jumps", "check_mirage": "analysis.mirage",
     "select": "analysis.selection", "trial_summary": "analysis.table", "Run": "analysis.table",
     "analyse": "analysis.findings", "write_report": "analysis.report", "plan_budget": "analysis.plan",
 }  # fmt: skip

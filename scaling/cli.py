@@ -372,7 +372,8 @@ def emergence(
 ) -> None:
     """Is there a sudden jump in a metric? On a run: per series, on the configs chosen on validation
     (mean over their seeds), with the continuous-metric check, as the report does."""
-    from analysis.emergence import check_mirage, detect_jumps
+    from analysis.jumps import detect_jumps
+    from analysis.mirage import check_mirage
     from analysis.selection import higher_is_better, series, series_points
 
     df = _read_any(table)

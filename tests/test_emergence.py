@@ -10,16 +10,9 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from analysis.emergence import (
-    JumpResult,
-    MirageResult,
-    SeedJumpResult,
-    binomial_se,
-    breakthroughness,
-    check_mirage,
-    detect_jumps,
-    jumps_across_seeds,
-)
+from analysis.jump_seeds import SeedJumpResult, jumps_across_seeds
+from analysis.jumps import JumpResult, binomial_se, breakthroughness, detect_jumps
+from analysis.mirage import MirageResult, check_mirage
 
 # GPT-3 few-shot 3-digit addition, Brown et al. 2020 (params in billions, accuracy %)
 GPT3_X = [0.125, 0.35, 0.76, 1.3, 2.7, 6.7, 13, 175]

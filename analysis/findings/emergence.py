@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from analysis.emergence import check_mirage
 from analysis.findings.common import CONTINUOUS, DISCONTINUOUS, Analysis, Finding
+from analysis.mirage import check_mirage
 from analysis.table import _py
 
 __all__ = ["emergence_finding"]
