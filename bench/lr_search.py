@@ -32,11 +32,12 @@ import pandas as pd
 
 from analysis.lr_cell import best_lr
 from scaling.lr_sampler import BracketSampler, cell_attrs
-from scaling.models import BUILTIN_TINY, ensure_base_model
+from scaling.models import ensure_base_model
 from scaling.spec import parse_spec
 from scaling.sweep.searcher import (
     _sampler as sweep_tpe_sampler,  # today's TPE, as the sweep builds it
 )
+from scaling.tiny import BUILTIN_TINY
 
 # the one import of the trial code: scaling/train.py moves to scaling/trial/, change this line then
 from scaling.trial import TrialConfig, TrialDiverged, run_trial

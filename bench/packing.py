@@ -31,7 +31,7 @@ import time
 
 
 def _configs(args: argparse.Namespace, k: int) -> list:
-    from scaling.models import BUILTIN_TINY
+    from scaling.tiny import BUILTIN_TINY
     from scaling.trial import TrialConfig
 
     lrs = [3e-3] if k == 1 else [1e-3 * 10 ** (i / (k - 1)) for i in range(k)]  # the demo's LR range

@@ -13,7 +13,8 @@ import time
 import torch
 
 from analysis.table import METRIC_KEYS
-from scaling.models import BUILTIN_TINY, ensure_base_model
+from scaling.models import ensure_base_model
+from scaling.tiny import BUILTIN_TINY
 from scaling.trial import TrialConfig, run_packed, run_trial
 
 

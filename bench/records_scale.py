@@ -1,5 +1,5 @@
 """Per-append time and full-read time of the results table at 1k, 10k and 100k rows: the part-file
-layout (scaling.records) beside the whole-file rewrite it replaced (append_rows at commit 2bcee32,
+layout (scaling.records_io) beside the whole-file rewrite it replaced (append_rows at commit 2bcee32,
 loaded from git at run time into a temp module).
 
 An append is one trial's 4 rows (4 epochs), as the sweep's recorder writes them. The new layout is
@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scaling import records  # noqa: E402
+from scaling import records, records_io  # noqa: E402
 
 OLD_COMMIT = "2bcee32"
 SIZES = (1_000, 10_000, 100_000)
@@ -80,10 +80,10 @@ def bench_new(base: Path) -> dict[int, dict[str, float]]:
         took.append(time.perf_counter() - t)
         if n in SIZES:
             w = np.array(took[-WINDOW:]) * 1e3
-            files = len(records.result_files(run))
+            files = len(records_io.result_files(run))
             out[n] = {"mean_ms": w.mean(), "p99_ms": np.percentile(w, 99), "max_ms": w.max(),
                       "read_s": timed_read(run), "files": files}  # fmt: skip
-    records._WRITERS.clear()  # a resumed sweep's process: its first append reads the keys from disk
+    records_io._WRITERS.clear()  # a resumed sweep's process: its first append reads the keys from disk
     t = time.perf_counter()
     records.append_rows(run, trial_rows(len(took)))
     out[max(SIZES)]["reopen_s"] = time.perf_counter() - t

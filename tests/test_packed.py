@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from analysis.table import METRIC_KEYS
-from scaling.models import BUILTIN_TINY
+from scaling.tiny import BUILTIN_TINY
 from scaling.trial import MultiLoRALinear, Pack, TrialConfig, TrialDiverged, run_packed, run_trial
 from scaling.trial.layer import _Layout as Layout
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from analysis.table import COLUMNS
-from scaling.records import RecordsError, RunLock, RunLocked, append_rows, read_results, read_run
+from scaling.records import RunLock, RunLocked, append_rows, read_results, read_run
+from scaling.records_io import RecordsError
 from scaling.spec import parse_spec
 
 
@@ -105,7 +106,7 @@ def _files(run):
 
 
 def test_row_key_is_trial_epoch_phase(tmp_path):
-    from scaling.records import ROW_CONFIG, ROW_KEY
+    from scaling.records_io import ROW_CONFIG, ROW_KEY
 
     assert ROW_KEY == ("trial_id", "epoch", "phase")
     assert ROW_CONFIG == ("learning_rate", "dataset_size", "epochs", "lora_r", "seed")
@@ -139,7 +140,8 @@ def test_identical_replay_is_dropped(tmp_path):
 
 
 def test_many_appends_read_as_one_table_and_compact_into_results_parquet(tmp_path):
-    from scaling.records import compact, result_files
+    from scaling.records import compact
+    from scaling.records_io import result_files
 
     n = 300  # 16 parts merge into one, 16 of those into one: results.parquet + 256 + 2x16 + 11 single parts
     for i in range(n):
@@ -261,7 +263,8 @@ def test_an_old_run_opens_and_its_first_append_migrates_it(tmp_path):
 
 def test_duckdb_reads_the_same_rows_as_pandas(tmp_path):
     duckdb = pytest.importorskip("duckdb")
-    from scaling.records import compact, result_files
+    from scaling.records import compact
+    from scaling.records_io import result_files
 
     for i in range(40):
         append_rows(tmp_path, _trial(i))
@@ -347,7 +350,8 @@ def test_values_are_coerced_to_the_column_types_or_refused(tmp_path):
 
 _TOO_BIG = """
 import resource, signal, sys
-from scaling.records import RecordsError, append_rows
+from scaling.records import append_rows
+from scaling.records_io import RecordsError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
 rows = [{"study": "s", "trial_id": f"big#{i}", "epoch": 1, "status": "ok", "error": "x" * 100 + str(i)}
