@@ -166,6 +166,9 @@ def sweep(
     shown = f'"{raw}"' if raw and "${" in raw else redact_url(res.optuna_url)
     console.print(f"  Optuna storage  {redact_url(res.optuna_url)}   (optuna-dashboard {shown})")
     console.print(f"  Ray Tune state  {res.run_dir / 'ray'}")
+    if res.adapters:
+        console.print(f"  adapters        {res.run_dir / 'adapters'}  ({len(res.adapters)} cells' selected "
+                      f"trials, peft format; `scaling export {res.run_dir}` writes one out)")  # fmt: skip
 
 
 def _searched_range(where: Path):
@@ -533,6 +536,28 @@ def models_import_gguf(
         _fail(str(err), code=1)
     console.print(f"[bold]wrote[/] {out}: {info['architecture']}, {info['parameters']:,} parameters "
                   f"({info['dtype']}), in {info['seconds']:.1f}s from {info['source']}")  # fmt: skip
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="run directory of a finished sweep")],
+    out: Annotated[Path, typer.Option("--out", help="folder to write (new or empty)")],
+    cell: Annotated[str | None, typer.Option(help="cell key, e.g. 'D=4800,E=4,r=8' (default: the cell "
+                                                  "whose selected trial has the lowest validation loss)")] = None,
+    merge: Annotated[bool, typer.Option(help="write the base model with the adapter merged in (and its "
+                                             "tokenizer) instead of the adapter alone")] = False,
+) -> None:
+    """Write a kept adapter (the one a cell's validation picked), or the merged model, with a README."""
+    from scaling.adapters import export as export_adapter
+
+    try:
+        key, where = export_adapter(run_dir, out, cell=cell, merge=merge)
+    except ValueError as err:
+        _fail(str(err))
+    console.print(f"[bold]wrote[/] {where}: cell {key}, " + ("merged model + tokenizer" if merge else "LoRA adapter")
+                  + " and README.md")  # fmt: skip
+    for f in sorted(where.iterdir()):
+        console.print(f"  {f.name}")
 
 
 @models_app.command("smollm2-path")

@@ -254,6 +254,9 @@ class StorageSpec(_Frozen):
     # environment when the sweep opens it: a password then never sits in the spec at all
     optuna: str | None = None
     results_dir: str = "runs"  # the run directory is <results_dir>/<name>
+    # trained adapters kept under <run dir>/adapters/: "best" the one each cell's selection picks
+    # (adapters/<cell>/, peft format), "all" every trial's too (adapters/trials/), "none" none
+    keep_adapters: Literal["best", "all", "none"] = "best"
 
     @field_validator("optuna")
     @classmethod

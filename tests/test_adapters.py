@@ -10,7 +10,8 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from scaling.models import BUILTIN_TINY, end_of_answer_ids, load_base_model
+from scaling.models import end_of_answer_ids, load_base_model
+from scaling.tiny import BUILTIN_TINY
 from scaling.trial import TrialConfig, run_packed, run_trial
 from scaling.trial.base import cache_kwarg, get_base, get_data
 from scaling.trial.evaluate import evaluate
@@ -68,3 +69,80 @@ def test_a_packed_trial_saves_what_the_solo_trial_saves(worker, tmp_path):
 def test_a_failed_trial_saves_nothing(worker, tmp_path):
     out = run_packed([_cfg(learning_rate=50.0)], cache=worker, save_to=[str(tmp_path / "x")])
     assert isinstance(out[0], BaseException) and not (tmp_path / "x").exists()
+
+
+# the sweep keeps each cell's selected adapter --------------------------------------------
+from test_sweep import ray_local, small_spec  # noqa: E402, F401  (fixture)
+from typer.testing import CliRunner  # noqa: E402
+
+from analysis.selection import select  # noqa: E402
+from scaling.cli import app  # noqa: E402
+from scaling.records import read_results  # noqa: E402
+
+
+def _trial_cfg(spec, row) -> TrialConfig:
+    return _cfg(dataset_size=int(row["dataset_size"]), epochs=int(row["epochs"]), validation_size=64,
+                test_size=64, learning_rate=float(row["learning_rate"]))  # fmt: skip
+
+
+def test_a_sweep_keeps_each_cells_selected_adapter_and_export_writes_it(ray_local, tmp_path):
+    from scaling.sweep import run_sweep
+
+    spec = small_spec("keep", axes={"dataset_size": [64], "epochs": [1, 2]}, trials_per_cell=2,
+                      packing={"adapters_per_worker": 2})  # fmt: skip
+    res = run_sweep(spec, out=tmp_path / "run")
+    df = read_results(res.run_dir)
+    chosen = select(df).best.set_index(["dataset_size", "epochs"])["trial_id_best"]
+    root = res.run_dir / "adapters"
+    assert sorted(p.name for p in root.iterdir()) == ["D=64,E=1,r=8", "D=64,E=2,r=8"]  # best only
+    assert [p.name for p in res.adapters] == ["D=64,E=1,r=8", "D=64,E=2,r=8"]
+    for (d, e), tid in chosen.items():
+        folder = root / f"D={d},E={e},r=8"
+        meta = json.loads((folder / "scaling.json").read_text())
+        assert meta["trial_id"] == tid
+        last = df[df.trial_id == tid].sort_values("epoch").iloc[-1]
+        got = reloaded_test_metrics(_trial_cfg(spec, last), folder)
+        assert got["eval_loss"] == pytest.approx(last["test_eval_loss"], abs=1e-4)
+        assert meta["metrics"]["test_eval_loss"] == pytest.approx(last["test_eval_loss"])
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(res.run_dir), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 0, r.output
+    best_cell = min(chosen.items(), key=lambda kv: df[df.trial_id == kv[1]]["val_eval_loss"].iloc[-1])
+    assert f"cell D=64,E={best_cell[0][1]},r=8" in r.output
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {p.name for p in (tmp_path / "x").iterdir()}
+    r = runner.invoke(app, ["export", str(res.run_dir), "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "not empty" in r.output  # never overwrites
+    r = runner.invoke(app, ["export", str(res.run_dir), "--cell", "D=1,E=1,r=8", "--out", str(tmp_path / "y")])
+    assert r.exit_code != 0 and "D=64,E=1,r=8" in r.output  # names the cells there are
+
+    # --merge: a plain transformers checkpoint that scores what the adapter scores
+    from transformers import AutoModelForCausalLM
+
+    r = runner.invoke(app, ["export", str(res.run_dir), "--cell", "D=64,E=2,r=8", "--merge", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    tid = chosen[(64, 2)]
+    last = df[df.trial_id == tid].sort_values("epoch").iloc[-1]
+    cfg = _trial_cfg(spec, last)
+    _, tokenizer = load_base_model(cfg.model, device="cpu")
+    test = get_data(cfg, {}, get_base(cfg, {}, "cpu"))[2]
+    m = evaluate(merged, test, pad_id=tokenizer.pad_token_id, cache_kw=cache_kwarg(merged), batch_size=128,
+                 device="cpu", stop_ids=end_of_answer_ids(tokenizer))[0]  # fmt: skip
+    assert m["eval_loss"] == pytest.approx(last["test_eval_loss"], abs=1e-4)
+
+
+def test_keep_adapters_all_and_none(ray_local, tmp_path):
+    from scaling.sweep import run_sweep
+
+    spec = small_spec("keepall", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=2,
+                      storage={"keep_adapters": "all"})  # fmt: skip
+    res = run_sweep(spec, out=tmp_path / "all")
+    trials = sorted(p.name for p in (res.run_dir / "adapters" / "trials").iterdir())
+    assert trials == sorted(t.split("/", 1)[1] for t in read_results(res.run_dir)["trial_id"].unique())
+    assert (res.run_dir / "adapters" / "D=64,E=1,r=8" / "adapter_model.safetensors").exists()
+    assert not (res.run_dir / "adapters" / ".incoming").exists()
+    none = small_spec("keepnone", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=1,
+                      storage={"keep_adapters": "none"})  # fmt: skip
+    res = run_sweep(none, out=tmp_path / "none")
+    assert res.adapters == [] and not (res.run_dir / "adapters").exists()

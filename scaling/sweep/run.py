@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Ray Tune writes CSV/JSON/TensorBoard logs per trial by default; our table is the record.
@@ -38,7 +38,7 @@ from scaling.spec import SpecError, StudySpec  # noqa: E402
 from scaling.sweep.recorder import _Recorder  # noqa: E402
 from scaling.sweep.schedule import _scheduler  # noqa: E402
 from scaling.sweep.searcher import CellSearcher, open_storage  # noqa: E402
-from scaling.sweep.worker import _make_trainable  # noqa: E402
+from scaling.sweep.worker import SINK_NAME, _make_trainable  # noqa: E402
 
 __all__ = ["SweepResult", "run_sweep"]
 
@@ -57,6 +57,7 @@ class SweepResult:
     counts: dict[str, int]
     orphans_resumed: int
     wall_seconds: float
+    adapters: list[Path] = field(default_factory=list)  # adapters/<cell>/ folders kept
 
 
 # 2. Ray --------------------------------------------------------------------------
@@ -70,6 +71,33 @@ def _init_ray(spec: StudySpec, address: str | None = None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+@ray.remote(num_cpus=0)
+class _AdapterSink:
+    """On the driver's node: writes the adapters workers send into the run directory."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = Path(run_dir)
+
+    def put(self, trial_id: str, files: dict[str, bytes]) -> str:
+        from scaling.adapters import store_files
+
+        return str(store_files(self.run_dir, trial_id, files))
+
+
+def _start_sink(run_dir: Path):
+    """The adapter sink, pinned to this (the driver's) node; killed when the sweep ends."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    try:  # a sink left by a driver that died in this Ray session
+        ray.kill(ray.get_actor(SINK_NAME))
+    except ValueError:
+        pass
+    return _AdapterSink.options(
+        name=SINK_NAME, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    ).remote(str(run_dir))
 
 
 # 3. The sweep ---------------------------------------------------------------------
@@ -109,6 +137,7 @@ def run_sweep(
 
             ensure_base_model(spec.model)  # build once here, not in every worker at once
             _init_ray(spec, ray_address)
+            sink = _start_sink(run_dir) if spec.storage.keep_adapters != "none" else None
             res = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
             scheduler = _scheduler(spec)
             tuner = tune.Tuner(
@@ -130,11 +159,19 @@ def run_sweep(
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 ),
             )
-            tuner.fit()
+            try:
+                tuner.fit()
+            finally:
+                if sink is not None:
+                    ray.kill(sink)
         results = run_dir / RESULTS_FILE
+        adapters: list[Path] = []
         if results.exists():
             compact(run_dir)  # the part files of this run's appends -> one results.parquet
-            read_results(run_dir)  # fail loudly now if what we wrote cannot be read back
+            table = read_results(run_dir)  # fail loudly now if what we wrote cannot be read back
+            from scaling.adapters import keep_selected
+
+            adapters = keep_selected(run_dir, table, keep=spec.storage.keep_adapters, model=spec.model)
         return SweepResult(
             run_dir=run_dir,
             results=results,
@@ -143,4 +180,5 @@ def run_sweep(
             counts=dict(recorder.counts),
             orphans_resumed=searcher.orphans_found,
             wall_seconds=time.perf_counter() - t0,
+            adapters=adapters,
         )

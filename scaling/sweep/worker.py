@@ -9,22 +9,29 @@ anything else raised is an infrastructure fault that Ray retries
 
 Read top to bottom:
   1. _trial_config: the spec and the Ray config -> one TrialConfig
-  2. _make_trainable: one Ray trial = one solo trial, or one pack (_run_pack)
+  2. _make_trainable: one Ray trial = one solo trial, or one pack (_run_pack); each trial
+     that ends well sends its adapter to the driver's sink (storage.keep_adapters)
   3. the worker's memory: _trim_heap, _worker_stats
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from analysis.table import SELECT_METRIC
 from scaling.spec import StudySpec
 
-__all__: list[str] = []
+__all__ = ["SINK_NAME"]
+
+SINK_NAME = "scaling-adapter-sink"  # the driver's actor that writes adapters into the run dir
 
 # Kept alive in each Ray worker process between reused trials (base model, tokenised pools).
 _WORKER_CACHE: dict[str, Any] = {}
@@ -69,13 +76,16 @@ def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
             return _run_pack(spec, config)
         cfg = _trial_config(spec, config, learning_rate=config["learning_rate"], seed=config["seed"])
         last: dict[str, Any] = {"epoch": 0}
+        stage = _stage(spec)
+        save_to = None if stage is None else str(Path(stage) / "a")
 
         def report(metrics: dict) -> None:
             last.update(metrics)
             tune.report({**metrics, **_worker_stats(), "epochs": cfg.epochs, "status": "ok", "error": ""})
 
         try:
-            trial.run_trial(cfg, report=report, cache=_WORKER_CACHE)
+            trial.run_trial(cfg, report=report, cache=_WORKER_CACHE, save_to=save_to)
+            _send_adapter(spec, f"{config['optuna_study']}#{config['optuna_trial']}", save_to)
         except (trial.TrialDiverged, ValueError) as err:
             # a property of the hyperparameters: retrying cannot help, record it and move on
             tune.report(
@@ -88,9 +98,32 @@ def _make_trainable(spec_dict: dict) -> Callable[[dict], None]:
                 }
             )
         finally:
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
             _trim_heap()
 
     return trainable
+
+
+def _stage(spec: StudySpec) -> str | None:
+    """A worker-local folder for the adapters of one Ray trial (None: adapters are not kept)."""
+    return None if spec.storage.keep_adapters == "none" else tempfile.mkdtemp(prefix="scaling-adapter-")
+
+
+def _send_adapter(spec: StudySpec, trial_id: str, folder: str | None) -> None:
+    """Send a saved adapter's files to the driver's sink (scaling/sweep/run.py), which writes them
+    under <run dir>/adapters/: workers share no filesystem with the driver on a cluster.
+    The trial's rows stand either way: a lost adapter is a warning here and, if the trial is
+    selected, one from keep_selected when the sweep ends."""
+    if folder is None or not os.path.isdir(folder):
+        return
+    try:
+        files = {f.name: f.read_bytes() for f in Path(folder).iterdir() if f.is_file()}
+        ray.get(ray.get_actor(SINK_NAME).put.remote(trial_id, files))
+    except Exception as err:  # never fail a trial that trained: its rows are what matters
+        import warnings
+
+        warnings.warn(f"adapter of {trial_id} not kept: {type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
 
 
 def _run_pack(spec: StudySpec, config: dict) -> None:
@@ -101,6 +134,8 @@ def _run_pack(spec: StudySpec, config: dict) -> None:
 
     members = config["members"]
     cfgs = [_trial_config(spec, config, learning_rate=m["learning_rate"], seed=m["seed"]) for m in members]
+    stage = _stage(spec)
+    save_to = None if stage is None else [str(Path(stage) / str(i)) for i in range(len(members))]
     last_epoch = [0] * len(members)
     es = spec.early_stopping
     table = None
@@ -130,10 +165,13 @@ def _run_pack(spec: StudySpec, config: dict) -> None:
     try:
         out = run_packed(cfgs, reports=[reporter(i) for i in range(len(cfgs))],
                          should_stops=[stopper(i) for i in range(len(cfgs))], cache=_WORKER_CACHE,
-                         threads=cfgs[0].threads, max_adapters=config["active"])  # fmt: skip
+                         threads=cfgs[0].threads, max_adapters=config["active"], save_to=save_to)  # fmt: skip
         for r in out:  # anything but bad hyperparameters is an infrastructure fault: Ray retries the pack
             if isinstance(r, BaseException) and not isinstance(r, TrialDiverged | ValueError):
                 raise r
+        for i, r in enumerate(out):
+            if not isinstance(r, BaseException) and save_to is not None:
+                _send_adapter(spec, f"{config['optuna_study']}#{members[i]['optuna_trial']}", save_to[i])
         for i, r in enumerate(out):
             if isinstance(r, BaseException):  # this member's hyperparameters failed: the others stand
                 tune.report(
@@ -146,6 +184,8 @@ def _run_pack(spec: StudySpec, config: dict) -> None:
                     }
                 )
     finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
         _trim_heap()
 
 
