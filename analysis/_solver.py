@@ -4,8 +4,9 @@ Everything here works on one law's fitting space: ``_space`` maps the free
 parameters z to the law's full theta, ``_Objective`` is the weighted Huber sum
 on log residuals with its gradient, ``_lbfgs_batch`` minimises many starts (or
 bootstrap resamples) at once, ``_whitener`` and ``_distinct_best`` serve the
-multi-start and bootstrap stages of ``LawFit.fit``. See analysis/fit.py's
-docstring for how a fit runs.
+multi-start and bootstrap stages of ``LawFit.fit`` (analysis/_fit_auto.py,
+analysis/_fit_bootstrap.py). See analysis/fit.py's docstring for how a fit
+runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from analysis.laws import Law
 
-__all__: list[str] = []  # private: analysis.fit imports the names it needs
+__all__: list[str] = []  # private: analysis.fit and its _fit_* helpers import what they need
 
 # LSE coefficients are bounded to +-40 nats around the median log y: a term
 # below exp(-40) ~ 4e-18 of the loss has vanished, and hitting that bound is

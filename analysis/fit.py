@@ -4,12 +4,13 @@
     fit = fit_law(law="chinchilla", data=df, x=["N", "D"], y="loss", bootstrap=1000)
     fit.params_, fit.ci_, fit.metrics_, fit.predict(df2)
 
-How a fit runs (``LawFit.fit``), top to bottom:
+How a fit runs (``LawFit.fit``), top to bottom, and where each step lives:
 
-1. validate: law, columns, values (finite, > 0), enough points, fixed params.
+1. validate: law, columns, values (finite, > 0), enough points, fixed params
+   (analysis/_fit_input.py; law="auto" first picks the law, _fit_auto.py).
 2. reparametrise: positive parameters as logs (Hoffmann et al. 2022, D.2:
    log L = LSE(a - alpha log N, b - beta log D, e)), log x centred inside each
-   power term so that a and alpha are not nearly collinear.
+   power term so that a and alpha are not nearly collinear (analysis/_solver.py).
 3. objective: SUM over points of w_i * Huber_delta(log pred_i - log y_i) / delta.
    The sum (not a mean) and the 1/delta put it at O(sum |r|) ~ O(1), where
    relative tolerances mean something: a mean Huber (~1e-5 here) under
@@ -20,12 +21,14 @@ How a fit runs (``LawFit.fit``), top to bottom:
    together, so the Python overhead is paid once per iteration, not once per
    start (scipy's L-BFGS-B start by start takes ~70 s for that grid here).
    The best distinct end points then go on at a tighter tolerance, and the
-   best one is kept.
+   best one is kept (analysis/_fit_auto.py, on analysis/_solver.py).
 5. bootstrap (optional): resampled data enter as integer weights on the
    original points, so every resample is refitted in the same batched run,
    each from the best solution and the other competitive end points of step
-   4, in coordinates whitened by the Gauss-Newton curvature at the fit.
-6. metrics and warnings (doubtful fit, flat curve, extrapolation).
+   4, in coordinates whitened by the Gauss-Newton curvature at the fit
+   (analysis/_fit_bootstrap.py).
+6. metrics and warnings (doubtful fit, flat curve, extrapolation)
+   (analysis/_fit_diagnose.py).
 """
 
 from __future__ import annotations
@@ -38,22 +41,20 @@ from typing import Any
 
 import numpy as np
 
-from analysis._solver import (
-    _BOOT_EXTRA_STARTS,
-    _BOOT_FTOL,
-    _BOOT_MAXITER,
-    _BOOT_STALL,
-    _FTOL_FINE,
-    _MAXITER_FINE,
-    _N_REFINE,
-    _distinct_best,
-    _lbfgs_batch,
-    _Objective,
-    _Space,
-    _space,
-    _whitener,
+from analysis._fit_auto import AUTO_CANDIDATES, _multistart, _select_law, _starts
+from analysis._fit_bootstrap import _bootstrap
+from analysis._fit_diagnose import _diagnose, _metrics, _param_status
+from analysis._fit_errors import FitError, FitWarning
+from analysis._fit_input import (
+    _column,
+    _columns_of,
+    _json_float,
+    _json_selection,
+    _labels,
+    _law_or_error,
+    _validate,
 )
-from analysis.laws import LAW_NAMES, Law, get_law
+from analysis._solver import _Objective, _space
 
 __all__ = [
     "FitError",
@@ -73,133 +74,11 @@ DEFAULT_DELTA = 1e-3
 # 90% intervals: what Besiroglu et al. report, and at 1,000 resamples each
 # tail holds 50 draws, enough for a stable percentile.
 DEFAULT_LEVEL = 0.9
-# law="auto": the candidates, simplest first (issue 16): power without a floor,
-# power with a floor, the rectified law of Lin et al. (2024, arXiv:2402.02314)
-# with its pre-power phase, BNSL with one break (Caballero et al. 2022).
-AUTO_CANDIDATES: tuple[str, ...] = ("power_nofloor", "power", "rectified", "bnsl")
-# Leave-largest-out: the largest fifth of the x values (at least one point)
-# is predicted from the rest. A more complex candidate wins only when its
-# held-out error is below _AUTO_SIMPLER times the best simpler one's: held-out
-# errors on a handful of points are noisy, and a tie goes to the simpler law.
-_AUTO_HOLDOUT_FRACTION = 0.2
-_AUTO_SIMPLER = 0.9
-# A log-sum-exp term (E, A, B, ...) below 1e-4 of the smallest y changes no
-# prediction by more than 0.01%, far below any loss curve's noise: an interval
-# reaching down there has not resolved that term (reported as a bound).
-_VANISHED = 1e-4
-
-
-class FitError(ValueError):
-    """Bad input to a fit: unknown law, missing column, bad values, too few points."""
-
-
-class FitWarning(UserWarning):
-    """A fit that ran but deserves doubt, or a prediction outside the fitted range."""
 
 
 # ---------------------------------------------------------------------------
-# 1. validation helpers
+# 1. the estimator
 # ---------------------------------------------------------------------------
-
-
-def _columns_of(data: Any) -> list[str]:
-    if hasattr(data, "columns"):
-        return list(data.columns)
-    if isinstance(data, Mapping):
-        return list(data.keys())
-    raise FitError(f"data must be a DataFrame or a mapping of columns, got {type(data).__name__}")
-
-
-def _labels(data: Any, n: int) -> Sequence:
-    return list(data.index) if hasattr(data, "index") else range(n)
-
-
-def _column(data: Any, name: str, *, role: str, positive: bool = True) -> np.ndarray:
-    """One numeric column as float64, finite (and > 0 if ``positive``), or FitError."""
-    cols = _columns_of(data)
-    if name not in cols:
-        raise FitError(
-            f"{role} column {name!r} not in data; available columns: {', '.join(map(str, cols))}"
-        )
-    try:
-        v = np.asarray(data[name], dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as err:
-        raise FitError(f"{role} column {name!r} is not numeric: {err}") from None
-    bad = ~np.isfinite(v)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise FitError(
-            f"{role} column {name!r} has a non-finite value {float(v[i])!r} at row "
-            f"{_labels(data, v.size)[i]!r} ({int(bad.sum())} such rows)"
-        )
-    if positive and (v <= 0).any():
-        i = int(np.flatnonzero(v <= 0)[0])
-        raise FitError(
-            f"{role} column {name!r} must be > 0 (laws are fitted in log space), got "
-            f"{float(v[i])!r} at row {_labels(data, v.size)[i]!r} ({int((v <= 0).sum())} such rows)"
-        )
-    return v
-
-
-def _as_x_list(x: str | Sequence[str], law: Law) -> list[str]:
-    lo, hi = law.n_x
-    roles = ", ".join(law.x_roles)
-    if isinstance(x, str):
-        x = [x]
-    x = list(x)
-    if not lo <= len(x) <= hi:
-        want = f"{lo}" if lo == hi else f"{lo} or {hi}"
-        raise FitError(f"law {law.name!r} needs {want} x column(s) ({roles}), got {len(x)}: {x!r}")
-    return x
-
-
-def _law_or_error(name: Any, breaks: int | None) -> Law:
-    if not isinstance(name, str) or name not in LAW_NAMES:
-        known = ", ".join((*LAW_NAMES, "auto"))
-        raise FitError(f"unknown law {name!r}; known laws: {known}")
-    if breaks is not None and name != "bnsl":
-        raise FitError(f"breaks={breaks!r} applies only to law 'bnsl', not to {name!r}")
-    try:
-        return get_law(name, breaks=1 if breaks is None else breaks)
-    except ValueError as err:
-        raise FitError(str(err)) from None
-
-
-def _check_params(law: Law, values: Mapping[str, Any], what: str) -> None:
-    names = law.param_names
-    for k in values:
-        if k not in names:
-            raise FitError(
-                f"{what} names unknown parameter {k!r} of law {law.name!r}; "
-                f"parameters: {', '.join(names)}"
-            )
-
-
-# ---------------------------------------------------------------------------
-# 5. the estimator
-# ---------------------------------------------------------------------------
-
-
-def _json_float(v: Any) -> Any:
-    if isinstance(v, int | np.integer) and not isinstance(v, bool):
-        return int(v)
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _json_selection(sel: dict[str, Any] | None) -> dict[str, Any] | None:
-    if sel is None:
-        return None
-    cands = {
-        nm: {
-            **c,
-            "holdout_error": None
-            if c["holdout_error"] is None
-            else _json_float(c["holdout_error"]),
-        }
-        for nm, c in sel["candidates"].items()
-    }
-    return {**sel, "split_at": _json_float(sel["split_at"]), "candidates": cands}
 
 
 class LawFit:
@@ -220,9 +99,10 @@ class LawFit:
     Fitted attributes: params_, ci_, metrics_, warnings_, draws_ (bootstrap
     params, natural scale, (B, p)), x_, y_, x_range_, n_starts_, optimizer_,
     law_name_ (the law fitted: the winner under "auto"), selection_ (None
-    unless "auto": see ``_select_law``), param_status_ ({param: "estimated" |
-    "fixed" | "lower_bound" | "upper_bound"}) and param_text_ ({param: a human
-    string, e.g. "alpha = 0.35 [0.33, 0.37]" or "no floor resolved: E < 0.01"}).
+    unless "auto": see analysis._fit_auto._select_law), param_status_ ({param:
+    "estimated" | "fixed" | "lower_bound" | "upper_bound"}) and param_text_
+    ({param: a human string, e.g. "alpha = 0.35 [0.33, 0.37]" or "no floor
+    resolved: E < 0.01"}).
     """
 
     def __init__(
@@ -261,417 +141,63 @@ class LawFit:
         # 1. validate
         self.selection_: dict[str, Any] | None = None
         if self.law == "auto":
-            selection = self._select_law(data, x, y, weights=weights)
+            selection = _select_law(self, data, x, y, weights=weights)
             law = _law_or_error(selection["chosen"], None)
         else:
             selection = None
             law = _law_or_error(self.law, self.breaks)
-        if not (
-            isinstance(self.delta, int | float) and math.isfinite(self.delta) and self.delta > 0
-        ):
-            raise FitError(f"delta must be a finite number > 0, got {self.delta!r}")
-        if (
-            isinstance(self.bootstrap, bool)
-            or not isinstance(self.bootstrap, int | np.integer)
-            or self.bootstrap < 0
-        ):
-            raise FitError(f"bootstrap must be an integer >= 0, got {self.bootstrap!r}")
-        if not (isinstance(self.level, int | float) and 0 < self.level < 1):
-            raise FitError(f"level must be in (0, 1), got {self.level!r}")
-        x = _as_x_list(x, law)
-        if not isinstance(y, str):
-            raise FitError(f"y must be one column name, got {y!r}")
-        cols = [_column(data, c, role="x") for c in x]
-        yv = _column(data, y, role="y")
+        inp = _validate(
+            law,
+            data,
+            x,
+            y,
+            weights=weights,
+            groups=groups,
+            delta=self.delta,
+            bootstrap=self.bootstrap,
+            level=self.level,
+            fixed=self.fixed,
+        )
+        X, yv, w, k = inp.X, inp.yv, inp.w, inp.k
         n = yv.size
-        for c, v in zip(x, cols, strict=True):
-            if v.size != n:
-                raise FitError(f"x column {c!r} has {v.size} values but y column {y!r} has {n}")
-        X = np.column_stack(cols) if n else np.zeros((0, len(x)))  # (n, q)
-        w = self._weights(data, weights, n)
-        fixed = dict(self.fixed or {})
-        _check_params(law, fixed, "fixed")
-        fixed_theta = {}
-        for nm, v in fixed.items():
-            prm = law.params[law.param_names.index(nm)]
-            if not (isinstance(v, int | float | np.floating) and math.isfinite(v)) or (
-                prm.log and v <= 0
-            ):
-                need = "a finite number > 0" if prm.log else "a finite number"
-                raise FitError(f"fixed {nm} must be {need}, got {v!r}")
-            fixed_theta[nm] = math.log(v) if prm.log else float(v)
-        k = len(law.params) - len(fixed)
-        if k == 0:
-            raise FitError(f"all parameters of law {law.name!r} are fixed: nothing to fit")
-        if n < k:
-            raise FitError(
-                f"law {law.name!r} has {k} free parameters but data has only {n} rows "
-                f"(need at least {k})"
-            )
-        codes = self._groups(data, groups, n)
 
         self.law_ = law
         self.law_name_ = law.name
         self.selection_ = selection
-        self.x_, self.y_ = list(x), y
-        self.x_range_ = {c: (float(X[:, j].min()), float(X[:, j].max())) for j, c in enumerate(x)}
-        self.fixed_ = {k_: float(v) for k_, v in fixed.items()}
+        self.x_, self.y_ = list(inp.x), y
+        self.x_range_ = {
+            c: (float(X[:, j].min()), float(X[:, j].max())) for j, c in enumerate(inp.x)
+        }
+        self.fixed_ = {k_: float(v) for k_, v in inp.fixed.items()}
         self.warnings_: list[str] = []
         self.X_, self.yv_ = X, yv  # training data, for plots and compare()
 
         # 2-3. reparametrise, objective
         ly = np.log(yv)
-        space = _space(law, X, ly, fixed_theta)
+        space = _space(law, X, ly, inp.fixed_theta)
         obj = _Objective(law, X, ly, w, float(self.delta), space)
 
         # 4. all starts, batched; the competitive distinct end points further
-        def fg(zz, rows):
-            return obj(zz)
-
-        Z0 = space.z(self._starts(law, X, fixed))
-        zb, fb, nit, status = _lbfgs_batch(fg, Z0, space.lo, space.hi)
-        top = _distinct_best(zb, fb, _N_REFINE)
-        if not top:
-            raise FitError(f"law {law.name!r}: the objective is not finite at any start")
-        zb, fb, _, status2 = _lbfgs_batch(
-            fg, zb[top], space.lo, space.hi, ftol=_FTOL_FINE, stall=0.0, maxiter=_MAXITER_FINE
-        )
-        cands = _distinct_best(zb, fb, 1 + _BOOT_EXTRA_STARTS)
-        z_best = zb[cands[0]]
+        Z0 = space.z(_starts(law, X, inp.fixed, self.init_grid))
+        starts, self.optimizer_ = _multistart(law, obj, space, Z0)
+        z_best = starts[0]
         theta = space.theta(z_best)
         self.theta_ = theta
         self.params_ = {**law.from_theta(theta), **self.fixed_}  # fixed ones exactly as given
-        self.n_starts_ = int(Z0.shape[0])
-        self.optimizer_ = {
-            "n_starts": self.n_starts_,
-            "median_iterations": float(np.median(nit)),
-            "n_converged": int((status == 0).sum()),
-            "n_stalled": int((status == 1).sum()),
-            "n_maxiter": int((status == 2).sum()),
-            "objective": float(fb[cands[0]]),
-            "best_converged": bool(status2[cands[0]] == 0),
-        }
+        self.n_starts_ = self.optimizer_["n_starts"]
 
         # 5. bootstrap
         self.draws_ = np.empty((0, len(law.params)))
         self.draw_thetas_ = None
         self.ci_: dict[str, tuple[float, float]] = {}
         if self.bootstrap > 0:
-            starts = [z_best] + [zb[i] for i in cands[1 : 1 + _BOOT_EXTRA_STARTS]]
-            self._bootstrap(obj, space, np.array(starts), codes)
+            _bootstrap(self, obj, space, starts, inp.codes)
 
         # 6. metrics, warnings
-        self._metrics(obj, theta, X, yv, w, k)
-        self._diagnose(law, space, z_best, yv, k, n)
-        self._param_status(law, space, z_best)
+        self.metrics_ = _metrics(obj, theta, yv, w, self.delta, k)
+        _diagnose(self, law, space, z_best, yv, k, n)
+        self.param_status_, self.param_text_ = _param_status(self, law, space, z_best)
         return self
-
-    def _select_law(self, data: Any, x: Any, y: str, *, weights: Any) -> dict[str, Any]:
-        """Leave-largest-out choice among AUTO_CANDIDATES.
-
-        Each candidate is fitted (same delta, no bootstrap) on the points below
-        the largest fifth of x and scored by the mean absolute relative error
-        of its predictions there. A candidate needs at least 2 points per
-        parameter on the whole data to be eligible (the simplest is always
-        eligible), and none of its parameters may end on a bound (it would be
-        a simpler law in disguise); a more complex eligible one wins over the current pick only
-        when its error is below _AUTO_SIMPLER times the pick's. Returns
-        {"chosen", "n_train", "n_test", "split_at", "candidates": {name:
-        {"k", "eligible", "holdout_error", "note"}}}.
-        """
-        if self.fixed or self.init_grid or self.breaks is not None:
-            raise FitError('law="auto" takes no fixed, init_grid or breaks: they belong to one law')
-        cols = [x] if isinstance(x, str) else list(x)
-        if len(cols) != 1:
-            raise FitError(f'law="auto" needs exactly one x column, got {len(cols)}: {cols!r}')
-        xv = _column(data, cols[0], role="x")
-        yv = _column(data, y, role="y")
-        n = yv.size
-        if xv.size != n:
-            raise FitError(f"x column {cols[0]!r} has {xv.size} values but y column {y!r} has {n}")
-        w = self._weights(data, weights, n)
-        order = np.argsort(xv, kind="stable")
-        m = max(1, int(round(_AUTO_HOLDOUT_FRACTION * n)))
-        test = np.zeros(n, dtype=bool)
-        test[order[n - m :]] = True
-        train = ~test
-        split_at = float(xv[order[n - m]])
-        out: dict[str, Any] = {
-            "chosen": None,
-            "n_train": int(train.sum()),
-            "n_test": int(m),
-            "split_at": split_at,
-            "candidates": {},
-        }
-        best_err = math.inf
-        for name in AUTO_CANDIDATES:
-            k = len(get_law(name).params)
-            eligible = n >= 2 * k or name == AUTO_CANDIDATES[0]
-            info: dict[str, Any] = {"k": k, "eligible": bool(eligible), "holdout_error": None}
-            if int(train.sum()) < k + 1:
-                info["note"] = f"{int(train.sum())} training points for {k} parameters"
-            else:
-                est = LawFit(name, delta=self.delta)
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", FitWarning)
-                        est.fit({"x": xv[train], "y": yv[train]}, "x", "y", weights=w[train])
-                        pred = est.predict({"x": xv[test]})
-                    err = float(np.mean(np.abs(pred - yv[test]) / yv[test]))
-                except FitError as exc:
-                    info["note"] = f"fit failed: {exc}"
-                else:
-                    info["holdout_error"] = err if math.isfinite(err) else None
-                    info["note"] = (
-                        "" if eligible else f"fewer than 2 points per parameter ({n}/{k})"
-                    )
-                    # a fit with a parameter on its bound has degenerated into a
-                    # simpler form (no floor, no break, no pre-power phase): it is
-                    # no evidence for its own extra terms
-                    stuck = [p for p, st in est.param_status_.items() if st.endswith("_bound")]
-                    if stuck and name != AUTO_CANDIDATES[0]:
-                        eligible = info["eligible"] = False
-                        info["note"] = f"degenerate: {', '.join(stuck)} on a bound"
-                    if (
-                        eligible
-                        and math.isfinite(err)
-                        and (out["chosen"] is None or err < _AUTO_SIMPLER * best_err)
-                    ):
-                        out["chosen"], best_err = name, err
-            out["candidates"][name] = info
-        if out["chosen"] is None:
-            out["chosen"] = AUTO_CANDIDATES[0]
-        return out
-
-    def _param_status(self, law: Law, space: _Space, z) -> None:
-        """param_status_ and param_text_: a parameter whose estimate, or the
-        lower (upper) end of whose interval, rests on its bound is reported
-        as a one-sided bound from the other end of its interval, not as a
-        point with an interval that starts at the bound."""
-        names = law.param_names
-        status = {nm: "fixed" for nm in self.fixed_}
-        at = {}
-        tol = 1e-6
-        for i, j in enumerate(space.free):
-            nm = names[j]
-            lo_b, hi_b = space.lo[i], space.hi[i]
-            side = None
-            if np.isfinite(lo_b) and abs(z[i] - lo_b) <= tol * (1.0 + abs(lo_b)):
-                side = "lower_bound"
-            elif np.isfinite(hi_b) and abs(z[i] - hi_b) <= tol * (1.0 + abs(hi_b)):
-                side = "upper_bound"
-            elif getattr(self, "draw_thetas_", None) is not None and self.draws_.shape[0]:
-                zd = space.z(self.draw_thetas_)[:, i]
-                tail = (1 - self.level) / 2
-                if np.isfinite(lo_b) and np.mean(zd <= lo_b + tol * (1.0 + abs(lo_b))) > tail:
-                    side = "lower_bound"
-                elif np.isfinite(hi_b) and np.mean(zd >= hi_b - tol * (1.0 + abs(hi_b))) > tail:
-                    side = "upper_bound"
-            prm = law.params[j]
-            ci = self.ci_.get(nm)
-            if side is None and prm.lse and ci and ci[0] < _VANISHED * float(self.yv_.min()):
-                # the interval's lower end is a term that has vanished: bootstrap
-                # refits crawl towards the bound and stop short of it
-                side = "lower_bound"
-            status[nm] = side or "estimated"
-            at[nm] = side
-        text = {}
-        for nm in names:
-            v = self.params_[nm]
-            ci = self.ci_.get(nm)
-            st = status[nm]
-            if st == "fixed":
-                text[nm] = f"{nm} = {v:.4g} (fixed)"
-            elif st == "lower_bound":
-                bound = f"{nm} < {ci[1]:.3g}" if ci else f"{nm} at its lower bound ({v:.3g})"
-                floor = nm == "E" and law.params[names.index(nm)].lse
-                text[nm] = ("no floor resolved: " if floor else "not resolved: ") + bound
-            elif st == "upper_bound":
-                bound = f"{nm} > {ci[0]:.3g}" if ci else f"{nm} at its upper bound ({v:.3g})"
-                text[nm] = "not resolved: " + bound
-            else:
-                text[nm] = f"{nm} = {v:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
-        self.param_status_ = status
-        self.param_text_ = text
-
-    @staticmethod
-    def _weights(data, weights, n: int) -> np.ndarray:
-        if weights is None:
-            return np.ones(n)
-        if isinstance(weights, str):
-            w = _column(data, weights, role="weights", positive=False)
-        else:
-            w = np.asarray(weights, dtype=np.float64).reshape(-1)
-            if w.size != n:
-                raise FitError(f"weights has {w.size} values but data has {n} rows")
-        if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            bad = w[~np.isfinite(w) | (w < 0)]
-            shown = bad[0] if bad.size else w.sum()
-            raise FitError(f"weights must be finite, >= 0 and not all 0, got {shown!r}")
-        return w
-
-    @staticmethod
-    def _groups(data, groups, n: int) -> np.ndarray | None:
-        if groups is None:
-            return None
-        cols = _columns_of(data)
-        if groups not in cols:
-            raise FitError(
-                f"groups column {groups!r} not in data; "
-                f"available columns: {', '.join(map(str, cols))}"
-            )
-        vals = list(data[groups])
-        _, codes = np.unique(np.array([str(v) for v in vals]), return_inverse=True)
-        return codes.reshape(n)
-
-    def _starts(self, law: Law, X: np.ndarray, fixed: Mapping[str, float]) -> np.ndarray:
-        """Full-theta starting rows (S, p): the product of the free params' grids."""
-        user = dict(self.init_grid or {})
-        _check_params(law, user, "init_grid")
-        axes = []
-        for prm in law.params:
-            if prm.name in fixed:
-                axes.append(np.array([fixed[prm.name]], dtype=np.float64))
-                continue
-            vals = np.asarray(
-                list(user[prm.name]) if prm.name in user else prm.grid_values(X), dtype=np.float64
-            ).reshape(-1)
-            if vals.size == 0 or not np.isfinite(vals).all() or (prm.log and (vals <= 0).any()):
-                kind = "finite positive" if prm.log else "finite"
-                raise FitError(
-                    f"init_grid for {prm.name} must be non-empty {kind} values, got {vals.tolist()!r}"
-                )
-            axes.append(np.log(vals) if prm.log else vals)
-        mesh = np.meshgrid(*axes, indexing="ij")
-        return np.stack([a.reshape(-1) for a in mesh], axis=1)
-
-    def _bootstrap(self, obj: _Objective, space: _Space, starts: np.ndarray, codes) -> None:
-        B, n, r = int(self.bootstrap), obj.n, starts.shape[0]
-        rng = np.random.default_rng(self.seed)
-        if codes is None:  # resample points
-            counts = rng.multinomial(n, np.full(n, 1.0 / n), size=B).astype(np.float64)
-        else:  # resample whole groups (e.g. all seeds of a cell together)
-            G = int(codes.max()) + 1
-            counts = rng.multinomial(G, np.full(G, 1.0 / G), size=B).astype(np.float64)[:, codes]
-        # rows b*r .. b*r+r-1 belong to resample b; optimise in whitened
-        # coordinates u (z = z0 + u L^T) when the bounds are out of reach
-        z0 = starts[0]
-        L = _whitener(obj, space, z0)
-        k = z0.size
-        if L is None:
-            L, lo, hi = np.eye(k), space.lo, space.hi
-        else:
-            lo, hi = np.full(k, -np.inf), np.full(k, np.inf)
-        U0 = np.tile(np.linalg.solve(L, (starts - z0).T).T, (B, 1))
-
-        def fg(uu, rows):
-            fz, gz = obj(z0 + uu @ L.T, counts[rows // r])
-            return fz, gz @ L
-
-        u, f, _, _ = _lbfgs_batch(
-            fg, U0, lo, hi, ftol=_BOOT_FTOL, stall=_BOOT_STALL, maxiter=_BOOT_MAXITER
-        )
-        z = np.clip(z0 + u @ L.T, space.lo, space.hi)
-        f = f.reshape(B, r)
-        pick = np.argmin(np.where(np.isfinite(f), f, np.inf), axis=1)
-        ok = np.isfinite(f[np.arange(B), pick])
-        zbest = z.reshape(B, r, -1)[np.arange(B), pick][ok]
-        thetas = space.theta(zbest)
-        if (~ok).sum() > 0.1 * B:
-            self._warn(f"{int((~ok).sum())} of {B} bootstrap refits failed; intervals use the rest")
-        if not ok.any():
-            return
-        law = self.law_
-        nat = np.where([p.log for p in law.params], np.exp(thetas), thetas)
-        self.draws_ = nat
-        self.draw_thetas_ = thetas
-        qlo, qhi = (1 - self.level) / 2, (1 + self.level) / 2
-        for j, prm in enumerate(law.params):
-            if prm.name in self.fixed_:
-                continue
-            lo_, hi_ = np.quantile(nat[:, j], [qlo, qhi])
-            est = float(self.params_[prm.name])
-            if np.isfinite(est) and not lo_ <= est <= hi_:
-                # the refits settle off the estimate (another optimum, or a bound): an interval
-                # that excludes its own estimate would mislead, so it reaches the estimate
-                self._warn(f"{prm.name}={est:.4g} lies outside its bootstrap interval [{lo_:.4g}, {hi_:.4g}]; "
-                           "the interval is extended to it (the refits find another optimum)")  # fmt: skip
-                lo_, hi_ = min(lo_, est), max(hi_, est)
-            self.ci_[prm.name] = (float(lo_), float(hi_))
-
-    def _metrics(self, obj: _Objective, theta, X, yv, w, k: int) -> None:
-        r = obj.residuals(theta)
-        a = np.abs(r)
-        d = float(self.delta)
-        huber = float(np.sum(w * np.where(a <= d, 0.5 * r * r, d * (a - 0.5 * d))))
-        # the rest counts points by weight (normalised to mean 1 over the points
-        # that count): plain counts when there are no weights, zero-weight rows out
-        used = w > 0
-        n = int(used.sum())
-        wn = w / w[used].mean()
-        rss = float(np.sum(wn * r * r))
-        pred = np.exp(np.log(yv) + r)
-        ybar = float(np.sum(wn * yv) / n)
-        sst = float(np.sum(wn * (yv - ybar) ** 2))
-        # AIC/BIC from a Gaussian likelihood of the log residuals: only differences
-        # between laws fitted to the same data mean anything (see compare()).
-        ll_term = n * math.log(max(rss / n, 1e-300))
-        self.metrics_ = {
-            "rmsle": math.sqrt(rss / n),
-            "r2": 1.0 - float(np.sum(wn * (yv - pred) ** 2)) / sst if sst > 0 else float("nan"),
-            "aic": ll_term + 2 * k,
-            "bic": ll_term + k * math.log(n),
-            "n": n,
-            "k": int(k),
-            "huber": huber,
-        }
-
-    def _diagnose(self, law: Law, space: _Space, z, yv, k: int, n: int) -> None:
-        names = law.param_names
-        # parameters resting on a bound
-        for i, j in enumerate(space.free):
-            for b, side in ((space.lo[i], "lower"), (space.hi[i], "upper")):
-                if np.isfinite(b) and abs(z[i] - b) <= 1e-6 * (1.0 + abs(b)):
-                    what = (
-                        "its term vanished or dominates everything"
-                        if law.params[j].lse
-                        else "the data do not constrain it"
-                    )
-                    self._warn(
-                        f"doubtful fit: {names[j]}={self.params_[names[j]]:.6g} is at its "
-                        f"{side} bound ({what})"
-                    )
-        if n < 2 * k:
-            self._warn(
-                f"doubtful fit: {n} points for {k} free parameters (fewer than 2 per parameter)"
-            )
-        if not self.optimizer_["best_converged"]:
-            self._warn(
-                f"optimizer did not converge: the best start stopped at its iteration limit "
-                f"({_MAXITER_FINE}) with f={self.optimizer_['objective']:.6g}"
-            )
-        # flat curve: y nearly constant, or the fit varies less than its own scatter
-        ly = np.log(yv)
-        span = float(ly.max() - ly.min())
-        fitted = ly + self.residuals()
-        if span < 1e-3 or float(np.ptp(fitted)) < self.metrics_["rmsle"]:
-            self._warn(
-                f"flat curve: {self.y_} varies by {span:.3g} in log over the data and the "
-                f"fitted curve by {float(np.ptp(fitted)):.3g}, against a scatter of "
-                f"{self.metrics_['rmsle']:.3g}; exponents are not identified"
-            )
-        # very wide intervals
-        for nm, (lo_, hi_) in self.ci_.items():
-            prm = law.params[names.index(nm)]
-            v = self.params_[nm]
-            # positive params: more than a factor 10 between the ends; others:
-            # an interval wider than twice the value itself
-            wide = (lo_ <= 0 or hi_ / lo_ > 10.0) if prm.log else (hi_ - lo_) > 2.0 * abs(v)
-            if wide:
-                self._warn(
-                    f"doubtful fit: {self.level:.0%} interval of {nm} is [{lo_:.4g}, {hi_:.4g}] "
-                    f"around {v:.4g}"
-                )
 
     def residuals(self) -> np.ndarray:
         """Log residuals log pred - log y on the training data."""
@@ -679,6 +205,8 @@ class LawFit:
         return lp - np.log(self.yv_)
 
     def _warn(self, msg: str) -> None:
+        # called by the helpers that fit() calls itself (_bootstrap, _diagnose):
+        # _warn, the helper, fit, then the user's call site
         self.warnings_.append(msg)
         warnings.warn(msg, FitWarning, stacklevel=4)
 
@@ -752,7 +280,7 @@ class LawFit:
 
 
 # ---------------------------------------------------------------------------
-# 6. functional API
+# 2. functional API
 # ---------------------------------------------------------------------------
 
 

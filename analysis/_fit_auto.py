@@ -1,0 +1,179 @@
+"""How analysis.fit searches (private): which law under law="auto", and from where.
+
+``_select_law`` is the leave-largest-out choice among AUTO_CANDIDATES;
+``_starts`` builds the grid of starting points and ``_multistart`` runs step 4
+of ``LawFit.fit``: every start minimised by the batched L-BFGS of
+analysis._solver, the competitive distinct end points taken further. See
+analysis/fit.py's docstring for how a fit runs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from analysis._fit_errors import FitError, FitWarning
+from analysis._fit_input import _check_params, _column, _weights
+from analysis._solver import (
+    _BOOT_EXTRA_STARTS,
+    _FTOL_FINE,
+    _MAXITER_FINE,
+    _N_REFINE,
+    _distinct_best,
+    _lbfgs_batch,
+    _Objective,
+    _Space,
+)
+from analysis.laws import Law, get_law
+
+__all__: list[str] = []  # private: analysis.fit imports the names it needs
+
+# law="auto": the candidates, simplest first (issue 16): power without a floor,
+# power with a floor, the rectified law of Lin et al. (2024, arXiv:2402.02314)
+# with its pre-power phase, BNSL with one break (Caballero et al. 2022).
+AUTO_CANDIDATES: tuple[str, ...] = ("power_nofloor", "power", "rectified", "bnsl")
+# Leave-largest-out: the largest fifth of the x values (at least one point)
+# is predicted from the rest. A more complex candidate wins only when its
+# held-out error is below _AUTO_SIMPLER times the best simpler one's: held-out
+# errors on a handful of points are noisy, and a tie goes to the simpler law.
+_AUTO_HOLDOUT_FRACTION = 0.2
+_AUTO_SIMPLER = 0.9
+
+
+def _select_law(est: Any, data: Any, x: Any, y: str, *, weights: Any) -> dict[str, Any]:
+    """Leave-largest-out choice among AUTO_CANDIDATES for the LawFit ``est``.
+
+    Each candidate is fitted (same delta, no bootstrap) on the points below
+    the largest fifth of x and scored by the mean absolute relative error
+    of its predictions there. A candidate needs at least 2 points per
+    parameter on the whole data to be eligible (the simplest is always
+    eligible), and none of its parameters may end on a bound (it would be
+    a simpler law in disguise); a more complex eligible one wins over the current pick only
+    when its error is below _AUTO_SIMPLER times the pick's. Returns
+    {"chosen", "n_train", "n_test", "split_at", "candidates": {name:
+    {"k", "eligible", "holdout_error", "note"}}}.
+    """
+    if est.fixed or est.init_grid or est.breaks is not None:
+        raise FitError('law="auto" takes no fixed, init_grid or breaks: they belong to one law')
+    cols = [x] if isinstance(x, str) else list(x)
+    if len(cols) != 1:
+        raise FitError(f'law="auto" needs exactly one x column, got {len(cols)}: {cols!r}')
+    xv = _column(data, cols[0], role="x")
+    yv = _column(data, y, role="y")
+    n = yv.size
+    if xv.size != n:
+        raise FitError(f"x column {cols[0]!r} has {xv.size} values but y column {y!r} has {n}")
+    w = _weights(data, weights, n)
+    order = np.argsort(xv, kind="stable")
+    m = max(1, int(round(_AUTO_HOLDOUT_FRACTION * n)))
+    test = np.zeros(n, dtype=bool)
+    test[order[n - m :]] = True
+    train = ~test
+    split_at = float(xv[order[n - m]])
+    out: dict[str, Any] = {
+        "chosen": None,
+        "n_train": int(train.sum()),
+        "n_test": int(m),
+        "split_at": split_at,
+        "candidates": {},
+    }
+    best_err = math.inf
+    for name in AUTO_CANDIDATES:
+        k = len(get_law(name).params)
+        eligible = n >= 2 * k or name == AUTO_CANDIDATES[0]
+        info: dict[str, Any] = {"k": k, "eligible": bool(eligible), "holdout_error": None}
+        if int(train.sum()) < k + 1:
+            info["note"] = f"{int(train.sum())} training points for {k} parameters"
+        else:
+            cand = type(est)(name, delta=est.delta)  # a LawFit, without importing analysis.fit
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FitWarning)
+                    cand.fit({"x": xv[train], "y": yv[train]}, "x", "y", weights=w[train])
+                    pred = cand.predict({"x": xv[test]})
+                err = float(np.mean(np.abs(pred - yv[test]) / yv[test]))
+            except FitError as exc:
+                info["note"] = f"fit failed: {exc}"
+            else:
+                info["holdout_error"] = err if math.isfinite(err) else None
+                info["note"] = "" if eligible else f"fewer than 2 points per parameter ({n}/{k})"
+                # a fit with a parameter on its bound has degenerated into a
+                # simpler form (no floor, no break, no pre-power phase): it is
+                # no evidence for its own extra terms
+                stuck = [p for p, st in cand.param_status_.items() if st.endswith("_bound")]
+                if stuck and name != AUTO_CANDIDATES[0]:
+                    eligible = info["eligible"] = False
+                    info["note"] = f"degenerate: {', '.join(stuck)} on a bound"
+                if (
+                    eligible
+                    and math.isfinite(err)
+                    and (out["chosen"] is None or err < _AUTO_SIMPLER * best_err)
+                ):
+                    out["chosen"], best_err = name, err
+        out["candidates"][name] = info
+    if out["chosen"] is None:
+        out["chosen"] = AUTO_CANDIDATES[0]
+    return out
+
+
+def _starts(
+    law: Law,
+    X: np.ndarray,
+    fixed: Mapping[str, float],
+    init_grid: Mapping[str, Iterable[float]] | None,
+) -> np.ndarray:
+    """Full-theta starting rows (S, p): the product of the free params' grids
+    (``init_grid``'s values where it names a param, else the law's grid)."""
+    user = dict(init_grid or {})
+    _check_params(law, user, "init_grid")
+    axes = []
+    for prm in law.params:
+        if prm.name in fixed:
+            axes.append(np.array([fixed[prm.name]], dtype=np.float64))
+            continue
+        vals = np.asarray(
+            list(user[prm.name]) if prm.name in user else prm.grid_values(X), dtype=np.float64
+        ).reshape(-1)
+        if vals.size == 0 or not np.isfinite(vals).all() or (prm.log and (vals <= 0).any()):
+            kind = "finite positive" if prm.log else "finite"
+            raise FitError(
+                f"init_grid for {prm.name} must be non-empty {kind} values, got {vals.tolist()!r}"
+            )
+        axes.append(np.log(vals) if prm.log else vals)
+    mesh = np.meshgrid(*axes, indexing="ij")
+    return np.stack([a.reshape(-1) for a in mesh], axis=1)
+
+
+def _multistart(
+    law: Law, obj: _Objective, space: _Space, Z0: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Step 4: minimise every start Z0 (S, k), then the _N_REFINE best distinct
+    end points at a tighter tolerance. Returns (starts, optimizer): the best end
+    point and up to _BOOT_EXTRA_STARTS other competitive ones, best first (the
+    bootstrap's starts), and the ``optimizer_`` summary."""
+
+    def fg(zz, rows):
+        return obj(zz)
+
+    zb, fb, nit, status = _lbfgs_batch(fg, Z0, space.lo, space.hi)
+    top = _distinct_best(zb, fb, _N_REFINE)
+    if not top:
+        raise FitError(f"law {law.name!r}: the objective is not finite at any start")
+    zb, fb, _, status2 = _lbfgs_batch(
+        fg, zb[top], space.lo, space.hi, ftol=_FTOL_FINE, stall=0.0, maxiter=_MAXITER_FINE
+    )
+    cands = _distinct_best(zb, fb, 1 + _BOOT_EXTRA_STARTS)
+    optimizer = {
+        "n_starts": int(Z0.shape[0]),
+        "median_iterations": float(np.median(nit)),
+        "n_converged": int((status == 0).sum()),
+        "n_stalled": int((status == 1).sum()),
+        "n_maxiter": int((status == 2).sum()),
+        "objective": float(fb[cands[0]]),
+        "best_converged": bool(status2[cands[0]] == 0),
+    }
+    return np.array([zb[i] for i in cands[: 1 + _BOOT_EXTRA_STARTS]]), optimizer
