@@ -85,7 +85,7 @@ def _trial_cfg(spec, row) -> TrialConfig:
                 test_size=64, learning_rate=float(row["learning_rate"]))  # fmt: skip
 
 
-def test_a_sweep_keeps_each_cells_selected_adapter_and_export_writes_it(ray_local, tmp_path):
+def test_a_sweep_keeps_each_cells_selected_adapter_and_export_writes_it(ray_local, tmp_path):  # noqa: F811
     from scaling.sweep import run_sweep
 
     spec = small_spec("keep", axes={"dataset_size": [64], "epochs": [1, 2]}, trials_per_cell=2,
@@ -132,7 +132,7 @@ def test_a_sweep_keeps_each_cells_selected_adapter_and_export_writes_it(ray_loca
     assert m["eval_loss"] == pytest.approx(last["test_eval_loss"], abs=1e-4)
 
 
-def test_keep_adapters_all_and_none(ray_local, tmp_path):
+def test_keep_adapters_all_and_none(ray_local, tmp_path):  # noqa: F811
     from scaling.sweep import run_sweep
 
     spec = small_spec("keepall", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=2,
