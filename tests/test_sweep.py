@@ -158,6 +158,27 @@ def test_asha_per_cell_prunes_bad_lrs_and_tells_optuna(ray_local, tmp_path):
     res = run_sweep(spec, out=tmp_path / "run")
     assert res.counts["ok"] + res.counts["pruned"] == 5 and res.counts["pruned"] >= 1
     df = read_results(res.run_dir)
+    # the stopped trials are exactly the ones the rule stops: replay ASHA (rungs at epochs 1, 2;
+    # stop a trial whose val loss at a rung is worse than the 50th percentile of the earlier
+    # trials' losses there) over the trials in the order they ran, with scaling/stopping.py's
+    # rule, which tests/test_stopping.py holds to Ray's
+    from scaling.stopping import RungTable
+
+    by_trial = {tid: g.set_index("epoch")["val_eval_loss"] for tid, g in df.groupby("trial_id")}
+    order = sorted(by_trial, key=lambda tid: int(tid.rsplit("#", 1)[1]))
+    expected: dict[str, int] = {}
+    for i, tid in enumerate(order):
+        history: dict[int, list[float]] = {}
+        for earlier in order[:i]:
+            for epoch, v in by_trial[earlier].items():
+                history.setdefault(int(epoch), []).append(float(v))
+        rule = RungTable("asha", max_epochs=3, grace_epochs=1, reduction_factor=2, history=history)
+        for epoch, v in by_trial[tid].items():
+            if rule.should_stop(tid, int(epoch), float(v)):
+                expected[tid] = int(epoch)
+                break
+    stopped = df[df.status == "pruned"].groupby("trial_id")["epoch"].max().to_dict()
+    assert stopped == expected
     pruned = df[df["status"] == "pruned"]
     assert (pruned.groupby("trial_id")["epoch"].max() < 3).all()
     assert (df[df["status"] == "ok"].groupby("trial_id")["epoch"].max() == 3).all()
