@@ -351,8 +351,10 @@ def test_worker_killed_mid_trial_is_retried_and_the_trial_completes_once(ray_loc
 def test_reused_worker_memory_is_flat_and_a_second_sweep_is_refused(ray_local, tmp_path):
     from scaling.sweep import run_sweep
 
+    TRIALS, WARMUP = 20, 4  # 16 warm trials: the slope is then known to well under 1 MiB/trial
+
     spec_file = tmp_path / "mem.yaml"
-    data = spec_dict("mem", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=12,
+    data = spec_dict("mem", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=TRIALS,
                      resources={"max_failures": 0, "max_concurrent": 1})  # fmt: skip
     spec_file.write_text(yaml.safe_dump(data))
     spec = parse_spec(data)
@@ -384,15 +386,15 @@ def test_reused_worker_memory_is_flat_and_a_second_sweep_is_refused(ray_local, t
 
     # the first sweep was not harmed
     res = box["res"]
-    assert res.counts == {"ok": 12, "failed": 0, "pruned": 0}
+    assert res.counts == {"ok": TRIALS, "failed": 0, "pruned": 0}
     df = check_complete(run, spec)
     check_optuna(res.optuna_url, spec, df)
-    assert refused_while < 12
+    assert refused_while < TRIALS
 
-    # one worker ran all twelve trials (reuse_actors), and its memory did not grow
+    # one worker ran all the trials (reuse_actors), and its memory did not grow
     assert df["worker_pid"].nunique() == 1
     rss = df.sort_values("optuna_trial")["worker_rss_mb"].to_numpy()
-    warm = rss[2:]  # the first trials build the data and optimizer caches
+    warm = rss[WARMUP:]  # the first trials build the data, optimizer and peft caches
     growth = float(pd.Series(warm[-3:]).median() - pd.Series(warm[:3]).median())  # medians: RSS jitters ~10 MiB
     # Theil-Sen slope (median of all pairwise slopes): RSS zig-zags by ~8 MiB between trials,
     # which made the median of successive differences swing by +-4 MiB on a flat series
@@ -400,7 +402,7 @@ def test_reused_worker_memory_is_flat_and_a_second_sweep_is_refused(ray_local, t
     print(f"\nworker RSS per trial (MiB): {[round(x) for x in rss]}; growth after warm-up {growth:+.1f} MiB "
           f"over {len(warm) - 1} trials; second sweep refused with: {msg.strip()[:160]!r}")  # fmt: skip
     assert growth < 25, f"worker RSS grew {growth:.1f} MiB over {len(warm) - 1} trials: {rss}"
-    assert abs(slope) < 3, f"RSS grows {slope:.2f} MiB per trial (Theil-Sen): {rss}"
+    assert abs(slope) < 2, f"RSS grows {slope:.2f} MiB per trial (Theil-Sen): {rss}"
 
 
 def test_fractional_gpus_run_four_trials_at_once_on_one_gpu(ray_local, tmp_path):
