@@ -78,6 +78,12 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
         url = s.optuna_url(s.run_dir())
     except SpecError as err:
         _fail(str(err))
+    from scaling.models import TargetModulesError, check_target_modules
+
+    try:  # every LoRA target must match a module of the base model (built on the meta device)
+        check_target_modules(s.model, s.lora.target_modules, source=str(spec))
+    except TargetModulesError as err:
+        _fail(str(err))
     cells = s.cells()
     console.print(
         f"[green]ok[/] {spec}: study '{s.name}', {len(cells)} cells x "

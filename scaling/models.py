@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -33,6 +34,7 @@ _hf_logging.disable_progress_bar()
 __all__ = [
     "ALL_LINEAR",
     "TargetModulesError",
+    "check_target_modules",
     "default_cache_dir",
     "ensure_base_model",
     "load_base_model",
@@ -276,3 +278,22 @@ def resolve_target_modules(
             f"(got {list(target_modules)!r})"
         )
     return names
+
+
+def check_target_modules(name_or_path: str, target_modules: str | list[str] | tuple[str, ...], *,
+                         source: str | None = None) -> list[str] | None:  # fmt: skip
+    """Check spec.lora.target_modules against the model's modules before any trial runs.
+
+    The model is built from its config on torch's meta device (no weights are read or
+    allocated), so this costs a second even for a large base. Returns the resolved names, or
+    None when the model's config is not on this machine (a hub id not downloaded yet: the
+    trials then check it). Raises TargetModulesError naming source, field, the names that
+    match nothing and the model's module names."""
+    try:
+        path = ensure_base_model(name_or_path)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return resolve_target_modules(model, target_modules, model_name=name_or_path, source=source)

@@ -73,6 +73,9 @@ SPEC_CASES: list[tuple[str, Callable[[Path], dict | str], list[str]]] = [
     ("dropout out of range", lambda t: changed("lora.dropout", 1.5), ["{spec}", "lora.dropout", "less than 1", "1.5"]),
     ("bad study name", lambda t: changed("name", "my study"), ["{spec}", "name", "pattern", "'my study'"]),
     ("unknown key", lambda t: {**GOOD, "learning_rat": {"low": 1e-3}}, ["{spec}", "learning_rat", "unknown key"]),
+    # checked against the base model's own modules (built on the meta device) before any trial
+    ("lora target matches no module", lambda t: changed("lora.target_modules", ["q_proj", "query_key_value"]),
+     ["{spec}", "lora.target_modules", "'query_key_value'", "matches no module", "'q_proj'", "'v_proj'"]),
     ("unknown nested key", lambda t: changed("lora.rank", 8), ["{spec}", "lora.rank", "unknown key", "8"]),
     ("unknown task", lambda t: changed("task", {"kind": "subtraction"}), ["{spec}", "task.kind", "'addition' or 'jsonl'", "'subtraction'"]),
     ("missing field", lambda t: changed("learning_rate", KeyError), ["{spec}", "learning_rate", "required field is missing"]),

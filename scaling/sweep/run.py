@@ -100,6 +100,17 @@ def _start_sink(run_dir: Path):
     ).remote(str(run_dir))
 
 
+def _check_targets(spec: StudySpec) -> None:
+    """lora.target_modules against the base model's modules (built on the meta device: no
+    weights), as a SpecError; a hub model not on this machine yet is left to its trials."""
+    from scaling.models import TargetModulesError, check_target_modules
+
+    try:
+        check_target_modules(spec.model, spec.lora.target_modules, source=spec.source or "<spec>")
+    except TargetModulesError as err:
+        raise SpecError(str(err)) from None
+
+
 # 3. The sweep ---------------------------------------------------------------------
 def run_sweep(
     spec: StudySpec,
@@ -113,6 +124,7 @@ def run_sweep(
     """Run (or resume) a study; returns where everything was written. ``ray_address``: a
     cluster to join when Ray is not running yet (a ray.init the caller made is kept)."""
     t0 = time.perf_counter()
+    _check_targets(spec)  # a LoRA target that matches no module: refused before anything is written
     run_dir = spec.run_dir(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
