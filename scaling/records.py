@@ -2,9 +2,10 @@
 at O(new rows), and the lock a sweep holds on it. The table's files (the part-file layout,
 merges, compaction, atomic writes) are records_io.py's; this module is the API on top.
 
-Row key: (trial_id, epoch, phase). A row whose key is already recorded with the same config
-(learning_rate, dataset_size, epochs, lora_r, seed) is a replay and is dropped; with a
-different config it is an error (RecordsError), never a silent drop. A run directory is held
+Row key: (trial_id, epoch, phase) (records_io.ROW_KEY). A row whose key is already recorded
+with the same config (ROW_CONFIG: learning_rate, dataset_size, epochs, lora_r, seed) and the
+same study_uid is a replay and is dropped; with a different config or another study's uid it
+is an error (RecordsError), never a silent drop. A run directory is held
 by one sweep at a time (`RunLock`); only that sweep's process appends. It holds one study: a
 resumed sweep must match its spec.yaml (`_check_same_study`). `_trial_rows` and
 `_trial_status` turn what a trial reported into its rows, so the row schema lives
@@ -29,6 +30,7 @@ from scaling.records_io import (
     PARTS_DIR,
     ROW_CONFIG,
     ROW_KEY,
+    ROW_OWNER,
     RecordsError,
     _columns,
     _keys,
@@ -71,16 +73,18 @@ def _trial_status(result: dict | None, error: bool) -> str:
     return "ok"
 
 
-def _trial_rows(spec: StudySpec, cfg: dict, results: list[dict], *, status: str,
-                error: str) -> tuple[list[dict], dict]:  # fmt: skip
+def _trial_rows(spec: StudySpec, cfg: dict, results: list[dict], *, status: str, error: str,
+                study_uid: str | None = None) -> tuple[list[dict], dict]:  # fmt: skip
     """One trial's rows of the results table (one per evaluation; a failure before the
-    first is still a row) from its config and what it reported, and their shared columns."""
+    first is still a row) from its config and what it reported, and their shared columns;
+    ``study_uid``: the study's identity (spec.yaml's run.study_uid)."""
     evals = [r for r in results if r.get("status") != "failed"]
     failed = [r for r in results if r.get("status") == "failed"]
     if failed and not error:
         error = failed[-1].get("error", "")
     base = {
         "study": spec.name,
+        "study_uid": study_uid,
         "trial_id": f"{cfg['optuna_study']}#{cfg['optuna_trial']}",
         "optuna_trial": cfg["optuna_trial"],
         "cell": cfg["cell"],
@@ -161,9 +165,10 @@ def append_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
     """Append rows to run_dir's results table atomically, in O(len(rows)); returns the new row count.
 
     Rows are keyed by (trial_id, epoch, phase) (ROW_KEY). A row whose key is already recorded
-    (or repeated in ``rows``) with the same config (ROW_CONFIG) is a replay and is dropped, so
-    replaying a trial after a crash never duplicates a row; with a different config it raises
-    RecordsError and nothing is written. All kept rows land in one file, or none do.
+    (or repeated in ``rows``) with the same config (ROW_CONFIG) and study_uid (ROW_OWNER; an
+    old row without one matches any) is a replay and is dropped, so replaying a trial after a
+    crash never duplicates a row; with a different config or study_uid it raises RecordsError
+    and nothing is written. All kept rows land in one file, or none do.
     """
     run_dir = Path(run_dir)
     try:
@@ -172,7 +177,7 @@ def append_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
         raise RecordsError(f"{run_dir}: cannot create the run directory: {type(err).__name__}: {err}") from None
     cols = _columns(list(rows), run_dir)
     w = _writer(run_dir)
-    keys, configs = _keys(cols, ROW_KEY), _keys(cols, ROW_CONFIG)
+    keys, configs = _keys(cols, ROW_KEY), _keys(cols, (*ROW_CONFIG, ROW_OWNER))
     if not keys:
         return w.rows
     keep = w.check(keys, configs)
@@ -180,7 +185,7 @@ def append_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
         return w.rows
     if not all(keep):
         cols = {c: [v for v, k in zip(vals, keep, strict=True) if k] for c, vals in cols.items()}
-        keys, configs = _keys(cols, ROW_KEY), _keys(cols, ROW_CONFIG)
+        keys, configs = _keys(cols, ROW_KEY), _keys(cols, (*ROW_CONFIG, ROW_OWNER))
     w.write(pa.Table.from_pydict(cols, schema=_SCHEMA), keys, configs)
     return w.rows
 
