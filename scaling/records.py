@@ -5,9 +5,10 @@ merges, compaction, atomic writes) are records_io.py's; this module is the API o
 Row key: (trial_id, epoch, phase) (records_io.ROW_KEY). A row whose key is already recorded
 with the same config (ROW_CONFIG: learning_rate, dataset_size, epochs, lora_r, seed) and the
 same study_uid is a replay and is dropped; with a different config or another study's uid it
-is an error (RecordsError), never a silent drop. A run directory is held
-by one sweep at a time (`RunLock`); only that sweep's process appends. It holds one study: a
-resumed sweep must match its spec.yaml (`_check_same_study`). `_trial_rows` and
+is an error (RecordsError), never a silent drop. A run directory is held by one sweep at a
+time (`RunLock`); only that sweep's process appends. It holds one study: a resumed sweep must
+match its spec.yaml (`_check_same_study`, run_record.py) and its Optuna storage must be the
+run's own (scaling/sweep/identity.py). `_trial_rows` and
 `_trial_status` turn what a trial reported into its rows, so the row schema lives
 beside the table it is written to.
 """
@@ -23,7 +24,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import yaml
 
 from analysis.table import COLUMNS, RESULTS_FILE, ROW_KEYS, Run
 from scaling.records_io import (
@@ -38,7 +38,8 @@ from scaling.records_io import (
     _scan,
     _writer,
 )
-from scaling.spec import SpecError, StudySpec
+from scaling.run_record import RUN_KEY, _check_same_study, _spec_yaml
+from scaling.spec import StudySpec
 
 __all__ = [
     "RunLock",
@@ -49,6 +50,7 @@ __all__ = [
     "read_run",
     "compact",
     "check_run_dir",
+    "_check_same_study",
 ]
 
 
@@ -106,27 +108,6 @@ def _trial_rows(spec: StudySpec, cfg: dict, results: list[dict], *, status: str,
     if not rows:  # a failure before the first evaluation is still a row
         rows = [{**base, "epoch": 0, "node": (failed[-1].get("node_ip") if failed else None)}]
     return rows, base
-
-
-def _check_same_study(spec: StudySpec, run_dir: Path) -> None:
-    """A run directory holds one study: refuse to resume with different axes or LR range."""
-    saved = run_dir / "spec.yaml"
-    what = ("name", "model", "task", "axes", "learning_rate", "lora", "eval", "train", "sampler")
-    mine = spec.model_dump(mode="json", include=set(what))
-    if saved.exists():
-        theirs = _spec_yaml(saved)  # RecordsError naming the file when it is damaged
-        theirs = {k: theirs.get(k) for k in what}
-        diff = [k for k in what if mine.get(k) != theirs.get(k)]
-        if diff:
-            raise SpecError(
-                f"{spec.source}: {', '.join(diff)}: must match the study already in {run_dir} to resume it "
-                f"(got a different value); use another --out for a new study"
-            )
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # packing is how the study runs, not what it is: off (the default), spec.yaml is as before
-        exclude = {"packing"} if spec.packing.adapters_per_worker == 1 else set()
-        saved.write_text(yaml.safe_dump(spec.to_record(exclude=exclude), sort_keys=False))  # no password
 
 
 def empty_table() -> pd.DataFrame:
@@ -235,7 +216,8 @@ def _load_spec(run_dir: Path | None) -> tuple[dict[str, Any], Any]:
     try:
         from scaling.spec import parse_spec
 
-        return raw, parse_spec(raw, source=str(run_dir / "spec.yaml"))
+        study = {k: v for k, v in raw.items() if k != RUN_KEY}  # the run's own section is no spec field
+        return raw, parse_spec(study, source=str(run_dir / "spec.yaml"))
     except Exception:  # a moved task file or an older spec: the raw dict still describes it
         return raw, None
 
@@ -294,22 +276,6 @@ def check_run_dir(run_dir: str | Path) -> None:
     base, _, live, _ = _scan(run_dir)
     if base is not None or live:
         read_results(run_dir)
-
-
-def _spec_yaml(path: Path) -> dict[str, Any]:
-    """A run's spec copy as a dict; RecordsError (naming the file) when unreadable or not a YAML mapping."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecordsError(f"{path}: cannot read the run's spec copy: {type(err).__name__}: {err}") from None
-    except yaml.YAMLError as err:
-        what = " ".join(str(err).split())
-        raise RecordsError(f"{path}: the run's spec copy is not valid YAML: {what}") from None
-    if not isinstance(raw, dict):
-        raise RecordsError(f"{path}: the run's spec copy must be a YAML mapping (got {type(raw).__name__})")
-    return raw
 
 
 def _held(run_dir: Path) -> bool:
