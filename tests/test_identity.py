@@ -175,3 +175,31 @@ def test_a_resume_may_change_adapters_per_worker_and_spec_yaml_lists_every_sweep
     assert df["optuna_trial"].nunique() == 3 and set(df["study_uid"]) == {saved["run"]["study_uid"]}
     assert run_sweep(packed, out=run).trials_run == 0  # a third sweep: listed too
     assert len(yaml.safe_load((run / "spec.yaml").read_text())["run"]["sweeps"]) == 3
+
+
+def test_a_run_from_before_study_uids_resumes_and_adopts_its_storage(finished, tmp_path):
+    """spec.yaml without a run section, cell studies without a uid, rows without one: the resume
+    goes on, gives the run a uid and stamps it on the storage's cell studies."""
+    import sqlite3
+
+    import pandas as pd
+
+    from scaling.sweep import run_sweep
+
+    run = _copy(finished, tmp_path)
+    saved = yaml.safe_load((run / "spec.yaml").read_text())
+    old_uid = saved.pop("run")["study_uid"]
+    (run / "spec.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    with sqlite3.connect(run / "optuna.db") as con:
+        con.execute("DELETE FROM study_user_attributes WHERE key = 'scaling.study_uid'")
+    df = pd.read_parquet(run / "results.parquet").drop(columns=["study_uid"])
+    df.to_parquet(run / "results.parquet", index=False)  # as written before the column existed
+    res = run_sweep(_spec("ident", trials_per_cell=2), out=run)
+    assert res.trials_run == 1
+    uid = _uid(run)
+    assert uid != old_uid and len(uid) == 32
+    (study,) = optuna.get_all_study_summaries(f"sqlite:///{run / 'optuna.db'}")
+    assert study.user_attrs["scaling.study_uid"] == uid
+    table = read_results(run).sort_values("optuna_trial")
+    assert table["optuna_trial"].tolist() == [0, 1]
+    assert table["study_uid"].isna().tolist() == [True, False] and table["study_uid"].iloc[1] == uid
