@@ -68,6 +68,9 @@ ROW_KEYS = (
 # name -> pandas dtype; the order is the column order of the file
 COLUMNS: dict[str, str] = {
     "study": "string",
+    # the study's identity (a UUID made on its first run, kept in spec.yaml's run.study_uid and
+    # on every cell study in the Optuna storage): rows of another storage never pass as this one's
+    "study_uid": "string",
     "trial_id": "string",
     "optuna_trial": "Int64",
     "cell": "string",

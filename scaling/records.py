@@ -2,11 +2,13 @@
 at O(new rows), and the lock a sweep holds on it. The table's files (the part-file layout,
 merges, compaction, atomic writes) are records_io.py's; this module is the API on top.
 
-Row key: (trial_id, epoch, phase). A row whose key is already recorded with the same config
-(learning_rate, dataset_size, epochs, lora_r, seed) is a replay and is dropped; with a
-different config it is an error (RecordsError), never a silent drop. A run directory is held
-by one sweep at a time (`RunLock`); only that sweep's process appends. It holds one study: a
-resumed sweep must match its spec.yaml (`_check_same_study`). `_trial_rows` and
+Row key: (trial_id, epoch, phase) (records_io.ROW_KEY). A row whose key is already recorded
+with the same config (ROW_CONFIG: learning_rate, dataset_size, epochs, lora_r, seed) and the
+same study_uid is a replay and is dropped; with a different config or another study's uid it
+is an error (RecordsError), never a silent drop. A run directory is held by one sweep at a
+time (`RunLock`); only that sweep's process appends. It holds one study: a resumed sweep must
+match its spec.yaml (`_check_same_study`, run_record.py) and its Optuna storage must be the
+run's own (scaling/sweep/identity.py). `_trial_rows` and
 `_trial_status` turn what a trial reported into its rows, so the row schema lives
 beside the table it is written to.
 """
@@ -22,13 +24,13 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import yaml
 
 from analysis.table import COLUMNS, RESULTS_FILE, ROW_KEYS, Run
 from scaling.records_io import (
     PARTS_DIR,
     ROW_CONFIG,
     ROW_KEY,
+    ROW_OWNER,
     RecordsError,
     _columns,
     _keys,
@@ -36,7 +38,8 @@ from scaling.records_io import (
     _scan,
     _writer,
 )
-from scaling.spec import SpecError, StudySpec
+from scaling.run_record import RUN_KEY, _check_same_study, _spec_yaml
+from scaling.spec import StudySpec
 
 __all__ = [
     "RunLock",
@@ -47,6 +50,7 @@ __all__ = [
     "read_run",
     "compact",
     "check_run_dir",
+    "_check_same_study",
 ]
 
 
@@ -71,16 +75,18 @@ def _trial_status(result: dict | None, error: bool) -> str:
     return "ok"
 
 
-def _trial_rows(spec: StudySpec, cfg: dict, results: list[dict], *, status: str,
-                error: str) -> tuple[list[dict], dict]:  # fmt: skip
+def _trial_rows(spec: StudySpec, cfg: dict, results: list[dict], *, status: str, error: str,
+                study_uid: str | None = None) -> tuple[list[dict], dict]:  # fmt: skip
     """One trial's rows of the results table (one per evaluation; a failure before the
-    first is still a row) from its config and what it reported, and their shared columns."""
+    first is still a row) from its config and what it reported, and their shared columns;
+    ``study_uid``: the study's identity (spec.yaml's run.study_uid)."""
     evals = [r for r in results if r.get("status") != "failed"]
     failed = [r for r in results if r.get("status") == "failed"]
     if failed and not error:
         error = failed[-1].get("error", "")
     base = {
         "study": spec.name,
+        "study_uid": study_uid,
         "trial_id": f"{cfg['optuna_study']}#{cfg['optuna_trial']}",
         "optuna_trial": cfg["optuna_trial"],
         "cell": cfg["cell"],
@@ -102,27 +108,6 @@ def _trial_rows(spec: StudySpec, cfg: dict, results: list[dict], *, status: str,
     if not rows:  # a failure before the first evaluation is still a row
         rows = [{**base, "epoch": 0, "node": (failed[-1].get("node_ip") if failed else None)}]
     return rows, base
-
-
-def _check_same_study(spec: StudySpec, run_dir: Path) -> None:
-    """A run directory holds one study: refuse to resume with different axes or LR range."""
-    saved = run_dir / "spec.yaml"
-    what = ("name", "model", "task", "axes", "learning_rate", "lora", "eval", "train", "sampler")
-    mine = spec.model_dump(mode="json", include=set(what))
-    if saved.exists():
-        theirs = _spec_yaml(saved)  # RecordsError naming the file when it is damaged
-        theirs = {k: theirs.get(k) for k in what}
-        diff = [k for k in what if mine.get(k) != theirs.get(k)]
-        if diff:
-            raise SpecError(
-                f"{spec.source}: {', '.join(diff)}: must match the study already in {run_dir} to resume it "
-                f"(got a different value); use another --out for a new study"
-            )
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # packing is how the study runs, not what it is: off (the default), spec.yaml is as before
-        exclude = {"packing"} if spec.packing.adapters_per_worker == 1 else set()
-        saved.write_text(yaml.safe_dump(spec.to_record(exclude=exclude), sort_keys=False))  # no password
 
 
 def empty_table() -> pd.DataFrame:
@@ -161,9 +146,10 @@ def append_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
     """Append rows to run_dir's results table atomically, in O(len(rows)); returns the new row count.
 
     Rows are keyed by (trial_id, epoch, phase) (ROW_KEY). A row whose key is already recorded
-    (or repeated in ``rows``) with the same config (ROW_CONFIG) is a replay and is dropped, so
-    replaying a trial after a crash never duplicates a row; with a different config it raises
-    RecordsError and nothing is written. All kept rows land in one file, or none do.
+    (or repeated in ``rows``) with the same config (ROW_CONFIG) and study_uid (ROW_OWNER; an
+    old row without one matches any) is a replay and is dropped, so replaying a trial after a
+    crash never duplicates a row; with a different config or study_uid it raises RecordsError
+    and nothing is written. All kept rows land in one file, or none do.
     """
     run_dir = Path(run_dir)
     try:
@@ -172,7 +158,7 @@ def append_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
         raise RecordsError(f"{run_dir}: cannot create the run directory: {type(err).__name__}: {err}") from None
     cols = _columns(list(rows), run_dir)
     w = _writer(run_dir)
-    keys, configs = _keys(cols, ROW_KEY), _keys(cols, ROW_CONFIG)
+    keys, configs = _keys(cols, ROW_KEY), _keys(cols, (*ROW_CONFIG, ROW_OWNER))
     if not keys:
         return w.rows
     keep = w.check(keys, configs)
@@ -180,7 +166,7 @@ def append_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
         return w.rows
     if not all(keep):
         cols = {c: [v for v, k in zip(vals, keep, strict=True) if k] for c, vals in cols.items()}
-        keys, configs = _keys(cols, ROW_KEY), _keys(cols, ROW_CONFIG)
+        keys, configs = _keys(cols, ROW_KEY), _keys(cols, (*ROW_CONFIG, ROW_OWNER))
     w.write(pa.Table.from_pydict(cols, schema=_SCHEMA), keys, configs)
     return w.rows
 
@@ -230,7 +216,8 @@ def _load_spec(run_dir: Path | None) -> tuple[dict[str, Any], Any]:
     try:
         from scaling.spec import parse_spec
 
-        return raw, parse_spec(raw, source=str(run_dir / "spec.yaml"))
+        study = {k: v for k, v in raw.items() if k != RUN_KEY}  # the run's own section is no spec field
+        return raw, parse_spec(study, source=str(run_dir / "spec.yaml"))
     except Exception:  # a moved task file or an older spec: the raw dict still describes it
         return raw, None
 
@@ -289,22 +276,6 @@ def check_run_dir(run_dir: str | Path) -> None:
     base, _, live, _ = _scan(run_dir)
     if base is not None or live:
         read_results(run_dir)
-
-
-def _spec_yaml(path: Path) -> dict[str, Any]:
-    """A run's spec copy as a dict; RecordsError (naming the file) when unreadable or not a YAML mapping."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecordsError(f"{path}: cannot read the run's spec copy: {type(err).__name__}: {err}") from None
-    except yaml.YAMLError as err:
-        what = " ".join(str(err).split())
-        raise RecordsError(f"{path}: the run's spec copy is not valid YAML: {what}") from None
-    if not isinstance(raw, dict):
-        raise RecordsError(f"{path}: the run's spec copy must be a YAML mapping (got {type(raw).__name__})")
-    return raw
 
 
 def _held(run_dir: Path) -> bool:

@@ -16,9 +16,12 @@ into results.parquet (the sweep calls it at its end). An old run (results.parque
 written before this layout) is this layout's compacted form; the first append of a resumed
 run rewrites it in the current schema with the metadata.
 
-Row key: (trial_id, epoch, phase). A row whose key is already recorded with the same config
-(learning_rate, dataset_size, epochs, lora_r, seed) is a replay and is dropped; with a
-different config it is an error (RecordsError), never a silent drop. The writer keeps the
+Row key: (trial_id, epoch, phase) (ROW_KEY). A row whose key is already recorded with the same
+config (ROW_CONFIG: learning_rate, dataset_size, epochs, lora_r, seed) and the same study_uid is
+a replay and is dropped; with a different config, or another study's uid (the rows of another
+Optuna storage, whose trial numbers restarted at 0), it is an error (RecordsError), never a
+silent drop. A row without a study_uid (written before the column existed) matches any. The
+writer keeps the
 keys in memory (checked against the directory's stat on every append), so an append costs a
 dict lookup per row plus one small file.
 """
@@ -44,6 +47,7 @@ __all__ = [
     "result_files",
     "ROW_KEY",
     "ROW_CONFIG",
+    "ROW_OWNER",
     "PARTS_DIR",
 ]
 
@@ -56,6 +60,8 @@ class RecordsError(ValueError):
 PARTS_DIR = "results"  # the part files appended since the last compaction
 ROW_KEY = ("trial_id", "epoch", "phase")  # one row per key
 ROW_CONFIG = ("learning_rate", "dataset_size", "epochs", "lora_r", "seed")  # a replay repeats these
+ROW_OWNER = "study_uid"  # ... and comes from the same study (None: an old row, matches any)
+_IDENT = (*ROW_CONFIG, ROW_OWNER)  # what the key index holds per key
 _FANOUT = 16  # this many equal-sized parts merge into one
 _CACHED = _FANOUT**2  # a writer keeps the parts it wrote that span fewer appends than this in memory
 _META = b"scaling.results"  # results.parquet's metadata: {"format": 2, "through": <last seq folded in>}
@@ -262,25 +268,32 @@ class _Writer:
         self.cache: dict[tuple[int, int], pa.Table] = {}  # small live parts this process wrote, for merges
         self.rows = 0
         if base is not None or live:
-            df = _read_run_table(self.run_dir, columns=[*ROW_KEY, *ROW_CONFIG])
+            df = _read_run_table(self.run_dir, columns=[*ROW_KEY, *_IDENT])
             self.rows = len(df)
             cols = {c: df[c].astype(object).tolist() for c in df.columns}
-            for k, c in zip(_keys(cols, ROW_KEY), _keys(cols, ROW_CONFIG), strict=True):
+            for k, c in zip(_keys(cols, ROW_KEY), _keys(cols, _IDENT), strict=True):
                 self.index.setdefault(k, c)
         self.seen = self.stamp()
 
     def check(self, keys: list[tuple[Any, ...]], configs: list[tuple[Any, ...]]) -> list[bool]:
-        """Which new rows to keep: not replays; raises on a key recorded with another config."""
+        """Which new rows to keep: not replays; raises on a key recorded with another config or
+        by another study (``configs``: per row, ROW_CONFIG's values then ROW_OWNER's)."""
         keep: list[bool] = []
         batch: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         for k, c in zip(keys, configs, strict=True):
             had = self.index.get(k, batch.get(k))
-            if had is not None and had != c:
-                diff = ", ".join(f"{f}={a!r} vs {b!r}" for f, a, b in zip(ROW_CONFIG, had, c, strict=True) if a != b)
+            if had is not None and had[:-1] != c[:-1]:
+                diff = ", ".join(f"{f}={a!r} vs {b!r}" for f, a, b in zip(ROW_CONFIG, had, c, strict=False) if a != b)
                 raise RecordsError(
                     f"{self.run_dir / RESULTS_FILE}: row key {dict(zip(ROW_KEY, k, strict=True))} is already "
                     f"recorded with a different config ({diff}, recorded vs new): two trials share one trial_id; "
                     "nothing was written"
+                )
+            if had is not None and None not in (had[-1], c[-1]) and had[-1] != c[-1]:
+                raise RecordsError(
+                    f"{self.run_dir / RESULTS_FILE}: row key {dict(zip(ROW_KEY, k, strict=True))} is already "
+                    f"recorded by study {ROW_OWNER}={had[-1]!r}; the new row comes from {ROW_OWNER}={c[-1]!r} "
+                    "(another Optuna storage, whose trial numbers started again): nothing was written"
                 )
             keep.append(had is None)
             batch.setdefault(k, c)

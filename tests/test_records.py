@@ -377,3 +377,19 @@ def test_a_write_that_fails_half_way_removes_its_tmp(tmp_path):
     assert f"{tmp_path}/results/000000004-000000004.parquet: cannot write the results table" in out.stdout
     assert "File too large" in out.stdout, out.stdout
     assert _files(tmp_path) == before and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_key_recorded_by_another_study_raises_even_with_the_same_config(tmp_path):
+    """Another Optuna storage numbers its trials from 0 again: its trial #0 has the run's trial #0's
+    id and, at the anchor LR and the same seed, its config; the study_uid tells them apart."""
+    mine = [{**r, "study_uid": "a" * 32} for r in _trial(0)]
+    append_rows(tmp_path, mine)
+    before = _files(tmp_path)
+    theirs = [{**r, "study_uid": "b" * 32} for r in _trial(0)]
+    with pytest.raises(RecordsError, match=r"'trial_id': 't#0'.*already recorded by study study_uid='a{32}'; the new "
+                                           r"row comes from study_uid='b{32}'.*nothing was written"):
+        append_rows(tmp_path, theirs)
+    assert _files(tmp_path) == before
+    assert append_rows(tmp_path, mine) == 4  # the same study's replay is still dropped
+    assert append_rows(tmp_path, _trial(0)) == 4  # a row without a uid (an old writer's) matches any
+    assert read_results(tmp_path)["study_uid"].tolist() == ["a" * 32] * 4

@@ -21,22 +21,25 @@ __all__: list[str] = []
 
 
 class _Recorder(Callback):
-    def __init__(self, spec: StudySpec, run_dir: Path, on_done: Callable[[str, dict], None] | None = None):
+    def __init__(self, spec: StudySpec, run_dir: Path, on_done: Callable[[str, dict], None] | None = None,
+                 study_uid: str | None = None):  # fmt: skip
         self.spec = spec
+        self.study_uid = study_uid
         self.run_dir = run_dir
         self.buffers: dict[str, list[dict]] = {}
         self.on_done = on_done
         self.counts = {"ok": 0, "failed": 0, "pruned": 0}
 
     def __getstate__(self) -> dict:  # Tuner pickles callbacks; ours is rebuilt on resume
-        return {"spec": self.spec, "run_dir": self.run_dir, "buffers": {}, "on_done": None, "counts": {}}
+        return {"spec": self.spec, "run_dir": self.run_dir, "buffers": {}, "on_done": None, "counts": {},
+                "study_uid": self.study_uid}  # fmt: skip
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.buffers.setdefault(trial.trial_id, []).append(dict(result))
 
     def _flush(self, trial: Any, status: str, error: str = "") -> None:
         rows, base = _trial_rows(self.spec, trial.config, self.buffers.pop(trial.trial_id, []), status=status,
-                                 error=error)
+                                 error=error, study_uid=self.study_uid)
         append_rows(self.run_dir, rows)
         self.counts[status] += 1
         if self.on_done:
@@ -54,7 +57,8 @@ class _Recorder(Callback):
             status = "failed" if error is not None else _trial_status(mine[-1] if mine else None, False)
             solo = {**{k: cfg[k] for k in ("dataset_size", "epochs", "lora_r", "cell", "optuna_study")}, **m}
             solo["pack_size"] = cfg["active"]
-            member_rows, base = _trial_rows(self.spec, solo, mine, status=status, error=error or "")
+            member_rows, base = _trial_rows(self.spec, solo, mine, status=status, error=error or "",
+                                        study_uid=self.study_uid)
             rows += member_rows
             done.append((status, base))
         append_rows(self.run_dir, rows)

@@ -34,7 +34,10 @@ from ray import tune  # noqa: E402
 
 from analysis.table import RESULTS_FILE  # noqa: E402
 from scaling.records import RunLock, _check_same_study, compact, read_results  # noqa: E402
-from scaling.spec import SpecError, StudySpec  # noqa: E402
+from scaling.records_io import RecordsError  # noqa: E402
+from scaling.run_record import finish_sweep, new_uid, start_sweep, update_sweep  # noqa: E402
+from scaling.spec import SpecError, StudySpec, redact_url  # noqa: E402
+from scaling.sweep.identity import check_storage, sqlite_missing  # noqa: E402
 from scaling.sweep.recorder import _Recorder  # noqa: E402
 from scaling.sweep.schedule import _scheduler  # noqa: E402
 from scaling.sweep.searcher import CellSearcher, open_storage  # noqa: E402
@@ -128,22 +131,41 @@ def run_sweep(
     run_dir = spec.run_dir(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        _check_same_study(spec, run_dir)
+        # every refusal comes before anything is written: the spec copy, then the storage's identity
+        record = _check_same_study(spec, run_dir)  # None: a new run directory
         url = spec.optuna_url(run_dir)
+        recorded: set[str] = set()  # trials whose rows reached the table
+        rows = 0
+        if (run_dir / RESULTS_FILE).exists():
+            table = read_results(run_dir)
+            rows, recorded = len(table), set(table["trial_id"].astype(str))
+        record = dict(record or {})
+        uid = record.get("study_uid") or None
+        gone = sqlite_missing(url)
+        if gone is not None and rows:  # opening it would create an empty storage: refuse first
+            raise RecordsError(
+                f"{run_dir}: the Optuna storage {redact_url(url)!r} does not exist (no file {gone}) but "
+                f"{run_dir / RESULTS_FILE} has {rows} rows of study uid {uid or '(none yet)'}: resuming would "
+                "restart the trial numbers and lose the new evaluations; restore the run's storage, "
+                "or use another --out"
+            )
         try:
             storage = open_storage(url)
         except SpecError as err:
             raise SpecError(f"{spec.source}: {err}") from None
-        recorded: set[str] = set()  # trials whose rows reached the table
-        if (run_dir / RESULTS_FILE).exists():
-            recorded = set(read_results(run_dir)["trial_id"].astype(str))
+        check_storage(spec, run_dir, storage, url, uid=uid, table_rows=rows)
+        uid = uid or new_uid()  # the first run (or one from before study uids): the run gets one now
+        # written before any cell study carries it, so a crash between leaves no stranger's uid
+        record = start_sweep(spec, run_dir, record, uid=uid, optuna=redact_url(url) or "",
+                             max_trials=max_trials, trials_recorded=len(recorded))  # fmt: skip
         # what Ray Tune pickles to disk (tuner.pkl: searcher, callbacks) gets no password
         safe = spec.without_secrets()
-        searcher = CellSearcher(safe, storage, max_trials=max_trials, recorded=recorded)
+        searcher = CellSearcher(safe, storage, max_trials=max_trials, recorded=recorded, study_uid=uid)
         todo = searcher.remaining()
+        record = update_sweep(spec, run_dir, record, trials_to_run=todo)
         if on_start:
             on_start(todo, spec.planned_trials())
-        recorder = _Recorder(safe, run_dir, on_trial_done)
+        recorder = _Recorder(safe, run_dir, on_trial_done, study_uid=uid)
         if todo > 0:
             from scaling.models import ensure_base_model
 
@@ -176,6 +198,7 @@ def run_sweep(
             finally:
                 if sink is not None:
                     ray.kill(sink)
+        finish_sweep(spec, run_dir, record, counts=recorder.counts)
         results = run_dir / RESULTS_FILE
         adapters: list[Path] = []
         if results.exists():

@@ -30,6 +30,7 @@ from analysis.table import SELECT_METRIC
 from scaling.lr_sampler import BracketSampler, cell_attrs, summarise_trials
 from scaling.records import _trial_status
 from scaling.spec import Cell, SpecError, StudySpec, redact_url
+from scaling.sweep.identity import UID_ATTR
 
 __all__ = ["CellSearcher", "cell_study_name", "open_storage"]
 
@@ -92,6 +93,7 @@ class CellSearcher(Searcher):
         *,
         max_trials: int | None = None,
         recorded: set[str] | None = None,
+        study_uid: str | None = None,
     ):
         super().__init__(metric=SELECT_METRIC, mode="min")
         self.spec = spec
@@ -119,6 +121,8 @@ class CellSearcher(Searcher):
             for k, v in cell_attrs(group=spec.name, axes=axes).items():
                 study.set_user_attr(k, v)
             study.set_user_attr("metric", SELECT_METRIC)
+            if study_uid is not None:  # the run's identity (scaling/sweep/identity.py)
+                study.set_user_attr(UID_ATTR, study_uid)
             st = _CellState(cell=cell, study=study)
             for t in study.get_trials(deepcopy=False):
                 phase = t.user_attrs.get("phase", "search")

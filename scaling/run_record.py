@@ -1,0 +1,163 @@
+"""spec.yaml in a run directory: the study a run holds, its identity, and what ran.
+
+spec.yaml is the spec of the run's first sweep (``StudySpec.to_record``: no password) plus a
+``run:`` section the sweep keeps:
+
+    run:
+      study_uid: 3f2c...            # made on the first run; every cell study in the Optuna
+                                    # storage carries it too (user attr scaling.study_uid)
+      task_sha256: 9a0b...          # task.kind jsonl: the task file's bytes at the first run
+      sweeps:                       # one entry per `scaling sweep` on this directory
+        - {started_at, optuna, adapters_per_worker, max_trials, trials_recorded,
+           trials_to_run, finished_at, trials_run, counts}
+
+A resume must match it (`_check_same_study`): the study's fields (name, model, task, axes,
+learning_rate, lora, eval, train, sampler, seeds, early_stopping, packing but its
+adapters_per_worker, which changes speed, not results) and the JSONL task file's contents.
+`_load_spec` (records.py) hands analysis the spec without the run section.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scaling.records_io import RecordsError
+from scaling.spec import SpecError, StudySpec
+
+__all__ = ["RUN_KEY", "_check_same_study", "_spec_yaml", "new_uid", "task_sha256", "write_run"]
+
+RUN_KEY = "run"  # spec.yaml's section that is the run's, not the spec's
+# compared as a whole (a different value is named by the section)
+_WHOLE = ("name", "model", "task", "axes", "learning_rate", "lora", "eval", "train", "sampler")
+# compared field by field, a spec.yaml without the section meaning the defaults
+_BY_FIELD = ("seeds", "early_stopping", "packing")
+_SPEED_ONLY = {("packing", "adapters_per_worker")}  # same results, so a resume may change it
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def new_uid() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def task_sha256(spec: StudySpec) -> str | None:
+    """sha256 of the JSONL task file's bytes (None for the built-in tasks)."""
+    if spec.task.kind != "jsonl" or not spec.task.path:
+        return None
+    try:
+        return hashlib.sha256(Path(spec.task.path).read_bytes()).hexdigest()
+    except OSError as err:
+        raise SpecError(f"{spec.source}: task.path: cannot read {spec.task.path}: {type(err).__name__}: {err}") from None
+
+
+def _spec_yaml(path: Path) -> dict[str, Any]:
+    """A run's spec copy as a dict; RecordsError (naming the file) when unreadable or not a YAML mapping."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecordsError(f"{path}: cannot read the run's spec copy: {type(err).__name__}: {err}") from None
+    except yaml.YAMLError as err:
+        what = " ".join(str(err).split())
+        raise RecordsError(f"{path}: the run's spec copy is not valid YAML: {what}") from None
+    if not isinstance(raw, dict):
+        raise RecordsError(f"{path}: the run's spec copy must be a YAML mapping (got {type(raw).__name__})")
+    run = raw.get(RUN_KEY)
+    if run is not None and not isinstance(run, dict):
+        raise RecordsError(f"{path}: {RUN_KEY}: must be a mapping (got {type(run).__name__})")
+    return raw
+
+
+def _check_same_study(spec: StudySpec, run_dir: Path) -> dict[str, Any] | None:
+    """A run directory holds one study: refuse (SpecError naming the field) to resume it with a
+    different study. Returns spec.yaml's run section ({} for a run written before it existed),
+    or None when the directory holds no study yet. Reads only."""
+    saved = run_dir / "spec.yaml"
+    if not saved.exists():
+        return None
+    theirs = _spec_yaml(saved)  # RecordsError naming the file when it is damaged
+    mine = spec.model_dump(mode="json", include={*_WHOLE, *_BY_FIELD})
+    diff = [k for k in _WHOLE if mine.get(k) != theirs.get(k)]
+    shown: list[str] = []
+    defaults = StudySpec.model_fields
+    for section in _BY_FIELD:
+        had = theirs.get(section)
+        if not isinstance(had, dict):  # older spec copies (and packing off) leave it out: the defaults
+            had = defaults[section].default_factory().model_dump(mode="json")  # type: ignore[misc]
+        for field, now in mine[section].items():
+            if (section, field) not in _SPEED_ONLY and had.get(field) != now:
+                diff.append(f"{section}.{field}")
+                shown.append(f"{section}.{field}: the run has {had.get(field)!r}, got {now!r}")
+    if diff:
+        detail = "; ".join(shown) if shown else "got a different value"
+        raise SpecError(
+            f"{spec.source}: {', '.join(diff)}: must match the study already in {run_dir} to resume it "
+            f"({detail}); use another --out for a new study"
+        )
+    run = dict(theirs.get(RUN_KEY) or {})
+    had_sha, sha = run.get("task_sha256"), task_sha256(spec)
+    if had_sha and sha and had_sha != sha:
+        raise SpecError(
+            f"{spec.source}: task.path: the task file {spec.task.path} must not change during a study "
+            f"(sha256 {had_sha[:12]} at the run's first sweep, recorded in {saved}; {sha[:12]} now); "
+            "restore it or use another --out for a new study"
+        )
+    return run
+
+
+def write_run(spec: StudySpec, run_dir: Path, run: dict[str, Any]) -> None:
+    """Write spec.yaml with ``run`` as its run section: the first time, the spec (no password) as
+    the first sweep ran it; later, the spec copy as it was. Atomic (tmp, fsync, rename)."""
+    path = run_dir / "spec.yaml"
+    if path.exists():
+        data = {k: v for k, v in _spec_yaml(path).items() if k != RUN_KEY}
+    else:
+        # packing is how the study runs, not what it is: off (the default), it is left out as before
+        exclude = {"packing"} if spec.packing.adapters_per_worker == 1 else set()
+        data = spec.to_record(exclude=exclude)
+    data[RUN_KEY] = run
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise RecordsError(f"{path}: cannot write the run's spec copy: {type(err).__name__}: {err}") from None
+
+
+def start_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], *, uid: str, optuna: str,
+                max_trials: int | None, trials_recorded: int) -> dict[str, Any]:  # fmt: skip
+    """The run section with this sweep begun (``optuna``: the storage URL, redacted), written."""
+    run = {"study_uid": uid, **{k: v for k, v in run.items() if k != "study_uid"}}
+    sha = task_sha256(spec)
+    if sha and not run.get("task_sha256"):
+        run["task_sha256"] = sha
+    entry = {"started_at": _now(), "optuna": optuna, "adapters_per_worker": spec.packing.adapters_per_worker,
+             "max_trials": max_trials, "trials_recorded": trials_recorded}  # fmt: skip
+    run["sweeps"] = [*(run.get("sweeps") or []), entry]
+    write_run(spec, run_dir, run)
+    return run
+
+
+def update_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], **facts: Any) -> dict[str, Any]:
+    """The run section with ``facts`` added to this sweep's entry (the last), written."""
+    sweeps = list(run.get("sweeps") or [{}])
+    sweeps[-1] = {**sweeps[-1], **facts}
+    run = {**run, "sweeps": sweeps}
+    write_run(spec, run_dir, run)
+    return run
+
+
+def finish_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], *, counts: dict[str, int]) -> dict[str, Any]:
+    return update_sweep(spec, run_dir, run, finished_at=_now(), trials_run=sum(counts.values()), counts=dict(counts))

@@ -1,0 +1,72 @@
+"""Whose Optuna storage is this: a resume is refused when the storage is not the run's own.
+
+A study's identity is a UUID made on its first run, kept in the run directory (spec.yaml's
+``run.study_uid``, scaling/run_record.py) and on every cell study in the Optuna storage (user
+attr ``scaling.study_uid``, set when CellSearcher creates or opens it). Optuna numbers trials
+from 0 in every new study, so a run directory resumed against another storage (optuna.db
+deleted, storage.optuna changed) would hand out trial ids the table already holds: its
+evaluations would be dropped as replays while Optuna marks them COMPLETE. `check_storage`
+refuses that before anything is written, naming the run's uid and what the storage holds.
+
+A run directory from before identities (no run.study_uid) adopts the storage it resumes with
+when that storage's cell studies carry no uid (the sweep then stamps them); one that carries
+a uid belongs to another run and is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from scaling.records_io import RecordsError
+from scaling.spec import StudySpec, redact_url
+
+__all__ = ["UID_ATTR", "check_storage", "sqlite_missing"]
+
+UID_ATTR = "scaling.study_uid"
+
+
+def sqlite_missing(url: str) -> Path | None:
+    """The file of a sqlite URL when it does not exist (opening it would create an empty one)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url[len("sqlite:///"):].split("?", 1)[0])
+    return None if not str(path) or str(path) == ":memory:" or path.exists() else path
+
+
+def _refuse(run_dir: Path, uid: str | None, url: str, what: str) -> RecordsError:
+    mine = f"study uid {uid} (spec.yaml run.study_uid)" if uid else "no study uid yet (a run from before study uids)"
+    return RecordsError(
+        f"{run_dir}: the Optuna storage {redact_url(url)!r} is not this run's own: the run directory holds "
+        f"{mine}; {what}. Resuming would reuse trial numbers the table already holds and lose the new "
+        "evaluations: point storage.optuna at the run's own storage (restore optuna.db), or use another --out"
+    )
+
+
+def check_storage(spec: StudySpec, run_dir: Path, storage: optuna.storages.BaseStorage, url: str, *,
+                  uid: str | None, table_rows: int) -> None:  # fmt: skip
+    """Raise RecordsError unless ``storage`` may hold this run's cell studies: none of them carries
+    another uid, none with trials lacks the run's uid (unless the run has none yet: it adopts
+    them), and, when the table has rows, at least one of them is there with trials. Reads only."""
+    from scaling.sweep.searcher import cell_study_name
+
+    names = [cell_study_name(spec, c) for c in spec.cells()]
+    have = set(optuna.get_all_study_names(storage))
+    found = 0
+    for name in names:
+        if name not in have:
+            continue
+        sid = storage.get_study_id_from_name(name)
+        theirs = storage.get_study_user_attrs(sid).get(UID_ATTR)
+        trials = len(storage.get_all_trials(sid, deepcopy=False))
+        found += trials > 0
+        if theirs is not None and theirs != uid:
+            raise _refuse(run_dir, uid, url, f"its cell study {name!r} carries study uid {theirs} "
+                                             f"(user attr {UID_ATTR}): another run's study")  # fmt: skip
+        if theirs is None and uid is not None and trials > 0:
+            raise _refuse(run_dir, uid, url, f"its cell study {name!r} has {trials} trials but no study uid "
+                                             f"(user attr {UID_ATTR}): it was not made by this run")  # fmt: skip
+    if table_rows and not found:
+        raise _refuse(run_dir, uid, url, f"it holds none of the run's {len(names)} cell studies ({names[0]!r}, ...) "
+                                         f"while {run_dir / 'results.parquet'} has {table_rows} rows")  # fmt: skip
