@@ -74,10 +74,12 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
     from scaling.spec import SpecError, redact_url
 
     s = _load(spec)
-    try:  # a ${VAR} in storage.optuna must be set
+    try:  # a ${VAR} in storage.optuna or tracking.mlflow.tracking_uri must be set
         url = s.optuna_url(s.run_dir())
+        mlflow_uri = s.mlflow_uri()
     except SpecError as err:
         _fail(str(err))
+    on = [n for n in ("mlflow", "tensorboard", "wandb") if getattr(s.tracking, n)]
     cells = s.cells()
     console.print(
         f"[green]ok[/] {spec}: study '{s.name}', {len(cells)} cells x "
@@ -86,6 +88,7 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
         + "; "
         f"D={list(s.axes.dataset_sizes())}, epochs={list(s.axes.epoch_values())}, "
         f"lr=[{s.learning_rate.low:g}, {s.learning_rate.high:g}]; Optuna storage {redact_url(url)}"
+        + (f"; tracking: {', '.join(on)}" + (f" (MLflow {redact_url(mlflow_uri)})" if mlflow_uri else "") if on else "")
     )
 
 
@@ -120,6 +123,7 @@ def sweep(
     try:  # an --out that is a file, a damaged spec copy or results table: refused before anything is written
         check_run_dir(run_dir)
         s.optuna_url(run_dir)  # a ${VAR} in storage.optuna must be set
+        s.mlflow_uri()  # and in tracking.mlflow.tracking_uri
     except (RecordsError, SpecError) as err:
         _fail(str(err))
     if not resume and (run_dir / "spec.yaml").exists():

@@ -122,6 +122,8 @@ def _check_same_study(spec: StudySpec, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         # packing is how the study runs, not what it is: off (the default), spec.yaml is as before
         exclude = {"packing"} if spec.packing.adapters_per_worker == 1 else set()
+        if not spec.tracking.any():  # nor tracking (off by default)
+            exclude.add("tracking")
         saved.write_text(yaml.safe_dump(spec.to_record(exclude=exclude), sort_keys=False))  # no password
 
 
