@@ -573,3 +573,6 @@ def models_smollm2_path() -> None:
         typer.echo(str(smollm2_gguf_path()))
     except FileNotFoundError as err:
         _fail(str(err))
+
+
+import scaling.cli_status  # noqa: E402,F401  (registers `scaling status`)
