@@ -103,8 +103,6 @@ def sweep(
              "spec's packing; worth it on GPUs; results are the same)")] = None,
 ) -> None:
     """Run a study (resuming it when its run directory already holds one)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from scaling.records import RunLocked, check_run_dir
     from scaling.records_io import RecordsError
     from scaling.spec import SpecError, redact_url
@@ -128,27 +126,13 @@ def sweep(
         _fail(str(err))
     if not resume and (run_dir / "spec.yaml").exists():
         _fail(f"{run_dir}: already holds a study; pass --resume or choose another --out")
+    from scaling.cli_progress import SweepProgress
     from scaling.sweep import run_sweep
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[last]}"), console=console, transient=False,
-    )  # fmt: skip
-    task_id = None
-
-    def on_start(todo: int, planned: int) -> None:
-        nonlocal task_id
-        progress.start()
-        task_id = progress.add_task(f"sweep {s.name}", total=todo, last=f"{planned - todo} already done")
-
-    def on_done(status: str, row: dict) -> None:
-        last = f"{row['cell']} lr={row['learning_rate']:.2e} {status}"
-        task = next(t for t in progress.tasks if t.id == task_id)
-        # a cell left unbracketed takes extra LR trials (sampler.extra_trials): the total grows
-        progress.update(task_id, advance=1, last=last, total=max(task.total or 0, task.completed + 1))
-
+    progress = SweepProgress(console, s.name)
     try:
-        res = run_sweep(s, out=out, max_trials=max_trials, on_start=on_start, on_trial_done=on_done)
+        res = run_sweep(s, out=out, max_trials=max_trials, on_start=progress.on_start,
+                        on_trial_done=progress.on_done, on_epoch=progress.on_epoch)  # fmt: skip
     except (RunLocked, RecordsError) as err:
         _fail(str(err))
     except SpecError as err:

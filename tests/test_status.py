@@ -101,3 +101,25 @@ def test_status_of_a_new_or_missing_run(tmp_path):
     assert _snapshot(tmp_path / "fresh") == before  # no optuna.db created
     assert st["cells"] == {"done": 0, "running": 0, "waiting": 4} and st["optuna"] is None
     assert st["trials_left"] == 8 and st["eta_seconds"] is None
+
+
+def test_the_sweep_progress_moves_per_epoch_and_shows_running_trials():
+    import io
+
+    from rich.console import Console
+
+    from scaling.cli_progress import SweepProgress
+
+    bar = SweepProgress(Console(file=io.StringIO()), "p")
+    bar.on_start(2, 2)
+    task = bar.bar.tasks[0]
+    for epoch in (1, 2):  # a 4-epoch trial: each epoch is a quarter of it
+        bar.on_epoch({"cell": "D=64,E=4,r=8", "optuna_trial": 0, "learning_rate": 1e-3, "epoch": epoch, "epochs": 4})
+    bar.on_epoch({"cell": "D=64,E=1,r=8", "optuna_trial": 0, "learning_rate": 2e-3, "epoch": 1, "epochs": 1})
+    assert task.completed == 1.5
+    assert task.fields["live"] == "| running: D=64,E=4,r=8 lr=1.00e-03 ep 2/4; D=64,E=1,r=8 lr=2.00e-03 ep 1/1"
+    bar.on_done("pruned", {"cell": "D=64,E=4,r=8", "optuna_trial": 0, "learning_rate": 1e-3})  # stopped early
+    assert task.completed == 2.0 and task.fields["live"] == "| running: D=64,E=1,r=8 lr=2.00e-03 ep 1/1"
+    bar.on_done("ok", {"cell": "D=64,E=1,r=8", "optuna_trial": 0, "learning_rate": 2e-3})
+    assert task.completed == 2.0 and task.total == 2 and task.fields["live"] == ""
+    bar.stop()

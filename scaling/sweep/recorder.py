@@ -40,9 +40,13 @@ class _Recorder(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.buffers.setdefault(trial.trial_id, []).append(dict(result))
-        if self.on_epoch:
+        if self.on_epoch and result.get("epoch") is not None:
             try:  # the progress display: it must never cost a row
-                self.on_epoch({**{k: trial.config.get(k) for k in ("cell", "learning_rate")}, **result})
+                cfg = trial.config
+                one = cfg["members"][int(result["member"])] if "members" in cfg else cfg
+                self.on_epoch({"cell": cfg["cell"], "optuna_trial": one["optuna_trial"],
+                               "learning_rate": one["learning_rate"], "epoch": int(result["epoch"]),
+                               "epochs": int(cfg["epochs"])})  # fmt: skip
             except Exception:
                 pass
 

@@ -113,7 +113,8 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or resume) a study; returns where everything was written. ``ray_address``: a
     cluster to join when Ray is not running yet (a ray.init the caller made is kept).
-    ``on_epoch``: called in the driver with each per-epoch result (a pack's members each)."""
+    ``on_epoch``: called in the driver after each epoch of a trial (a pack's members each) with
+    its cell, optuna_trial, learning_rate, epoch and epochs."""
     t0 = time.perf_counter()
     run_dir = spec.run_dir(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
