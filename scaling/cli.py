@@ -74,8 +74,9 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
     from scaling.spec import SpecError, redact_url
 
     s = _load(spec)
-    try:  # a ${VAR} in storage.optuna must be set
+    try:  # a ${VAR} in storage.optuna or tracking.mlflow.tracking_uri must be set
         url = s.optuna_url(s.run_dir())
+        mlflow_uri = s.mlflow_uri()
     except SpecError as err:
         _fail(str(err))
     from scaling.models import TargetModulesError, check_target_modules
@@ -84,6 +85,7 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
         check_target_modules(s.model, s.lora.target_modules, source=str(spec))
     except TargetModulesError as err:
         _fail(str(err))
+    on = [n for n in ("mlflow", "tensorboard", "wandb") if getattr(s.tracking, n)]
     cells = s.cells()
     console.print(
         f"[green]ok[/] {spec}: study '{s.name}', {len(cells)} cells x "
@@ -92,6 +94,7 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
         + "; "
         f"D={list(s.axes.dataset_sizes())}, epochs={list(s.axes.epoch_values())}, "
         f"lr=[{s.learning_rate.low:g}, {s.learning_rate.high:g}]; Optuna storage {redact_url(url)}"
+        + (f"; tracking: {', '.join(on)}" + (f" (MLflow {redact_url(mlflow_uri)})" if mlflow_uri else "") if on else "")
     )
 
 
@@ -106,8 +109,6 @@ def sweep(
              "spec's packing; worth it on GPUs; results are the same)")] = None,
 ) -> None:
     """Run a study (resuming it when its run directory already holds one)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from scaling.records import RunLocked, check_run_dir
     from scaling.records_io import RecordsError
     from scaling.spec import SpecError, redact_url
@@ -126,31 +127,18 @@ def sweep(
     try:  # an --out that is a file, a damaged spec copy or results table: refused before anything is written
         check_run_dir(run_dir)
         s.optuna_url(run_dir)  # a ${VAR} in storage.optuna must be set
+        s.mlflow_uri()  # and in tracking.mlflow.tracking_uri
     except (RecordsError, SpecError) as err:
         _fail(str(err))
     if not resume and (run_dir / "spec.yaml").exists():
         _fail(f"{run_dir}: already holds a study; pass --resume or choose another --out")
+    from scaling.cli_progress import SweepProgress
     from scaling.sweep import run_sweep
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[last]}"), console=console, transient=False,
-    )  # fmt: skip
-    task_id = None
-
-    def on_start(todo: int, planned: int) -> None:
-        nonlocal task_id
-        progress.start()
-        task_id = progress.add_task(f"sweep {s.name}", total=todo, last=f"{planned - todo} already done")
-
-    def on_done(status: str, row: dict) -> None:
-        last = f"{row['cell']} lr={row['learning_rate']:.2e} {status}"
-        task = next(t for t in progress.tasks if t.id == task_id)
-        # a cell left unbracketed takes extra LR trials (sampler.extra_trials): the total grows
-        progress.update(task_id, advance=1, last=last, total=max(task.total or 0, task.completed + 1))
-
+    progress = SweepProgress(console, s.name)
     try:
-        res = run_sweep(s, out=out, max_trials=max_trials, on_start=on_start, on_trial_done=on_done)
+        res = run_sweep(s, out=out, max_trials=max_trials, on_start=progress.on_start,
+                        on_trial_done=progress.on_done, on_epoch=progress.on_epoch)  # fmt: skip
     except (RunLocked, RecordsError) as err:
         _fail(str(err))
     except SpecError as err:
@@ -575,3 +563,6 @@ def models_smollm2_path() -> None:
         typer.echo(str(smollm2_gguf_path()))
     except FileNotFoundError as err:
         _fail(str(err))
+
+
+import scaling.cli_status  # noqa: E402,F401  (registers `scaling status`)

@@ -34,10 +34,13 @@ __all__ = ["RUN_KEY", "_check_same_study", "_spec_yaml", "new_uid", "task_sha256
 
 RUN_KEY = "run"  # spec.yaml's section that is the run's, not the spec's
 # compared as a whole (a different value is named by the section)
-_WHOLE = ("name", "model", "task", "axes", "learning_rate", "lora", "eval", "train", "sampler")
-# compared field by field, a spec.yaml without the section meaning the defaults
-_BY_FIELD = ("seeds", "early_stopping", "packing")
-_SPEED_ONLY = {("packing", "adapters_per_worker")}  # same results, so a resume may change it
+_WHOLE = ("name", "model", "task", "axes", "learning_rate", "lora", "eval", "train")
+# compared field by field, a spec.yaml without the section (or an older one without the field)
+# meaning the defaults
+_BY_FIELD = ("sampler", "seeds", "early_stopping", "packing")
+# a resume may change these: adapters_per_worker gives the same results; extra_trials is budget,
+# like trials_per_cell
+_SPEED_ONLY = {("packing", "adapters_per_worker"), ("sampler", "extra_trials")}
 
 
 def _now() -> str:
@@ -90,9 +93,10 @@ def _check_same_study(spec: StudySpec, run_dir: Path) -> dict[str, Any] | None:
     shown: list[str] = []
     defaults = StudySpec.model_fields
     for section in _BY_FIELD:
+        base = defaults[section].default_factory().model_dump(mode="json")  # type: ignore[misc]
         had = theirs.get(section)
-        if not isinstance(had, dict):  # older spec copies (and packing off) leave it out: the defaults
-            had = defaults[section].default_factory().model_dump(mode="json")  # type: ignore[misc]
+        # older spec copies (and packing off) leave a section or a newer field out: the defaults
+        had = {**base, **had} if isinstance(had, dict) else base
         for field, now in mine[section].items():
             if (section, field) not in _SPEED_ONLY and had.get(field) != now:
                 diff.append(f"{section}.{field}")
@@ -123,6 +127,8 @@ def write_run(spec: StudySpec, run_dir: Path, run: dict[str, Any]) -> None:
     else:
         # packing is how the study runs, not what it is: off (the default), it is left out as before
         exclude = {"packing"} if spec.packing.adapters_per_worker == 1 else set()
+        if not spec.tracking.any():  # nor tracking, off by default
+            exclude.add("tracking")
         data = spec.to_record(exclude=exclude)
     data[RUN_KEY] = run
     tmp = path.with_name(path.name + ".tmp")

@@ -40,6 +40,9 @@ __all__ = [
     "EarlyStoppingSpec",
     "SeedsSpec",
     "PackingSpec",
+    "TrackingSpec",
+    "MlflowSpec",
+    "WandbSpec",
     "load_spec",
     "parse_spec",
     "redact_url",
@@ -286,6 +289,30 @@ class PackingSpec(_Frozen):
     adapters_per_worker: Annotated[int, Field(ge=1)] = 1
 
 
+class MlflowSpec(_Frozen):
+    # any MLflow tracking URI (sqlite:///mlflow.db, http://host:5000, databricks); may be (or hold)
+    # ${VAR}, read from the environment when the sweep starts, so a password need not sit here
+    tracking_uri: Annotated[str, Field(min_length=1)]
+    experiment: Annotated[str, Field(min_length=1)] | None = None  # default: the study's name
+
+
+class WandbSpec(_Frozen):
+    project: Annotated[str, Field(min_length=1)]
+    mode: Literal["offline", "online"] = "offline"  # offline: files under <run dir>/wandb/, no account
+
+
+class TrackingSpec(_Frozen):
+    # experiment trackers the driver mirrors the results table into, one tracker run per trial
+    # (scaling/tracking.py); all off by default. The table stays the record: a tracker that
+    # fails is warned about once and never stops the sweep or loses a row.
+    mlflow: MlflowSpec | None = None
+    tensorboard: bool = False  # event files under <run dir>/tensorboard/<trial>/
+    wandb: WandbSpec | None = None
+
+    def any(self) -> bool:
+        return self.mlflow is not None or self.tensorboard or self.wandb is not None
+
+
 class Cell(BaseModel):
     """One point of the study's grid: the axes, not the LR."""
 
@@ -315,6 +342,7 @@ class StudySpec(_Frozen):
     storage: StorageSpec = Field(default_factory=StorageSpec)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     packing: PackingSpec = Field(default_factory=PackingSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     source: str | None = None  # the file it came from (set by load_spec)
 
     @field_validator("lora", mode="after")
@@ -376,10 +404,23 @@ class StudySpec(_Frozen):
     def without_secrets(self) -> StudySpec:
         """The spec with a storage URL's password redacted, a ${VAR} kept as written: what may be
         written, pickled (Ray Tune's tuner.pkl holds the searcher and callbacks) or shipped."""
-        if not self.storage.optuna:
-            return self
-        return self.model_copy(update={"storage": self.storage.model_copy(
-            update={"optuna": redact_url(self.storage.optuna)})})  # fmt: skip
+        out = self
+        if self.storage.optuna:
+            out = out.model_copy(update={"storage": self.storage.model_copy(
+                update={"optuna": redact_url(self.storage.optuna)})})  # fmt: skip
+        ml = self.tracking.mlflow
+        if ml is not None and redact_url(ml.tracking_uri) != ml.tracking_uri:
+            ml = ml.model_copy(update={"tracking_uri": redact_url(ml.tracking_uri)})
+            out = out.model_copy(update={"tracking": self.tracking.model_copy(update={"mlflow": ml})})
+        return out
+
+    def mlflow_uri(self) -> str | None:
+        """tracking.mlflow.tracking_uri with its ${VAR}s read from the environment (SpecError naming
+        the variable when unset); None when MLflow is off. Print `redact_url` of it, never itself."""
+        if self.tracking.mlflow is None:
+            return None
+        return expand_env(self.tracking.mlflow.tracking_uri, field="tracking.mlflow.tracking_uri",
+                          source=self.source or "<spec>")  # fmt: skip
 
     def to_record(self, *, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         """The spec as plain data to write or ship (spec.yaml, Ray workers), without secrets; a
@@ -417,7 +458,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
             value = None
         if field == "(top level)" or (isinstance(value, dict) and e["type"] != "model_type"):
             value = None  # a cross-field rule: its message already quotes the values
-        if field.startswith("storage") and isinstance(value, str):
+        if field.startswith(("storage", "tracking")) and isinstance(value, str):
             value = redact_url(value)
         shown = "" if value is None else f" (got {value!r})"
         lines.append(f"{source}: {field}: {msg}{shown}")

@@ -60,3 +60,20 @@ def test_an_unset_variable_is_named_and_a_set_one_is_never_printed(tmp_path, mon
     monkeypatch.setenv("SCALING_OPTUNA_URL", f"postgresql://optuna:{PW}@db:5432/optuna")
     r = CliRunner().invoke(app, ["validate", str(f)])
     assert r.exit_code == 0 and PW not in r.output and "optuna:***@db" in r.output
+
+
+def test_a_tracking_uri_password_is_never_written_or_printed(tmp_path, monkeypatch):
+    data = {**_spec("sqlite:////tmp/o.db"), "tracking": {"mlflow": {"tracking_uri": f"https://bob:{PW}@mlflow.example"}}}
+    spec = parse_spec(data)
+    assert spec.mlflow_uri() == f"https://bob:{PW}@mlflow.example"  # what connects
+    rec = spec.to_record()
+    assert PW not in yaml.safe_dump(rec) and rec["tracking"]["mlflow"]["tracking_uri"] == "https://bob:***@mlflow.example"
+    f = tmp_path / "study.yaml"
+    f.write_text(yaml.safe_dump({**data, "tracking": {"mlflow": {"tracking_uri": "${MLFLOW_URI}"}}}))
+    monkeypatch.delenv("MLFLOW_URI", raising=False)
+    r = CliRunner().invoke(app, ["validate", str(f)])
+    assert r.exit_code == 2, r.output
+    assert f"{f}: tracking.mlflow.tracking_uri: environment variable MLFLOW_URI must be set" in r.output
+    monkeypatch.setenv("MLFLOW_URI", f"https://bob:{PW}@mlflow.example")
+    r = CliRunner().invoke(app, ["validate", str(f)])
+    assert r.exit_code == 0 and PW not in r.output and "bob:***@mlflow.example" in r.output, r.output

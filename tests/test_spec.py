@@ -86,6 +86,12 @@ BAD = [
     ("missing jsonl file", with_("task", {"kind": "jsonl", "path": "nope/none.jsonl"}), ["task.path", "must exist", "nope/none.jsonl"]),
     ("bad early stopping", with_("early_stopping.method", "hyperband"), ["early_stopping.method", "'hyperband'"]),
     ("digits too many", with_("task.digits", 9), ["task.digits", "9"]),
+    ("unknown tracker", with_("tracking.neptune", {"project": "p"}), ["tracking.neptune", "unknown key"]),
+    ("bad wandb mode", with_("tracking.wandb", {"project": "p", "mode": "cloud"}), ["tracking.wandb.mode", "'cloud'"]),
+    ("wandb without project", with_("tracking.wandb", {"mode": "offline"}), ["tracking.wandb.project", "required"]),
+    ("mlflow without uri", with_("tracking.mlflow", {"experiment": "e"}), ["tracking.mlflow.tracking_uri", "required"]),
+    ("empty mlflow uri", with_("tracking.mlflow", {"tracking_uri": ""}), ["tracking.mlflow.tracking_uri", "at least 1"]),
+    ("tensorboard as text", with_("tracking.tensorboard", "yes please"), ["tracking.tensorboard", "'yes please'"]),
 ]  # fmt: skip
 
 
@@ -124,3 +130,17 @@ def test_with_packing_overrides_and_validates_again():
     dropout = parse_spec({**spec.model_dump(mode="json", exclude={"source"}), "lora": {"dropout": 0.1}})
     with pytest.raises(SpecError, match="requires lora.dropout 0"):
         with_packing(dropout, 2)
+
+
+def test_tracking_is_off_by_default_and_kept_out_of_spec_yaml(tmp_path):
+    from scaling.records import _check_same_study
+
+    spec = parse_spec(GOOD)
+    assert not spec.tracking.any() and spec.mlflow_uri() is None
+    _check_same_study(spec, tmp_path / "off")
+    assert "tracking" not in yaml.safe_load((tmp_path / "off" / "spec.yaml").read_text())  # as before
+    on = parse_spec({**GOOD, "tracking": {"tensorboard": True, "wandb": {"project": "p"}}})
+    assert on.tracking.any() and on.tracking.wandb.mode == "offline"  # offline unless asked
+    _check_same_study(on, tmp_path / "on")
+    saved = yaml.safe_load((tmp_path / "on" / "spec.yaml").read_text())
+    assert saved["tracking"] == {"mlflow": None, "tensorboard": True, "wandb": {"project": "p", "mode": "offline"}}

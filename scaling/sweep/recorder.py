@@ -2,7 +2,9 @@
 
 It buffers a trial's per-epoch results and appends its rows (scaling/records.py builds
 them) when the trial ends, ok, failed or pruned, so the table never holds half a trial;
-a pack's members become the rows a solo trial each would have written.
+a pack's members become the rows a solo trial each would have written. The rows appended
+then go to the spec's experiment trackers (scaling/tracking.py), one tracker run per trial,
+a packed trial's members each their own; a tracker never stops the recording.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ from ray.tune import Callback
 
 from scaling.records import _trial_rows, _trial_status, append_rows
 from scaling.spec import StudySpec
+from scaling.tracking import Trackers
 
 __all__: list[str] = []
 
 
 class _Recorder(Callback):
     def __init__(self, spec: StudySpec, run_dir: Path, on_done: Callable[[str, dict], None] | None = None,
-                 study_uid: str | None = None):  # fmt: skip
+                 study_uid: str | None = None, trackers: Trackers | None = None,
+                 on_epoch: Callable[[dict], None] | None = None):  # fmt: skip
         self.spec = spec
         self.study_uid = study_uid
+        self.trackers = trackers
+        self.on_epoch = on_epoch
         self.run_dir = run_dir
         self.buffers: dict[str, list[dict]] = {}
         self.on_done = on_done
@@ -32,15 +38,29 @@ class _Recorder(Callback):
 
     def __getstate__(self) -> dict:  # Tuner pickles callbacks; ours is rebuilt on resume
         return {"spec": self.spec, "run_dir": self.run_dir, "buffers": {}, "on_done": None, "counts": {},
-                "study_uid": self.study_uid}  # fmt: skip
+                "study_uid": self.study_uid, "trackers": None, "on_epoch": None}  # fmt: skip
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.buffers.setdefault(trial.trial_id, []).append(dict(result))
+        if self.on_epoch and result.get("epoch") is not None:
+            try:  # the progress display: it must never cost a row
+                cfg = trial.config
+                one = cfg["members"][int(result["member"])] if "members" in cfg else cfg
+                self.on_epoch({"cell": cfg["cell"], "optuna_trial": one["optuna_trial"],
+                               "learning_rate": one["learning_rate"], "epoch": int(result["epoch"]),
+                               "epochs": int(cfg["epochs"])})  # fmt: skip
+            except Exception:
+                pass
+
+    def _track(self, rows: list[dict]) -> None:
+        if self.trackers is not None:
+            self.trackers.log_trials(rows)  # never raises: a failing tracker warns once
 
     def _flush(self, trial: Any, status: str, error: str = "") -> None:
         rows, base = _trial_rows(self.spec, trial.config, self.buffers.pop(trial.trial_id, []), status=status,
                                  error=error, study_uid=self.study_uid)
         append_rows(self.run_dir, rows)
+        self._track(rows)
         self.counts[status] += 1
         if self.on_done:
             self.on_done(status, base)
@@ -62,6 +82,7 @@ class _Recorder(Callback):
             rows += member_rows
             done.append((status, base))
         append_rows(self.run_dir, rows)
+        self._track(rows)
         for status, base in done:
             self.counts[status] += 1
             if self.on_done:

@@ -123,9 +123,12 @@ def run_sweep(
     on_start: Callable[[int, int], None] | None = None,
     on_trial_done: Callable[[str, dict], None] | None = None,
     ray_address: str | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> SweepResult:
     """Run (or resume) a study; returns where everything was written. ``ray_address``: a
-    cluster to join when Ray is not running yet (a ray.init the caller made is kept)."""
+    cluster to join when Ray is not running yet (a ray.init the caller made is kept).
+    ``on_epoch``: called in the driver after each epoch of a trial (a pack's members each) with
+    its cell, optuna_trial, learning_rate, epoch and epochs."""
     t0 = time.perf_counter()
     _check_targets(spec)  # a LoRA target that matches no module: refused before anything is written
     run_dir = spec.run_dir(out).resolve()
@@ -165,7 +168,13 @@ def run_sweep(
         record = update_sweep(spec, run_dir, record, trials_to_run=todo)
         if on_start:
             on_start(todo, spec.planned_trials())
-        recorder = _Recorder(safe, run_dir, on_trial_done, study_uid=uid)
+        mlflow_uri = spec.mlflow_uri()  # a ${VAR} in tracking.mlflow.tracking_uri must be set
+        trackers = None
+        if todo > 0 and spec.tracking.any():
+            from scaling.tracking import Trackers
+
+            trackers = Trackers(safe, run_dir, mlflow_uri=mlflow_uri)
+        recorder = _Recorder(safe, run_dir, on_trial_done, study_uid=uid, trackers=trackers, on_epoch=on_epoch)
         if todo > 0:
             from scaling.models import ensure_base_model
 
@@ -198,6 +207,8 @@ def run_sweep(
             finally:
                 if sink is not None:
                     ray.kill(sink)
+                if trackers is not None:
+                    trackers.close()
         finish_sweep(spec, run_dir, record, counts=recorder.counts)
         results = run_dir / RESULTS_FILE
         adapters: list[Path] = []

@@ -1,0 +1,177 @@
+"""`scaling status RUN_DIR`: where a study stands, safe while its sweep runs.
+
+Read-only: it reads the run's spec.yaml, its Optuna storage (opened without creating tables;
+an SQLite file read-only, `mode=ro`) and its results table, never the driver's memory; it
+takes no RunLock (that is the sweep's) and writes nothing.
+
+  - cells done (finished trials >= planned, none running) / running (a RUNNING trial) / waiting
+  - trials ok / failed / pruned (the table: a trial is counted once its rows are recorded)
+  - the best validation loss per cell so far (ok trials, final epoch, as the searcher tells Optuna)
+  - the running trials with their current epoch (the Optuna intermediate values the searcher
+    records per epoch)
+  - a rough ETA: the median wall-clock time of finished trials x the trials left, / the number
+    running (a packed trial's time is its pack's: its members ran at once)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from scaling.spec import SpecError, StudySpec, redact_url
+
+__all__ = ["run_status", "StatusError"]
+
+
+class StatusError(ValueError):
+    """The run directory cannot be read; the message names the file and what is wrong."""
+
+
+def _readonly(url: str) -> str:
+    """An SQLite URL opened read-only (sqlite3's URI mode=ro): a status can never write."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path = url.removeprefix("sqlite:///")
+    return f"sqlite:///file:{path}?mode=ro&uri=true"
+
+
+def _open(url: str):
+    import optuna
+
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {
+        "pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}  # fmt: skip
+    try:
+        return optuna.storages.RDBStorage(_readonly(url), engine_kwargs=kwargs, skip_table_creation=True,
+                                          skip_compatibility_check=True)  # fmt: skip
+    except Exception as err:
+        detail = (str(err).strip().splitlines() or [""])[0]
+        raise StatusError(f"storage.optuna: cannot open Optuna storage {redact_url(url)!r} read-only: "
+                          f"{type(err).__name__}: {detail}") from None
+
+
+def _spec(run_dir: Path) -> StudySpec:
+    from scaling.records import _spec_yaml
+    from scaling.spec import parse_spec
+
+    path = run_dir / "spec.yaml"
+    if not run_dir.is_dir():
+        raise StatusError(f"{run_dir}: must be a run directory (got {'a file' if run_dir.exists() else 'nothing'})")
+    if not path.exists():
+        raise StatusError(f"{path}: file does not exist: {run_dir} holds no study yet")
+    try:
+        return parse_spec(_spec_yaml(path), source=str(path))
+    except SpecError as err:
+        raise StatusError(str(err)) from None
+    except Exception as err:  # RecordsError: a damaged copy
+        raise StatusError(str(err)) from None
+
+
+def _url(spec: StudySpec, run_dir: Path, optuna_url: str | None) -> str | None:
+    """The storage URL, or None when the run's SQLite storage does not exist yet."""
+    if optuna_url:
+        return optuna_url
+    if not spec.storage.optuna:
+        db = (run_dir / "optuna.db").resolve()
+        return f"sqlite:///{db}" if db.exists() else None
+    if "***" in spec.storage.optuna:
+        raise StatusError(f"{run_dir / 'spec.yaml'}: storage.optuna: holds a redacted password "
+                          f"({spec.storage.optuna!r}); pass the storage URL with --optuna (or ${{VAR}})")  # fmt: skip
+    try:
+        return spec.optuna_url(run_dir)
+    except SpecError as err:
+        raise StatusError(str(err)) from None
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[str, Any]:
+    """Where the study in ``run_dir`` stands, as plain data (what `scaling status --json` prints)."""
+    import optuna
+
+    from analysis.table import SELECT_METRIC, trial_summary
+    from scaling.records import read_results
+    from scaling.records_io import RecordsError
+    from scaling.sweep.searcher import cell_study_name
+
+    run_dir = Path(run_dir)
+    spec = _spec(run_dir)
+    url = _url(spec, run_dir, optuna_url)
+    from analysis.table import RESULTS_FILE
+    from scaling.records_io import PARTS_DIR
+
+    table = None
+    if (run_dir / RESULTS_FILE).exists() or (run_dir / PARTS_DIR).is_dir():  # else no trial recorded yet
+        try:
+            table = read_results(run_dir)
+        except RecordsError as err:
+            raise StatusError(str(err)) from None
+    summary = trial_summary(table, value=SELECT_METRIC) if table is not None and len(table) else None
+    storage = _open(url) if url else None
+    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                       optuna.trial.TrialState.FAIL)  # fmt: skip
+    planned = spec.trials_per_cell + spec.seeds.repeat_best
+    cells: list[dict[str, Any]] = []
+    running: list[dict[str, Any]] = []
+    for cell in spec.cells():
+        name = cell_study_name(spec, cell)
+        trials = []
+        if storage is not None:
+            try:
+                sid = storage.get_study_id_from_name(name)
+                trials = storage.get_all_trials(sid, deepcopy=False)
+            except KeyError:  # no study yet: the cell has not started
+                trials = []
+        live = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        finished = sum(t.state in finished_states for t in trials)
+        mine = summary[summary["cell"] == cell.key] if summary is not None else None
+        best = None
+        if mine is not None and len(mine):
+            ok = mine[(mine["status"] == "ok") & mine["value"].notna()]
+            if len(ok):
+                row = ok.loc[ok["value"].idxmin()]
+                best = {"val_eval_loss": float(row["value"]), "learning_rate": float(row["learning_rate"]),
+                        "trial_id": str(row["trial_id"])}  # fmt: skip
+        state = "running" if live else ("done" if finished >= planned else "waiting")
+        cells.append({"cell": cell.key, "state": state, "finished": finished, "planned": planned,
+                      "running": len(live), "best": best})  # fmt: skip
+        for t in live:
+            steps = sorted(t.intermediate_values)
+            epoch = steps[-1] if steps else 0
+            running.append({
+                "cell": cell.key, "trial_id": f"{name}#{t.number}", "optuna_trial": t.number,
+                "learning_rate": _finite(t.params.get("learning_rate")), "epoch": epoch, "epochs": cell.epochs,
+                "val_eval_loss": _finite(t.intermediate_values.get(epoch)) if steps else None,
+                "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
+            })  # fmt: skip
+    counts = {"ok": 0, "failed": 0, "pruned": 0}
+    if summary is not None:
+        for status, n in summary["status"].value_counts().items():
+            counts[str(status)] = counts.get(str(status), 0) + int(n)
+    # wall-clock per finished trial: a pack's own time (its members trained at once)
+    walls = [] if summary is None else [w for w in (_finite(x) for x in summary["pack_wall_seconds"]) if w]
+    left = sum(max(0, c["planned"] - c["finished"]) for c in cells)  # running trials included
+    eta = None
+    if walls and left:
+        import statistics
+
+        eta = statistics.median(walls) * left / max(len(running), 1)
+    return {
+        "run_dir": str(run_dir),
+        "study": spec.name,
+        "optuna": redact_url(url) if url else None,
+        "cells": {s: sum(c["state"] == s for c in cells) for s in ("done", "running", "waiting")},
+        "trials": counts,
+        "trials_left": left,
+        "per_cell": cells,
+        "running": running,
+        "eta_seconds": eta,
+        "eta_note": "rough: median wall time of finished trials x trials left / trials running"
+                    + ("" if running else " (none running now: as if one ran at a time)"),
+    }
