@@ -203,3 +203,20 @@ def test_a_run_from_before_study_uids_resumes_and_adopts_its_storage(finished, t
     table = read_results(run).sort_values("optuna_trial")
     assert table["optuna_trial"].tolist() == [0, 1]
     assert table["study_uid"].isna().tolist() == [True, False] and table["study_uid"].iloc[1] == uid
+
+
+def test_an_older_spec_copy_without_a_newer_sampler_field_resumes_and_a_changed_sampler_is_refused(tmp_path):
+    import yaml
+
+    from scaling.run_record import _check_same_study
+    from scaling.spec import SpecError, parse_spec
+
+    data = {"name": "old", "axes": {"dataset_size": [64]}, "learning_rate": {"low": 1e-3, "high": 1e-2}}
+    spec = parse_spec(data)
+    saved = spec.to_record(exclude={"packing", "tracking"})
+    del saved["sampler"]["extra_trials"]  # a run directory written before the field existed
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(saved))
+    assert _check_same_study(spec, tmp_path) == {}
+    assert _check_same_study(parse_spec({**data, "sampler": {"extra_trials": 0}}), tmp_path) == {}  # budget
+    with pytest.raises(SpecError, match=r"sampler.kind: the run has 'bracket', got 'tpe'"):
+        _check_same_study(parse_spec({**data, "sampler": {"kind": "tpe"}}), tmp_path)
