@@ -51,7 +51,7 @@ def _open(url: str):
 
 
 def _spec(run_dir: Path) -> StudySpec:
-    from scaling.records import _spec_yaml
+    from scaling.run_record import RUN_KEY, _spec_yaml
     from scaling.spec import parse_spec
 
     path = run_dir / "spec.yaml"
@@ -60,7 +60,8 @@ def _spec(run_dir: Path) -> StudySpec:
     if not path.exists():
         raise StatusError(f"{path}: file does not exist: {run_dir} holds no study yet")
     try:
-        return parse_spec(_spec_yaml(path), source=str(path))
+        study = {k: v for k, v in _spec_yaml(path).items() if k != RUN_KEY}  # the run's section is no spec field
+        return parse_spec(study, source=str(path))
     except SpecError as err:
         raise StatusError(str(err)) from None
     except Exception as err:  # RecordsError: a damaged copy

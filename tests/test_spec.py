@@ -133,14 +133,16 @@ def test_with_packing_overrides_and_validates_again():
 
 
 def test_tracking_is_off_by_default_and_kept_out_of_spec_yaml(tmp_path):
-    from scaling.records import _check_same_study
+    from scaling.run_record import write_run
 
     spec = parse_spec(GOOD)
     assert not spec.tracking.any() and spec.mlflow_uri() is None
-    _check_same_study(spec, tmp_path / "off")
+    (tmp_path / "off").mkdir()
+    write_run(spec, tmp_path / "off", {})  # what a sweep writes first
     assert "tracking" not in yaml.safe_load((tmp_path / "off" / "spec.yaml").read_text())  # as before
     on = parse_spec({**GOOD, "tracking": {"tensorboard": True, "wandb": {"project": "p"}}})
     assert on.tracking.any() and on.tracking.wandb.mode == "offline"  # offline unless asked
-    _check_same_study(on, tmp_path / "on")
+    (tmp_path / "on").mkdir()
+    write_run(on, tmp_path / "on", {})
     saved = yaml.safe_load((tmp_path / "on" / "spec.yaml").read_text())
     assert saved["tracking"] == {"mlflow": None, "tensorboard": True, "wandb": {"project": "p", "mode": "offline"}}

@@ -88,14 +88,15 @@ def test_status_with_a_running_trial_then_finished(ray_local, tmp_path):  # noqa
 
 
 def test_status_of_a_new_or_missing_run(tmp_path):
-    from scaling.records import _check_same_study
+    from scaling.run_record import new_uid, write_run
 
     with pytest.raises(StatusError, match="spec.yaml: file does not exist"):
         run_status(tmp_path)
     r = CliRunner().invoke(app, ["status", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "must be a run directory" in r.output
     spec = small_spec("fresh")
-    _check_same_study(spec, tmp_path / "fresh")  # what a sweep writes first: spec.yaml, no storage yet
+    (tmp_path / "fresh").mkdir()
+    write_run(spec, tmp_path / "fresh", {"study_uid": new_uid()})  # what a sweep writes first: spec.yaml
     before = _snapshot(tmp_path / "fresh")
     st = run_status(tmp_path / "fresh")
     assert _snapshot(tmp_path / "fresh") == before  # no optuna.db created
