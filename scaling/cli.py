@@ -8,24 +8,15 @@ Heavy imports (ray, torch) happen inside the commands that need them so that
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from scaling.cli_common import _fail, _fmt, app, console
+
 __all__ = ["app"]
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Scaling studies for LoRA fine-tunes.")
-console = Console(soft_wrap=True)  # a path or a summary line is never broken mid-way (copyable, greppable); tables still fit the width
-err_console = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _load(spec_path: Path):  # -> StudySpec
@@ -57,14 +48,6 @@ def _table_or_fail(path: Path):
         return read_results(path)
     except RecordsError as err:
         _fail(str(err))
-
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 # -- running studies -----------------------------------------------------------------
@@ -565,4 +548,4 @@ def models_smollm2_path() -> None:
         _fail(str(err))
 
 
-import scaling.cli_status  # noqa: E402,F401  (registers `scaling status`)
+import scaling.cli_status  # noqa: E402,F401  (registers `scaling status` on the shared app)

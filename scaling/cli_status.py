@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from scaling.cli import _fail, _fmt, app, console
+from scaling.cli_common import _fail, _fmt, app, console
 
 __all__: list[str] = []
 

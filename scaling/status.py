@@ -99,7 +99,7 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
     from analysis.table import SELECT_METRIC, trial_summary
     from scaling.records import read_results
     from scaling.records_io import RecordsError
-    from scaling.sweep.searcher import cell_study_name
+    from scaling.sweep.identity import cell_study_name
 
     run_dir = Path(run_dir)
     spec = _spec(run_dir)

@@ -20,12 +20,17 @@ from pathlib import Path
 import optuna
 
 from scaling.records_io import RecordsError
-from scaling.spec import StudySpec, redact_url
+from scaling.spec import Cell, StudySpec, redact_url
 
-__all__ = ["UID_ATTR", "check_storage", "sqlite_missing"]
+__all__ = ["UID_ATTR", "cell_study_name", "check_storage", "sqlite_missing"]
 
 UID_ATTR = "scaling.study_uid"
 
+
+
+def cell_study_name(spec: StudySpec, cell: Cell) -> str:
+    """The Optuna study of one cell: ``<study>/<cell key>``."""
+    return f"{spec.name}/{cell.key}"
 
 def sqlite_missing(url: str) -> Path | None:
     """The file of a sqlite URL when it does not exist (opening it would create an empty one)."""
@@ -49,8 +54,6 @@ def check_storage(spec: StudySpec, run_dir: Path, storage: optuna.storages.BaseS
     """Raise RecordsError unless ``storage`` may hold this run's cell studies: none of them carries
     another uid, none with trials lacks the run's uid (unless the run has none yet: it adopts
     them), and, when the table has rows, at least one of them is there with trials. Reads only."""
-    from scaling.sweep.searcher import cell_study_name
-
     names = [cell_study_name(spec, c) for c in spec.cells()]
     have = set(optuna.get_all_study_names(storage))
     found = 0

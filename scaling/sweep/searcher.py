@@ -30,9 +30,9 @@ from analysis.table import SELECT_METRIC
 from scaling.lr_sampler import BracketSampler, cell_attrs, summarise_trials
 from scaling.records import _trial_status
 from scaling.spec import Cell, SpecError, StudySpec, redact_url
-from scaling.sweep.identity import UID_ATTR
+from scaling.sweep.identity import UID_ATTR, cell_study_name
 
-__all__ = ["CellSearcher", "cell_study_name", "open_storage"]
+__all__ = ["CellSearcher", "open_storage"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -52,10 +52,6 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         detail = (str(err).strip().splitlines() or [""])[0]  # drop SQLAlchemy's "Background on this error" lines
         raise SpecError(f"storage.optuna: cannot open Optuna storage {redact_url(url)!r}: "
                         f"{type(err).__name__}: {detail}") from None
-
-
-def cell_study_name(spec: StudySpec, cell: Cell) -> str:
-    return f"{spec.name}/{cell.key}"
 
 
 def _sampler(spec: StudySpec, index: int) -> optuna.samplers.BaseSampler:
