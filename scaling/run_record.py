@@ -165,5 +165,7 @@ def update_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], **facts: A
     return run
 
 
-def finish_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], *, counts: dict[str, int]) -> dict[str, Any]:
-    return update_sweep(spec, run_dir, run, finished_at=_now(), trials_run=sum(counts.values()), counts=dict(counts))
+def finish_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], *, counts: dict[str, int],
+                 trials_to_run: int) -> dict[str, Any]:  # fmt: skip
+    return update_sweep(spec, run_dir, run, trials_to_run=trials_to_run, finished_at=_now(),
+                        trials_run=sum(counts.values()), counts=dict(counts))  # fmt: skip

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,6 +48,7 @@ __all__ = [
     "parse_spec",
     "redact_url",
     "Cell",
+    "SweepPlan",
 ]
 
 
@@ -422,6 +424,23 @@ class StudySpec(_Frozen):
         return expand_env(self.tracking.mlflow.tracking_uri, field="tracking.mlflow.tracking_uri",
                           source=self.source or "<spec>")  # fmt: skip
 
+    def sweep_plan(self, out: str | Path | None = None) -> SweepPlan:
+        """Everything a sweep derives from the spec, worked out once (SpecError for an unset
+        ${VAR} in storage.optuna or tracking.mlflow.tracking_uri) before anything is written."""
+        run_dir = self.run_dir(out).resolve()
+        url = self.optuna_url(run_dir)
+        return SweepPlan(
+            run_dir=run_dir,
+            url=url,
+            url_shown=redact_url(url) or "",
+            own_storage=not self.storage.optuna,
+            safe=self.without_secrets(),
+            worker_spec=self.to_record(),
+            mlflow_uri=self.mlflow_uri(),
+            planned=self.planned_trials(),
+            cells=self.cells(),
+        )
+
     def to_record(self, *, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         """The spec as plain data to write or ship (spec.yaml, Ray workers), without secrets; a
         resume reads a ${VAR} again."""
@@ -434,6 +453,21 @@ class StudySpec(_Frozen):
             "epochs": list(self.axes.epoch_values()),
             "planned_trials": self.planned_trials(),
         }
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What one sweep derives from its spec (StudySpec.sweep_plan)."""
+
+    run_dir: Path  # resolved
+    url: str  # the Optuna storage to connect to: may hold a password, never print it
+    url_shown: str  # the same, password redacted: what is printed and written
+    own_storage: bool  # the run directory's own optuna.db (no storage.optuna given)
+    safe: StudySpec  # without secrets: what Ray Tune may pickle
+    worker_spec: dict[str, Any]  # what Ray workers get (to_record: no password)
+    mlflow_uri: str | None  # tracking.mlflow.tracking_uri with its ${VAR}s read
+    planned: int  # planned_trials()
+    cells: list[Cell]  # cells()
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
