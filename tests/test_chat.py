@@ -402,3 +402,35 @@ def test_a_one_trial_chat_sweep_trains_on_the_embedded_model_and_warns(tmp_path,
     assert rows["train_loss"].iloc[-1] < rows["train_loss"].iloc[0]
     run = yaml.safe_load((tmp_path / "run" / "spec.yaml").read_text())
     assert run["run"]["task_sha256"] == hashlib.sha256(DATA.read_bytes()).hexdigest()
+
+
+def test_validate_prints_the_data_warnings_and_refuses_data_no_trial_could_use(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from scaling.cli import app
+
+    rows = [_chat(("user", f"rev q{i}"), ("assistant", f"a{i}")) for i in range(1, 21)]
+    rows[14] = rows[2]  # line 15 = line 3: validation and training (seed 0)
+    _write(tmp_path / "dup_chat.jsonl", rows)
+    spec = {**BASE, "task": {"kind": "chat", "path": "dup_chat.jsonl"}, "axes": {"dataset_size": [12]},
+            "eval": {"validation_size": 4, "test_size": 4}, "train": {"max_length": 29}}  # fmt: skip
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 0, out
+    assert ("warning: task chat:dup_chat.jsonl: 1 problem(s) appear in more than one split (same content): "
+            "validation dup_chat.jsonl:3 = training dup_chat.jsonl:15") in out
+    # "<bos>user: rev q10 assistant: a10<eos>" is 30 tokens, q1..q9 28: lines 10-20 but 15 (= line 3) are cut
+    task = make_task(kind="chat", path=str(tmp_path / "dup_chat.jsonl"), validation_size=4, test_size=4)
+    cut = [f"{sum(int(e.source.split(':')[1]) in {*range(10, 15), *range(16, 21)} for e in ex)} of {len(ex)} {split} "
+           f"examples" for split, ex in (("training", task.train_pool(12)), ("validation", task.validation()),
+                                         ("test", task.test()))]  # fmt: skip
+    assert sum(int(c.split()[0]) for c in cut) == 10
+    assert "warning: train.max_length 29 truncates " in out and "longest 30 tokens" in out
+    assert all(c in out for c in cut if not c.startswith("0 ")), (cut, out)
+    spec["train"] = {"max_length": 20}  # shorter than every prompt
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{tmp_path / 's.yaml'}: task: " in out
+    assert "train.max_length 20 leaves no token of its answer" in out
