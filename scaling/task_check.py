@@ -24,12 +24,16 @@ def task_warnings(spec: StudySpec) -> list[str]:
     most = max(spec.axes.dataset_sizes())
     if task.max_train_size is not None:
         most = min(most, task.max_train_size)
-    tokenizer, max_len = None, 10**9
+    tokenizer, max_len, out = None, 10**9, []
     if spec.train.max_length is not None:
-        tokenizer, max_len = _tokenizer(spec.model)
+        try:
+            tokenizer, max_len = _tokenizer(spec.model)
+        except (OSError, ValueError) as err:  # a hub model not reachable from here: its trials will tell
+            out.append(f"train.max_length {spec.train.max_length}: truncated examples not counted before the "
+                       f"sweep, the tokenizer of {spec.model!r} did not load here ({type(err).__name__}: {err})")
     try:
-        return data_warnings(task, dataset_size=most, tokenizer=tokenizer, max_length=spec.train.max_length,
-                             max_len=max_len)  # fmt: skip
+        return out + data_warnings(task, dataset_size=most, tokenizer=tokenizer,
+                                   max_length=spec.train.max_length, max_len=max_len)  # fmt: skip
     except TaskError as err:
         raise TaskError(f"{spec.source}: task: {err}") from None
 
