@@ -158,7 +158,9 @@ def _check_eval_sizes(*, size: int, validation_size: int, test_size: int, what: 
 # split "ordered": every ordered pair is split on its own, as the prototype did and as studies
 # from before task.split ran; with 2 digits, 500 + 500 eval problems and seed 0, 454 of the 500
 # test sums then had their mirror in the 9,000-example training pool (8 in D=300, 62 in
-# D=1,200, 238 in D=4,800), and 21 validation sums theirs in test.
+# D=1,200, 108 in D=2,400, 238 in D=4,800), and 21 validation sums theirs in test. Measured
+# (one trial each, D=2,400, 4 epochs, lr 4e-3): test exact match 0.496 / 0.442 (adapter seeds
+# 0 / 1) with the ordered split, 0.344 / 0.178 with pairs: the leak flattered the demo.
 
 _MAX_PERMUTED = 1 << 22  # up to 3 digits (10^6 pairs): one explicit permutation, 8 MB
 
