@@ -245,6 +245,26 @@ def test_a_trial_reports_how_many_of_its_examples_were_cut(tmp_path, tiny_model_
     assert "train_truncated" not in plain and plain["train_tokens"] == 26 * 10 + 19 * m["train_truncated"]
 
 
+def test_a_pack_trains_chats_as_each_would_alone(tiny_model_dir):
+    """Earlier assistant turns are targets in a pack's shared step as in a solo trial."""
+    from scaling.trial import TrialConfig, run_packed, run_trial
+
+    base = dict(model="tiny-llama", task_kind="chat", task_digits=2, task_path=str(DATA), task_seed=0,
+                epochs=2, validation_size=4, test_size=4, batch_size=8, max_length=58)  # fmt: skip
+    cfgs = [TrialConfig(**base, dataset_size=16, learning_rate=1e-2, seed=0),
+            TrialConfig(**base, dataset_size=8, learning_rate=3e-3, seed=1)]  # fmt: skip
+    cache: dict = {}
+    alone = [run_trial(c, cache=cache) for c in cfgs]
+    packed = run_packed(cfgs, cache=cache, threads=1)
+    for p_hist, a_hist in zip(packed, alone, strict=True):
+        for p, a in zip(p_hist, a_hist, strict=True):
+            assert p.keys() == a.keys()
+            for k in p:
+                if k != "wall_seconds":
+                    assert abs(p[k] - a[k]) <= 1e-4, (k, p[k], a[k])
+    assert alone[0][-1]["val_eval_loss"] < alone[0][0]["val_eval_loss"]
+
+
 # 4. duplicates across splits, by content -----------------------------------------------------------
 
 
