@@ -99,15 +99,30 @@ PosInt = Annotated[int, Field(gt=0)]
 
 
 class TaskSpec(_Frozen):
-    kind: Literal["addition", "jsonl"] = "addition"
+    kind: Literal["addition", "jsonl", "chat"] = "addition"
     digits: Annotated[int, Field(ge=1, le=4)] = 2  # 2 digits: 10k problems, learnable in seconds
-    path: str | None = None  # JSONL of {"prompt", "completion"} lines when kind == "jsonl"
+    # kind jsonl: JSONL of {"prompt", "completion"} lines; kind chat: of {"messages": [{"role",
+    # "content"}, ...]} lines, rendered with the tokenizer's chat template (tasks.py)
+    path: str | None = None
     seed: int = 0  # fixes the permutation: which problems are val/test/train
+    # addition only (default "pairs"): a+b and b+a fall in the same split, so no test problem's
+    # mirror is trained on; "ordered" splits every ordered pair on its own, as studies before it did
+    split: Literal["pairs", "ordered"] | None = Field(default=None, validate_default=True)
+
+    @field_validator("split")
+    @classmethod
+    def _split_for_addition(cls, v: str | None, info: Any) -> str | None:
+        kind = info.data.get("kind", "addition")
+        if kind != "addition":
+            if v is not None:
+                raise ValueError(f"applies to task.kind 'addition' only (task.kind is {kind!r})")
+            return None
+        return v or "pairs"
 
     @model_validator(mode="after")
-    def _path_for_jsonl(self) -> TaskSpec:
-        if self.kind == "jsonl" and not self.path:
-            raise ValueError("task.path is required when task.kind is 'jsonl'")
+    def _path_for_file_tasks(self) -> TaskSpec:
+        if self.kind in ("jsonl", "chat") and not self.path:
+            raise ValueError(f"task.path is required when task.kind is {self.kind!r}")
         return self
 
 
@@ -221,6 +236,7 @@ class TrainSpec(_Frozen):
     batch_size: PosInt = 32
     warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_length: PosInt | None = None  # tokens per example; longer ones are cut (and counted)
 
 
 class ResourcesSpec(_Frozen):
@@ -507,7 +523,7 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> StudySpec:
         spec = StudySpec.model_validate({**data, "source": source})
     except ValidationError as err:
         raise SpecError(_format_errors(err, source)) from None
-    if spec.task.kind == "jsonl":
+    if spec.task.kind in ("jsonl", "chat"):
         path = Path(spec.task.path)  # type: ignore[arg-type]
         if not path.is_absolute() and source != "<spec>":
             # relative task files are relative to the spec file, like an include
