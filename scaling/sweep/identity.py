@@ -22,7 +22,7 @@ import optuna
 from scaling.records_io import RecordsError
 from scaling.spec import Cell, StudySpec, redact_url
 
-__all__ = ["UID_ATTR", "cell_study_name", "check_storage", "sqlite_missing"]
+__all__ = ["UID_ATTR", "cell_study_name", "check_storage", "optimize_study_name", "sqlite_missing", "study_names"]
 
 UID_ATTR = "scaling.study_uid"
 
@@ -31,6 +31,18 @@ UID_ATTR = "scaling.study_uid"
 def cell_study_name(spec: StudySpec, cell: Cell) -> str:
     """The Optuna study of one cell: ``<study>/<cell key>``."""
     return f"{spec.name}/{cell.key}"
+
+def optimize_study_name(spec: StudySpec) -> str:
+    """sampler.mode optimize: the study's one Optuna study, ``<study>/optimize``."""
+    return f"{spec.name}/optimize"
+
+
+def study_names(spec: StudySpec) -> list[str]:
+    """Every Optuna study of the run: one per cell, or the one optimize study."""
+    if spec.sampler.mode == "optimize":
+        return [optimize_study_name(spec)]
+    return [cell_study_name(spec, c) for c in spec.cells()]
+
 
 def sqlite_missing(url: str) -> Path | None:
     """The file of a sqlite URL when it does not exist (opening it would create an empty one)."""
@@ -54,7 +66,7 @@ def check_storage(spec: StudySpec, run_dir: Path, storage: optuna.storages.BaseS
     """Raise RecordsError unless ``storage`` may hold this run's cell studies: none of them carries
     another uid, none with trials lacks the run's uid (unless the run has none yet: it adopts
     them), and, when the table has rows, at least one of them is there with trials. Reads only."""
-    names = [cell_study_name(spec, c) for c in spec.cells()]
+    names = study_names(spec)
     have = set(optuna.get_all_study_names(storage))
     found = 0
     for name in names:

@@ -40,7 +40,8 @@ from scaling.spec import SpecError, StudySpec, redact_url  # noqa: E402
 from scaling.sweep.identity import check_storage, sqlite_missing  # noqa: E402
 from scaling.sweep.recorder import _Recorder  # noqa: E402
 from scaling.sweep.schedule import _scheduler  # noqa: E402
-from scaling.sweep.searcher import CellSearcher, open_storage  # noqa: E402
+from scaling.sweep.optimize import make_searcher  # noqa: E402
+from scaling.sweep.searcher import open_storage  # noqa: E402
 from scaling.sweep.worker import SINK_NAME, _make_trainable  # noqa: E402
 
 __all__ = ["SweepResult", "run_sweep"]
@@ -163,11 +164,11 @@ def run_sweep(
                              max_trials=max_trials, trials_recorded=len(recorded))  # fmt: skip
         # what Ray Tune pickles to disk (tuner.pkl: searcher, callbacks) gets no password
         safe = spec.without_secrets()
-        searcher = CellSearcher(safe, storage, max_trials=max_trials, recorded=recorded, study_uid=uid)
+        searcher = make_searcher(safe, storage, max_trials=max_trials, recorded=recorded, study_uid=uid)
         todo = searcher.remaining()
         record = update_sweep(spec, run_dir, record, trials_to_run=todo)
         if on_start:
-            on_start(todo, spec.planned_trials())
+            on_start(todo, searcher.planned_trials())
         mlflow_uri = spec.mlflow_uri()  # a ${VAR} in tracking.mlflow.tracking_uri must be set
         trackers = None
         if todo > 0 and spec.tracking.any():
