@@ -472,7 +472,8 @@ class StudySpec(_Frozen):
         return {
             "dataset_sizes": list(self.axes.dataset_sizes()),
             "epochs": list(self.axes.epoch_values()),
-            "planned_trials": self.planned_trials(),
+            # sampler.mode optimize plans no count: the budget decides
+            "planned_trials": self.planned_trials() if self.sampler.mode == "cells" else None,
         }
 
 

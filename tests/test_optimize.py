@@ -222,6 +222,51 @@ def test_a_trial_left_running_is_rerun_under_its_own_number_single_objective():
     assert t.user_attrs["cost"] == pytest.approx(PER_EXAMPLE * again["dataset_size"] * again["epochs"])
 
 
+def _drive(s, n: int = 100) -> list[dict]:
+    """Run the searcher's trials one at a time, each to its last epoch, until FINISHED."""
+    ran = []
+    for i in range(n):
+        cfg = s.suggest(f"d{i}")
+        if cfg == s.FINISHED:
+            return ran
+        assert isinstance(cfg, dict), cfg  # one at a time: nothing is in flight when it is asked
+        ran.append(cfg)
+        for e in range(1, cfg["epochs"] + 1):
+            s.on_trial_result(f"d{i}", _result(cfg, e))
+        s.on_trial_complete(f"d{i}", _result(cfg, cfg["epochs"]))
+    raise AssertionError("the searcher never finished")
+
+
+def test_a_trial_hours_budget_is_spent_in_wall_time_and_the_rank_is_sampled():
+    from scaling.sweep.optimize import OptimizeSearcher
+
+    # wall_seconds = 0.01 x epochs: a trial of 2 epochs costs 2 x 0.01 / 3600 h; budget 10 of those
+    hours = 0.01 / 3600
+    spec = parse_spec(_with(axes={"dataset_size": [100, 200], "epochs": [1, 2], "lora_r": [4, 8]},
+                            budget={"trial_hours": 20 * hours, "max_trial_share": 1.0}))  # fmt: skip
+    s = OptimizeSearcher(spec, optuna.storages.InMemoryStorage())
+    ran = _drive(s)
+    assert (ran[0]["dataset_size"], ran[0]["epochs"], ran[0]["lora_r"]) == (100, 1, 4)
+    assert {c["lora_r"] for c in ran} <= {4, 8} and all(c["cell"].endswith(f"r={c['lora_r']}") for c in ran)
+    costs = [c["epochs"] * hours for c in ran]
+    assert s.spent() == pytest.approx(sum(costs))
+    assert sum(costs[:-1]) < 20 * hours <= sum(costs) + 1e-15
+
+
+def test_trials_failing_before_any_evaluation_stop_the_study_when_nothing_is_measured():
+    from scaling.sweep.optimize import MAX_UNMEASURED, OptimizeSearcher
+
+    s = OptimizeSearcher(parse_spec(_with(budget={"flops": 1e6})), optuna.storages.InMemoryStorage())
+    for i in range(MAX_UNMEASURED):
+        cfg = s.suggest(f"f{i}")
+        assert isinstance(cfg, dict) and cfg["optuna_trial"] == i
+        s.on_trial_complete(f"f{i}", {"epoch": 1, "epochs": cfg["epochs"], "status": "failed",
+                                      SELECT_METRIC: float("nan")})  # fmt: skip
+    with pytest.warns(RuntimeWarning, match=f"{MAX_UNMEASURED} trials failed before their first evaluation"):
+        assert s.suggest("f9") == s.FINISHED
+    assert s.spent() == 0.0  # nothing measured, no estimate: they cost nothing that is known
+
+
 # -- 4. a real sweep: SIGKILL and resume, the budget, the front, the CLI --------------------
 # D=128 x 1 epoch costs 7.349e9 train FLOPs on the tiny model (measured, deterministic), D=256 x 1
 # and D=128 x 2 about 1.47e10: estimated from D=128 x 1 at 1.4699e10, under the cap of 0.5 x 3e10.
@@ -295,6 +340,7 @@ def killed(tiny_model_dir, tmp_path_factory):
             pass
     psutil.wait_procs(family, timeout=10)
     assert proc.returncode == -signal.SIGKILL
+    print(f"\nkilled {time.monotonic() - t0:.0f} s after the start")
     return {"run": run, "before": _trials(run), "orphans": live_trials(run / "optuna.db")}
 
 
@@ -308,7 +354,9 @@ def ray_here(killed):
     os.environ["PYTHONPATH"] = _env()["PYTHONPATH"]
     if ray.is_initialized():
         ray.shutdown()
+    t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    print(f"\nray.init {time.perf_counter() - t0:.0f} s")
     yield
     ray.shutdown()
     if old is None:
@@ -323,7 +371,9 @@ def resumed(killed, ray_here):
     from scaling.records import read_results
     from scaling.sweep import run_sweep
 
+    t0 = time.perf_counter()
     res = run_sweep(parse_spec(REAL), out=killed["run"])
+    print(f"\nresumed in {time.perf_counter() - t0:.0f} s")
     return {**killed, "res": res, "table": read_results(killed["run"])}
 
 

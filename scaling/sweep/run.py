@@ -38,9 +38,9 @@ from scaling.records_io import RecordsError  # noqa: E402
 from scaling.run_record import finish_sweep, new_uid, start_sweep, update_sweep  # noqa: E402
 from scaling.spec import SpecError, StudySpec, redact_url  # noqa: E402
 from scaling.sweep.identity import check_storage, sqlite_missing  # noqa: E402
+from scaling.sweep.optimize import make_searcher  # noqa: E402
 from scaling.sweep.recorder import _Recorder  # noqa: E402
 from scaling.sweep.schedule import _scheduler  # noqa: E402
-from scaling.sweep.optimize import make_searcher  # noqa: E402
 from scaling.sweep.searcher import open_storage  # noqa: E402
 from scaling.sweep.worker import SINK_NAME, _make_trainable  # noqa: E402
 
