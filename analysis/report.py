@@ -53,6 +53,12 @@ _TITLES = {
 }  # fmt: skip
 
 
+def _shows_pareto(an: Analysis) -> bool:
+    """The Pareto section is an optimize run's: the cells design is no compute search (its front
+    stays in report.json)."""
+    return (an.numbers.get("pareto") or {}).get("mode") == "optimize"
+
+
 def _figures(an: Analysis, errors: list[dict[str, str]]) -> dict[str, bytes]:
     """Every figure as PNG bytes, keyed by file stem; a figure that fails is left out and noted in errors."""
     from analysis import plots
@@ -84,7 +90,7 @@ def _figures(an: Analysis, errors: list[dict[str, str]]) -> dict[str, bytes]:
     if lr and lr["best"] is not None and lr["best"]["lr_best"].notna().any():
         make("lr_rule", lambda: plots.plot_lr_rule(lr["best"], lr["curves"], lr["predictions"]))
     pf = an.figdata.get("pareto")
-    if pf is not None and len(pf["x"]):
+    if pf is not None and len(pf["x"]) and _shows_pareto(an):
         make("pareto", lambda: plots.plot_pareto(pf["x"], pf["y"], pf["front"]))
     em = an.figdata.get("emergence")
     if em and em["series"] and em["metrics"]:
@@ -447,8 +453,8 @@ def build_report(source: Run | pd.DataFrame | Analysis, *, bootstrap: int = BOOT
               "recommendations": lambda a: [("list", [r["text"] for r in a.numbers.get("recommendations", [])])]}  # fmt: skip
     sections = []
     for sid in SECTIONS:
-        if sid == "pareto" and (an.numbers.get("pareto") or {}).get("mode") != "optimize":
-            continue  # the cells design is not a compute search: its front stays in report.json
+        if sid == "pareto" and not _shows_pareto(an):
+            continue
         title, question = _TITLES[sid]
         try:
             blocks = makers[sid](an)
