@@ -95,6 +95,15 @@ def test_a_spec_copy_from_before_sampler_mode_resumes_as_cells(tmp_path):
         _check_same_study(parse_spec({**data, "sampler": {"mode": "optimize"}, "budget": {"flops": 1e12}}), tmp_path)
 
 
+def test_a_resume_may_raise_the_budget_but_not_change_the_objective(tmp_path):
+    from scaling.run_record import _check_same_study, write_run
+
+    write_run(parse_spec(OPT), tmp_path, {"study_uid": "u"})
+    assert _check_same_study(parse_spec(_with(budget={"flops": 2e12})), tmp_path) == {"study_uid": "u"}
+    with pytest.raises(SpecError, match=r"sampler.objective: the run has 'single', got 'multi'"):
+        _check_same_study(parse_spec(_with(sampler={"mode": "optimize", "objective": "multi"})), tmp_path)
+
+
 # -- 2. the front of a hand-made table -------------------------------------------------
 def test_pareto_front_of_a_hand_made_table():
     t = pd.DataFrame({
