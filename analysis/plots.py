@@ -394,6 +394,27 @@ def plot_compute(
     return fig
 
 
+def plot_pareto(x: Any, y: Any, front: Any) -> Figure:
+    """Validation loss vs train FLOPs, one point per completed trial; the Pareto front (``front``, a
+    bool mask: no trial better on both) in colour, joined as a staircase."""
+    fig, axes = _figure(height=4.4)
+    ax = axes[0, 0]
+    x, y, on = np.asarray(x, float), np.asarray(y, float), np.asarray(front, bool)
+    ok = _finite(x, y) & (x > 0) & (y > 0)
+    drawn = bool(ok.any())
+    if drawn:
+        ax.plot(x[ok & ~on], y[ok & ~on], "o", color="0.65", ms=5, label="trial (dominated)")
+        order = np.argsort(x[ok & on])
+        fx, fy = x[ok & on][order], y[ok & on][order]
+        ax.step(fx, fy, where="post", color=series_colour(0), lw=1.2)
+        ax.plot(fx, fy, "o", color=series_colour(0), ms=6, label="Pareto front")
+    _finish_log_log(ax, drawn, "no completed trial", legend_size=8)
+    ax.set_xlabel("training compute (train FLOPs, log scale)")
+    ax.set_ylabel("validation eval loss (log scale)")
+    ax.set_title("Loss against compute: the trials no other beats on both", fontsize=10)
+    return fig
+
+
 # ---- 4. sudden abilities -----------------------------------------------------------
 
 

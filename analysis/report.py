@@ -47,9 +47,16 @@ _TITLES = {
     "data": ("How loss scales with data", "How does test loss fall as the fine-tuning set grows, and what would more data buy?"),
     "epochs": ("Data or epochs?", "Is another pass over the same examples worth as much as fresh examples?"),
     "lr": ("Best learning rate", "Which learning rate is best in each cell, how sure are we, and how does it move with data?"),
+    "pareto": ("Loss against compute", "Which trials does no other beat on both validation loss and training FLOPs?"),
     "emergence": ("Sudden abilities", "Does exact match jump suddenly with data, and is the jump real or an artefact of the metric?"),
     "recommendations": ("Recommendations", "What should the next run change?"),
 }  # fmt: skip
+
+
+def _shows_pareto(an: Analysis) -> bool:
+    """The Pareto section is an optimize run's: the cells design is no compute search (its front
+    stays in report.json)."""
+    return (an.numbers.get("pareto") or {}).get("mode") == "optimize"
 
 
 def _figures(an: Analysis, errors: list[dict[str, str]]) -> dict[str, bytes]:
@@ -82,6 +89,9 @@ def _figures(an: Analysis, errors: list[dict[str, str]]) -> dict[str, bytes]:
         make("lr_sensitivity", lambda: plots.plot_lr_sensitivity(lr["trials"], lr_range=rng_t))
     if lr and lr["best"] is not None and lr["best"]["lr_best"].notna().any():
         make("lr_rule", lambda: plots.plot_lr_rule(lr["best"], lr["curves"], lr["predictions"]))
+    pf = an.figdata.get("pareto")
+    if pf is not None and len(pf["x"]) and _shows_pareto(an):
+        make("pareto", lambda: plots.plot_pareto(pf["x"], pf["y"], pf["front"]))
     em = an.figdata.get("emergence")
     if em and em["series"] and em["metrics"]:
         make("emergence", lambda: plots.plot_emergence(em["series"], em["metrics"]))
@@ -353,6 +363,35 @@ def _blocks_lr(an: Analysis) -> list[tuple]:
     return blocks
 
 
+def _blocks_pareto(an: Analysis) -> list[tuple]:
+    N = an.numbers.get("pareto", {})
+    blocks: list[tuple] = []
+    budget, spent = N.get("budget") or {}, N.get("spent") or {}
+    if budget:
+        unit = "flops" if budget.get("flops") is not None else "trial_hours"
+        name = "training FLOPs" if unit == "flops" else "trial-hours"
+        blocks.append(("p", f"Budget: {_g(budget.get(unit))} {name} ({N['objective']} objective: "
+                       + ("validation loss alone, TPE" if N["objective"] == "single" else
+                          "validation loss and train FLOPs, NSGA-II")
+                       + f"); spent {_g(spent.get(unit))} {name}, measured, no uncertainty. A config estimated above "
+                       f"{_pct(budget.get('max_trial_share', 0.1))} of the budget was not run."))  # fmt: skip
+    if N.get("reason"):
+        blocks.append(("p", f"Not computed: {N['reason']}."))
+        return blocks
+    left = N.get("n_left_out") or {}
+    blocks.append(("p", f"The Pareto front of {N['n_trials']} completed trials: those no other trial beats on both "
+                   f"the final {N['y']} (validation split) and {N['x']} (6 x forward-pass parameters x training tokens); "
+                   f"{left.get('pruned', 0)} pruned and {left.get('failed', 0)} failed trials are left out. "
+                   f"Uncertainty: {N['uncertainty']}. Test loss is shown, never used to choose."))  # fmt: skip
+    head = ["train FLOPs", f"val loss ({N['y']})", "test loss", "D", "epochs", "r", "learning rate", "trial"]
+    rows = [[_g(p[N["x"]]), _g(p[N["y"]], 4), _g(p["test_eval_loss"], 4), _d(p["dataset_size"]), _g(p["epochs"]),
+             _g(p["lora_r"]), _g(p["learning_rate"]), p["trial_id"]] for p in N["front"]]  # fmt: skip
+    blocks.append(("table", head, rows))
+    blocks.append(("figure", "pareto", "Validation loss against training FLOPs, one point per completed trial "
+                   "(log x); the front (no trial better on both) in colour, joined as a staircase."))  # fmt: skip
+    return blocks
+
+
 def _verdict_text(e: Mapping[str, Any]) -> str:
     """The mirage verdict, with the fraction of seed resamples each way when it is "uncertain", and
     "(holds across seeds)" when seed resamples agreed; a single-seed verdict says so."""
@@ -410,10 +449,12 @@ def build_report(source: Run | pd.DataFrame | Analysis, *, bootstrap: int = BOOT
     errors = list(an.numbers["errors"])
     figs = _figures(an, errors)
     makers = {"study": _blocks_study, "data": _blocks_data, "epochs": _blocks_epochs, "lr": _blocks_lr,
-              "emergence": _blocks_emergence,
+              "pareto": _blocks_pareto, "emergence": _blocks_emergence,
               "recommendations": lambda a: [("list", [r["text"] for r in a.numbers.get("recommendations", [])])]}  # fmt: skip
     sections = []
     for sid in SECTIONS:
+        if sid == "pareto" and not _shows_pareto(an):
+            continue
         title, question = _TITLES[sid]
         try:
             blocks = makers[sid](an)

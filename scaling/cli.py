@@ -84,11 +84,14 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
     _warn_data(s)
     on = [n for n in ("mlflow", "tensorboard", "wandb") if getattr(s.tracking, n)]
     cells = s.cells()
+    b = s.budget
+    plan = (f"{len(cells)} cells x {s.trials_per_cell} LR trials (+{s.seeds.repeat_best} seeds) = {s.planned_trials()} trials"
+            + (f" (up to {s.max_trials()} with sampler.extra_trials for unbracketed cells)" if s.sampler.extra_trials else "")
+            if b is None else  # sampler.mode optimize
+            f"one Optuna study (sampler.mode optimize, objective {s.sampler.objective}) under a budget of {b.total():g} "
+            f"{'training FLOPs' if b.flops is not None else 'trial-hours'}, at most {b.max_trial_share:g} of it per trial")  # fmt: skip
     console.print(
-        f"[green]ok[/] {spec}: study '{s.name}', {len(cells)} cells x "
-        f"{s.trials_per_cell} LR trials (+{s.seeds.repeat_best} seeds) = {s.planned_trials()} trials"
-        + (f" (up to {s.max_trials()} with sampler.extra_trials for unbracketed cells)" if s.sampler.extra_trials else "")
-        + "; "
+        f"[green]ok[/] {spec}: study '{s.name}', {plan}; "
         f"D={list(s.axes.dataset_sizes())}, epochs={list(s.axes.epoch_values())}, "
         f"lr=[{s.learning_rate.low:g}, {s.learning_rate.high:g}]; Optuna storage {redact_url(url)}"
         + (f"; tracking: {', '.join(on)}" + (f" (MLflow {redact_url(mlflow_uri)})" if mlflow_uri else "") if on else "")

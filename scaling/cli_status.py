@@ -42,11 +42,14 @@ def status(
     c, t = st["cells"], st["trials"]
     console.print(f"study '{st['study']}' in {st['run_dir']} (Optuna {st['optuna'] or 'not created yet'})")
     console.print(f"cells: {c['done']} done, {c['running']} running, {c['waiting']} waiting; trials: {t['ok']} ok, "
-                  f"{t['failed']} failed, {t['pruned']} pruned; {st['trials_left']} left")  # fmt: skip
+                  f"{t['failed']} failed, {t['pruned']} pruned; {_fmt(st['trials_left'])} left")  # fmt: skip
+    if st.get("budget"):  # sampler.mode optimize
+        b = st["budget"]
+        console.print(f"budget: {_fmt(b['spent'])} of {_fmt(b['total'])} {b['unit']} spent (measured)")
     table = Table("cell", "state", "trials", "best val loss", "at lr")
     for cell in st["per_cell"]:
         best = cell["best"] or {}
-        table.add_row(cell["cell"], cell["state"], f"{cell['finished']}/{cell['planned']}",
+        table.add_row(cell["cell"], cell["state"], f"{cell['finished']}/{_fmt(cell['planned'])}",
                       _fmt(best.get("val_eval_loss")), _fmt(best.get("learning_rate")))  # fmt: skip
     console.print(table)
     if st["running"]:

@@ -138,6 +138,8 @@ def write_run(spec: StudySpec, run_dir: Path, run: dict[str, Any]) -> None:
         exclude = {"packing"} if spec.packing.adapters_per_worker == 1 else set()
         if not spec.tracking.any():  # nor tracking, off by default
             exclude.add("tracking")
+        if spec.budget is None:  # nor budget, for sampler.mode optimize only
+            exclude.add("budget")
         data = spec.to_record(exclude=exclude)
     data[RUN_KEY] = run
     tmp = path.with_name(path.name + ".tmp")

@@ -37,6 +37,7 @@ __all__ = [
     "TrainSpec",
     "ResourcesSpec",
     "SamplerSpec",
+    "BudgetSpec",
     "StorageSpec",
     "EarlyStoppingSpec",
     "SeedsSpec",
@@ -253,9 +254,12 @@ class SamplerSpec(_Frozen):
     # 1.3x of a 12-LR grid in 4/4 cells against 2/4 (bench/results/lr_search_cpu.txt).
     kind: Literal["bracket", "tpe", "random"] = "bracket"
     seed: int = 0
-    # every (dataset_size, epochs, rank) cell gets trials_per_cell LR trials: the scaling
-    # design. (A joint "optimize" mode over D, epochs and LR is not built yet.)
-    mode: Literal["cells"] = "cells"
+    # cells: every (dataset_size, epochs, rank) cell gets trials_per_cell LR trials, the scaling
+    # design. optimize: ONE Optuna study over (D, epochs, LR[, rank]) under the spec's `budget`
+    # (scaling/sweep/optimize.py): TPE for objective single (val loss), NSGA-II for multi (val loss
+    # and train FLOPs); kind, anchor, extra_trials and trials_per_cell are the cells mode's only
+    mode: Literal["cells", "optimize"] = "cells"
+    objective: Literal["single", "multi"] = "single"
     # tpe/random: the first trial of every cell sits at the log-midpoint of the LR range:
     # with 3-8 trials per cell, a fixed anchor stops a cell from being judged on unlucky
     # draws (bracket places its first trial itself)
@@ -265,6 +269,27 @@ class SamplerSpec(_Frozen):
     # out on the open side: an unbracketed optimum is only a bound. Seed noise on the demo left
     # 3-7 of 10 cells unbracketed after 3 trials; one more trial brackets most of them
     extra_trials: Annotated[int, Field(ge=0)] = 2
+
+
+class BudgetSpec(_Frozen):
+    # sampler.mode optimize: the study's compute, exactly one of training FLOPs (train_flops as the
+    # table records it: 6 x forward-pass parameters x training tokens) and trial-hours (the sum of
+    # trials' wall_seconds / 3600, as GPU-hours count one trial's resources). A trial estimated to
+    # cost more than max_trial_share of it is not run (infeasible): a tenth keeps ten trials at least
+    flops: Annotated[float, Field(gt=0)] | None = None
+    trial_hours: Annotated[float, Field(gt=0)] | None = None
+    max_trial_share: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BudgetSpec:
+        if (self.flops is None) == (self.trial_hours is None):
+            raise ValueError(f"must give exactly one of flops and trial_hours (got flops={self.flops}, "
+                             f"trial_hours={self.trial_hours})")  # fmt: skip
+        return self
+
+    def total(self) -> float:
+        """The budget in its own unit (FLOPs or trial-hours)."""
+        return float(self.flops if self.flops is not None else self.trial_hours)  # type: ignore[arg-type]
 
 
 _URL = re.compile(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://")
@@ -361,6 +386,7 @@ class StudySpec(_Frozen):
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     packing: PackingSpec = Field(default_factory=PackingSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    budget: BudgetSpec | None = None  # sampler.mode optimize only (and required there)
     source: str | None = None  # the file it came from (set by load_spec)
 
     @field_validator("lora", mode="after")
@@ -385,6 +411,20 @@ class StudySpec(_Frozen):
                 f"packing.adapters_per_worker > 1 requires lora.dropout 0 (packed adapters train "
                 f"without dropout), got adapters_per_worker={k} dropout={self.lora.dropout}"
             )
+        mode, k, rb = self.sampler.mode, self.packing.adapters_per_worker, self.seeds.repeat_best
+        for bad, rule in (
+            (mode == "optimize" and self.budget is None,
+             "budget: is required when sampler.mode is 'optimize': give {flops: X} or {trial_hours: X} (got none)"),
+            (mode == "cells" and self.budget is not None,
+             f"budget: applies to sampler.mode 'optimize' only (got mode 'cells' and budget {self.budget and self.budget.model_dump(exclude_none=True)})"),
+            (mode == "cells" and self.sampler.objective != "single",
+             "sampler.objective: 'multi' needs sampler.mode 'optimize' (got mode 'cells')"),
+            (mode == "optimize" and k > 1,
+             f"packing.adapters_per_worker: must be 1 with sampler.mode 'optimize', a pack shares one (D, epochs) (got {k})"),
+            (mode == "optimize" and rb > 0, f"seeds.repeat_best: must be 0 with sampler.mode 'optimize' (got {rb})"),
+        ):  # fmt: skip
+            if bad:
+                raise ValueError(rule)
         return self
 
     # -- derived views ---------------------------------------------------
@@ -455,6 +495,7 @@ class StudySpec(_Frozen):
             mlflow_uri=self.mlflow_uri(),
             planned=self.planned_trials(),
             cells=self.cells(),
+            objectives=2 if self.sampler.mode == "optimize" and self.sampler.objective == "multi" else 1,
         )
 
     def to_record(self, *, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -467,7 +508,8 @@ class StudySpec(_Frozen):
         return {
             "dataset_sizes": list(self.axes.dataset_sizes()),
             "epochs": list(self.axes.epoch_values()),
-            "planned_trials": self.planned_trials(),
+            # sampler.mode optimize plans no count: the budget decides
+            "planned_trials": self.planned_trials() if self.sampler.mode == "cells" else None,
         }
 
 
@@ -484,6 +526,7 @@ class SweepPlan:
     mlflow_uri: str | None  # tracking.mlflow.tracking_uri with its ${VAR}s read
     planned: int  # planned_trials()
     cells: list[Cell]  # cells()
+    objectives: int  # of the Optuna studies: 2 for sampler.mode optimize, objective multi
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

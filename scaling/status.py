@@ -4,7 +4,9 @@ Read-only: it reads the run's spec.yaml, its Optuna storage (opened without crea
 an SQLite file read-only, `mode=ro`) and its results table, never the driver's memory; it
 takes no RunLock (that is the sweep's) and writes nothing.
 
-  - cells done (finished trials >= planned, none running) / running (a RUNNING trial) / waiting
+  - cells done (finished trials >= planned, none running) / running (a RUNNING trial) / waiting;
+    sampler.mode optimize: a cell is done once one of its trials finished (the budget, not a count
+    per cell, decides how many), and the budget spent is shown
   - trials ok / failed / pruned (the table: a trial is counted once its rows are recorded)
   - the best validation loss per cell so far (ok trials, final epoch, as the searcher tells Optuna)
   - the running trials with their current epoch (the Optuna intermediate values the searcher
@@ -121,10 +123,27 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
     base_planned = spec.trials_per_cell + spec.seeds.repeat_best
     cells: list[dict[str, Any]] = []
     running: list[dict[str, Any]] = []
+    optimize = spec.sampler.mode == "optimize"
+    shared: list = []  # sampler.mode optimize: the one study's trials, split by cell below
+    if optimize and storage is not None:
+        from scaling.sweep.identity import optimize_study_name
+
+        try:
+            shared = [t for t in storage.get_all_trials(storage.get_study_id_from_name(optimize_study_name(spec)),
+                                                        deepcopy=False) if not t.user_attrs.get("infeasible")]  # fmt: skip
+        except KeyError:  # no study yet
+            shared = []
+        planned = None  # the budget decides, not a count per cell
     for cell in spec.cells():
         name = cell_study_name(spec, cell)
         trials = []
-        if storage is not None:
+        if optimize:
+            from scaling.sweep.identity import optimize_study_name
+
+            name = optimize_study_name(spec)
+            trials = [t for t in shared if (t.params.get("dataset_size"), t.params.get("epochs"),
+                                            t.params.get("lora_r", spec.lora.r)) == (cell.dataset_size, cell.epochs, cell.lora_r)]  # fmt: skip
+        elif storage is not None:
             try:
                 sid = storage.get_study_id_from_name(name)
                 trials = storage.get_all_trials(sid, deepcopy=False)
@@ -148,7 +167,7 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
                 row = ok.loc[ok["value"].idxmin()]
                 best = {"val_eval_loss": float(row["value"]), "learning_rate": float(row["learning_rate"]),
                         "trial_id": str(row["trial_id"])}  # fmt: skip
-        state = "running" if live else ("done" if finished >= planned else "waiting")
+        state = "running" if live else ("done" if finished >= (planned or 1) else "waiting")
         cells.append({"cell": cell.key, "state": state, "finished": finished, "planned": planned,
                       "running": len(live), "best": best})  # fmt: skip
         for t in live:
@@ -166,7 +185,10 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
             counts[str(status)] = counts.get(str(status), 0) + int(n)
     # wall-clock per finished trial: a pack's own time (its members trained at once)
     walls = [] if summary is None else [w for w in (_finite(x) for x in summary["pack_wall_seconds"]) if w]
-    left = sum(max(0, c["planned"] - c["finished"]) for c in cells)  # running trials included
+    left = sum(max(0, c["planned"] - c["finished"]) for c in cells) if not optimize else None  # running included
+    budget = _budget(spec, shared) if optimize else None
+    if budget is not None and budget["median_trial_cost"]:
+        left = math.ceil(max(0.0, budget["total"] - budget["spent"]) / budget["median_trial_cost"])
     eta = None
     if walls and left:
         import statistics
@@ -178,10 +200,23 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
         "optuna": redact_url(url) if url else None,
         "cells": {s: sum(c["state"] == s for c in cells) for s in ("done", "running", "waiting")},
         "trials": counts,
-        "trials_left": left,
+        "trials_left": left,  # optimize: budget left / median trial cost (None before one is measured)
+        **({"budget": budget} if budget is not None else {}),
         "per_cell": cells,
         "running": running,
         "eta_seconds": eta,
         "eta_note": "rough: median wall time of finished trials x trials left / trials running"
                     + ("" if running else " (none running now: as if one ran at a time)"),
     }
+
+
+def _budget(spec: StudySpec, trials: list) -> dict[str, Any]:
+    """sampler.mode optimize: the budget, what the told trials spent of it (their user attr ``cost``,
+    measured train_flops or wall hours; no uncertainty) and the median cost of a trial."""
+    import statistics
+
+    b = spec.budget
+    costs = [float(t.user_attrs["cost"]) for t in trials if t.state.is_finished() and "cost" in t.user_attrs]
+    return {"unit": "flops" if b.flops is not None else "trial_hours", "total": b.total(), "spent": sum(costs),
+            "median_trial_cost": statistics.median([c for c in costs if c > 0] or [0.0]) or None,
+            "max_trial_share": b.max_trial_share}  # fmt: skip

@@ -19,7 +19,8 @@ import yaml
 from scaling.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ["cluster.yaml", "deploy/kuberay.yaml", "search_spaces/cluster_gpu.yaml", "README.md"]
+SHIPPED = ["cluster.yaml", "deploy/kuberay.yaml", "search_spaces/cluster_gpu.yaml", "search_spaces/optimize.yaml",
+           "README.md"]
 URL_VAR = "SCALING_OPTUNA_URL"
 # user:password@ in a URL, where the password is a literal (not a ${VAR}, $(VAR), <...> or ***)
 LITERAL_CREDENTIAL = re.compile(r"://[A-Za-z0-9_.\-]+:(?!\*\*\*@|\$|<|\")[^@\s/'\"]+@")

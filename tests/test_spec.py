@@ -34,7 +34,7 @@ def with_(path: str, value):
     return d
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "cluster_gpu.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "cluster_gpu.yaml", "optimize.yaml"])
 def test_shipped_specs_load(name):
     spec = load_spec(ROOT / "search_spaces" / name)
     assert spec.planned_trials() == len(spec.cells()) * (spec.trials_per_cell + spec.seeds.repeat_best)

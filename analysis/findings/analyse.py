@@ -3,7 +3,7 @@
 1. validate the arguments;
 2. trials: `analysis.table.trial_summary`, one row per trial;
 3. selection: `analysis.selection.select`, validation picks, test reports;
-4. the sections, one module each (study, data, epochs, lr, emergence, recommend): each returns
+4. the sections, one module each (study, data, epochs, lr, pareto, emergence, recommend): each returns
    a Finding, which is stored here; a section that raises becomes an entry in ``errors``.
 """
 
@@ -21,6 +21,7 @@ from analysis.findings.data import data_finding
 from analysis.findings.emergence import emergence_finding
 from analysis.findings.epochs import epochs_finding
 from analysis.findings.lr import lr_finding
+from analysis.findings.pareto import pareto_finding
 from analysis.findings.recommend import recommend_finding
 from analysis.findings.study import study_finding
 from analysis.lr_edge import search_range
@@ -30,7 +31,7 @@ from analysis.table import SELECT, Run, trial_summary
 __all__ = ["analyse"]
 
 _STEPS: dict[str, Callable[[Analysis], Finding]] = {
-    "study": study_finding, "data": data_finding, "epochs": epochs_finding, "lr": lr_finding,
+    "study": study_finding, "data": data_finding, "epochs": epochs_finding, "lr": lr_finding, "pareto": pareto_finding,
     "emergence": emergence_finding, "recommendations": recommend_finding,
 }  # fmt: skip
 

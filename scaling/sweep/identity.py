@@ -24,8 +24,8 @@ import optuna
 from scaling.records_io import RecordsError
 from scaling.spec import Cell, SpecError, StudySpec, redact_url
 
-__all__ = ["UID_ATTR", "cell_study_name", "check_storage", "open_checked", "open_storage", "sqlite_missing",
-           "study_names"]
+__all__ = ["UID_ATTR", "cell_study_name", "check_storage", "open_checked", "open_storage",
+           "optimize_study_name", "sqlite_missing", "study_names"]
 
 UID_ATTR = "scaling.study_uid"
 
@@ -35,8 +35,16 @@ def cell_study_name(spec: StudySpec, cell: Cell) -> str:
     return f"{spec.name}/{cell.key}"
 
 
-def study_names(study: str, cells: list[Cell]) -> list[str]:
-    """The Optuna study names of the study's cells (as cell_study_name)."""
+def optimize_study_name(spec: StudySpec) -> str:
+    """sampler.mode optimize: the study's one Optuna study, ``<study>/optimize``."""
+    return f"{spec.name}/optimize"
+
+
+def study_names(study: str, cells: list[Cell], *, mode: str = "cells") -> list[str]:
+    """Every Optuna study of the run: one per cell (as cell_study_name), or, sampler.mode
+    optimize, the one study (as optimize_study_name)."""
+    if mode == "optimize":
+        return [f"{study}/optimize"]
     return [f"{study}/{c.key}" for c in cells]
 
 

@@ -96,12 +96,13 @@ class Lease:
     """The lease on one study's cell studies in ``storage``; ``take`` then ``release``."""
 
     def __init__(self, names: list[str], storage: optuna.storages.BaseStorage, *, url_shown: str,
-                 run_dir: Path, study: str, settle: bool = True):  # fmt: skip
+                 run_dir: Path, study: str, settle: bool = True, objectives: int = 1):  # fmt: skip
         # names: the cell studies (identity.study_names); url_shown: the storage URL, redacted;
         # settle=False: the run directory's own optuna.db, which no other run directory shares
         # (RunLock already keeps a second driver out), so take-and-verify needs no wait
         self.storage, self.url_shown, self.run_dir, self.study = storage, url_shown, run_dir, study
         self.names = list(names)
+        self.objectives = objectives  # the studies' directions, all minimize, when the lease creates them
         self.settle_s = LEASE_SETTLE_S if settle else 0.0
         self.holder = new_holder()
         self.timeout = lease_timeout()
@@ -124,7 +125,7 @@ class Lease:
                 if not create:
                     continue
                 try:  # as CellSearcher would a moment later (create_study(load_if_exists=True))
-                    ids.append(self.storage.create_new_study([StudyDirection.MINIMIZE], name))
+                    ids.append(self.storage.create_new_study([StudyDirection.MINIMIZE] * self.objectives, name))
                 except DuplicatedStudyError:  # another driver made it meanwhile
                     ids.append(self.storage.get_study_id_from_name(name))
         return ids

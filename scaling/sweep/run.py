@@ -39,7 +39,7 @@ from scaling.run_record import finish_sweep, new_uid, start_sweep  # noqa: E402
 from scaling.spec import SpecError, StudySpec  # noqa: E402
 from scaling.sweep.identity import open_checked, study_names  # noqa: E402
 from scaling.sweep.lease import Lease  # noqa: E402
-from scaling.sweep.searcher import CellSearcher  # noqa: E402
+from scaling.sweep.optimize import make_searcher  # noqa: E402
 from scaling.sweep.tuner import tune_trials  # noqa: E402
 
 __all__ = ["SweepResult", "run_sweep"]
@@ -106,23 +106,23 @@ def run_sweep(
         rows, recorded = recorded_trials(run_dir)  # trials whose rows reached the table
         record = dict(_check_same_study(spec, run_dir) or {})  # {}: a new run directory
         uid = record.get("study_uid") or None
-        names = study_names(spec.name, plan.cells)
+        names = study_names(spec.name, plan.cells, mode=plan.safe.sampler.mode)
         storage = open_checked(names, run_dir, plan.url, uid=uid, table_rows=rows, source=spec.source)
         # one driver per study, across run directories and machines (lease.py): before any
         # leftover trial is claimed (CellSearcher) and before anything of this sweep is written
         with Lease(names, storage, url_shown=plan.url_shown, run_dir=run_dir, study=spec.name,
-                   settle=not plan.own_storage) as lease:  # fmt: skip
+                   settle=not plan.own_storage, objectives=plan.objectives) as lease:  # fmt: skip
             uid = uid or new_uid()  # the first run (or one from before study uids): the run gets one now
             # written before any cell study carries it, so a crash between leaves no stranger's uid
             record = start_sweep(spec, run_dir, record, uid=uid, optuna=plan.url_shown,
                                  max_trials=max_trials, trials_recorded=len(recorded))  # fmt: skip
-            searcher = CellSearcher(plan.safe, storage, max_trials=max_trials, recorded=recorded, study_uid=uid,
-                                    cells=plan.cells)  # fmt: skip
+            searcher = make_searcher(plan.safe, storage, max_trials=max_trials, recorded=recorded, study_uid=uid,
+                                     cells=plan.cells)  # fmt: skip
             samples, todo = searcher.most_remaining(), searcher.remaining()
             if on_start:
-                on_start(todo, plan.planned)
+                on_start(todo, searcher.planned_trials())
             counts = tune_trials(plan, searcher, todo=todo, samples=samples, uid=uid, on_trial_done=on_trial_done,
-                           on_epoch=on_epoch, ray_address=ray_address)  # fmt: skip
+                                 on_epoch=on_epoch, ray_address=ray_address)  # fmt: skip
             finish_sweep(spec, run_dir, record, counts=counts, trials_to_run=todo)
             adapters = finish_table(run_dir, keep=spec.storage.keep_adapters, model=spec.model)
             return SweepResult(

@@ -139,6 +139,10 @@ class CellSearcher(Searcher):
         left = sum(max(0, per - c.done_search - c.done_repeat) for c in self.cells)
         return left if self.max_trials is None else min(left, self.max_trials)
 
+    def planned_trials(self) -> int:
+        """The study's planned trials (what the progress bar shows): StudySpec.planned_trials."""
+        return self.spec.planned_trials()
+
     def _extra_wanted(self, st: _CellState) -> bool:
         """True when a cell's LR trials are all told, its best is not bracketed (nor at the range's
         edge on its open side) and sampler.extra_trials allows one more."""
