@@ -105,6 +105,11 @@ class LawFit:
     resolved: E < 0.01"}).
     """
 
+    # step 4's choice of starts on a large grid (analysis._fit_auto._multistart):
+    # "profile" (variable projection) or "grid" (the screened grid it replaced;
+    # set on an instance to compare the two, as bench/fit_speed.py does)
+    _search = "profile"
+
     def __init__(
         self,
         law: str = "power",
@@ -178,8 +183,8 @@ class LawFit:
         obj = _Objective(law, X, ly, w, float(self.delta), space)
 
         # 4. all starts, batched; the competitive distinct end points further
-        Z0 = space.z(_starts(law, X, inp.fixed, self.init_grid))
-        starts, self.optimizer_ = _multistart(law, obj, space, Z0)
+        T0 = _starts(law, X, inp.fixed, self.init_grid)
+        starts, self.optimizer_ = _multistart(law, obj, space, T0, X, search=self._search)
         z_best = starts[0]
         theta = space.theta(z_best)
         self.theta_ = theta
