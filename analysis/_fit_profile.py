@@ -30,6 +30,11 @@ __all__: list[str] = []  # private: analysis._fit_auto imports what it needs
 # _PROFILE_BUDGET^(1/d) values spread evenly (in fitting space) over the range
 # of its starting grid, plus the grid's own values. Chinchilla (d = 2): 26 x 26
 # exponent pairs; data-constrained with both R* free (d = 4): 6 values each.
+# With more than 4 (BNSL with 2 breaks: 7) the budget leaves 2-3 values per
+# parameter, no finer than the law's grid: there the profiled starts found
+# worse optima than the screened grid (5 of 6 planted 2-break curves at 0.5%
+# noise, by up to 0.5% in f), so such a law keeps the screened grid.
+_PROFILE_MIN_PER = 4
 _PROFILE_BUDGET = 512
 # L-BFGS polishes this many distinct profiled starts, best Huber value first.
 # On the Chinchilla and data-constrained bench data every one of the 16 ends
@@ -99,14 +104,17 @@ def _nnls_relative(G: np.ndarray, target: np.ndarray, y: np.ndarray, w: np.ndarr
     return best_c
 
 
-def _profile_grid(law: Law, T0: np.ndarray, free: set[int]) -> np.ndarray:
+def _profile_grid(law: Law, T0: np.ndarray, free: set[int]) -> np.ndarray | None:
     """Full-theta rows (S, p): a grid over the free nonlinear params spanning
     the range of their values in the starting grid T0 (S0, p), finer than it
     and containing its values; fixed params keep their one value, lse columns
-    are 0 (they are solved for)."""
+    are 0 (they are solved for). None when the budget would give fewer than
+    _PROFILE_MIN_PER values per parameter (too many nonlinear parameters)."""
     nonlin = [j for j, prm in enumerate(law.params) if not prm.lse and j in free]
     multi = [j for j in nonlin if np.unique(T0[:, j]).size > 1]
-    per = max(2, int(round(_PROFILE_BUDGET ** (1.0 / max(len(multi), 1)))))
+    per = int(round(_PROFILE_BUDGET ** (1.0 / max(len(multi), 1))))
+    if per < _PROFILE_MIN_PER:
+        return None
     axes = []
     for j, prm in enumerate(law.params):
         v = np.unique(T0[:, j])
@@ -126,12 +134,15 @@ def _profiled_starts(
     """Full-theta rows: the profile grid of T0 with every row's free lse
     coefficients set to their non-negative least-squares values (a zero one at
     log 1e-300: the caller clips it to its bound). Fixed lse params enter as
-    a known offset. None when no lse coefficient is free (nothing to profile)."""
+    a known offset. None when no lse coefficient is free (nothing to profile)
+    or the nonlinear parameters are too many for the budget."""
     lse = [j for j, prm in enumerate(law.params) if prm.lse]
     solved = [j for j in lse if j in free]
     if not solved:
         return None
     TH = _profile_grid(law, T0, free)
+    if TH is None:
+        return None
     known = [j for j in lse if j not in free]
     target = np.broadcast_to(yv, (TH.shape[0], yv.size))
     if known:
