@@ -52,10 +52,12 @@ AUTO_CANDIDATES: tuple[str, ...] = ("power_nofloor", "power", "rectified", "bnsl
 _AUTO_HOLDOUT_FRACTION = 0.2
 _AUTO_SIMPLER = 0.9
 _AUTO_NOISE = 3.0
-# Multi-start: a grid of more than _SCREEN_KEEP starts is screened by one batched evaluation
-# of the objective, and only the _SCREEN_KEEP best starts are minimised (Hoffmann et al.'s
-# 4,500-start Chinchilla grid: the 256 best reach the same optimum, to the printed digits, at
-# a fraction of the cost; bench/fit_speed.py prints both).
+# Multi-start: a grid of more than _SCREEN_KEEP starts is replaced by the _PROFILE_KEEP best
+# variable-projection starts (analysis/_fit_profile.py); where a law cannot be profiled, or
+# under search="grid", it is screened by one batched evaluation of the objective and only the
+# _SCREEN_KEEP best starts are minimised (Hoffmann et al.'s 4,500-start Chinchilla grid: the
+# 256 best reach the same optimum, to the printed digits, at a fraction of the cost).
+# bench/fit_speed.py prints the two searches side by side.
 _SCREEN_KEEP = 256
 
 
