@@ -74,6 +74,12 @@ def _nnls_relative(G: np.ndarray, target: np.ndarray, y: np.ndarray, w: np.ndarr
     sw = np.sqrt(w) / y
     Gw = G * sw[None, :, None]
     tw = target * sw[None, :]
+    # equilibrate the columns (a power term can be 1e-4 of the constant one):
+    # the normal equations below square the condition number
+    with np.errstate(invalid="ignore", over="ignore"):
+        cn = np.sqrt(np.einsum("snk,snk->sk", Gw, Gw))
+    cn = np.where(np.isfinite(cn) & (cn > 0), cn, 1.0)
+    Gw = Gw / cn[:, None, :]
     GwT = Gw.transpose(0, 2, 1)
     H = GwT @ Gw  # (S, m, m), batched matmul (BLAS; einsum here is 5x slower)
     h = (GwT @ tw[:, :, None])[:, :, 0]
@@ -101,7 +107,7 @@ def _nnls_relative(G: np.ndarray, target: np.ndarray, y: np.ndarray, w: np.ndarr
                 c = np.zeros((better.sum(), m))
                 c[:, idx] = cs[better]
                 best_c[better], best_r[better] = c, res[better]
-    return best_c
+    return best_c / cn
 
 
 def _profile_grid(law: Law, T0: np.ndarray, free: set[int]) -> np.ndarray | None:
