@@ -18,6 +18,7 @@ import numpy as np
 
 from analysis._fit_errors import FitError, FitWarning
 from analysis._fit_input import _check_params, _column, _weights
+from analysis._fit_profile import _PROFILE_KEEP, _profiled_starts
 from analysis._solver import (
     _BOOT_EXTRA_STARTS,
     _FTOL_FINE,
@@ -25,6 +26,7 @@ from analysis._solver import (
     _N_REFINE,
     _distinct_best,
     _lbfgs_batch,
+    _newton_polish,
     _Objective,
     _Space,
 )
@@ -50,10 +52,12 @@ AUTO_CANDIDATES: tuple[str, ...] = ("power_nofloor", "power", "rectified", "bnsl
 _AUTO_HOLDOUT_FRACTION = 0.2
 _AUTO_SIMPLER = 0.9
 _AUTO_NOISE = 3.0
-# Multi-start: a grid of more than _SCREEN_KEEP starts is screened by one batched evaluation
-# of the objective, and only the _SCREEN_KEEP best starts are minimised (Hoffmann et al.'s
-# 4,500-start Chinchilla grid: the 256 best reach the same optimum, to the printed digits, at
-# a fraction of the cost; bench/fit_speed.py prints both).
+# Multi-start: a grid of more than _SCREEN_KEEP starts is replaced by the _PROFILE_KEEP best
+# variable-projection starts (analysis/_fit_profile.py); where a law cannot be profiled, or
+# under search="grid", it is screened by one batched evaluation of the objective and only the
+# _SCREEN_KEEP best starts are minimised (Hoffmann et al.'s 4,500-start Chinchilla grid: the
+# 256 best reach the same optimum, to the printed digits, at a fraction of the cost).
+# bench/fit_speed.py prints the two searches side by side.
 _SCREEN_KEEP = 256
 
 
@@ -104,6 +108,7 @@ def _select_law(est: Any, data: Any, x: Any, y: str, *, weights: Any) -> dict[st
             info["note"] = f"{int(train.sum())} training points for {k} parameters"
         else:
             cand = type(est)(name, delta=est.delta)  # a LawFit, without importing analysis.fit
+            cand._search = est._search
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FitWarning)
@@ -166,22 +171,71 @@ def _starts(
     return np.stack([a.reshape(-1) for a in mesh], axis=1)
 
 
+def _distinct_rows(z: np.ndarray, f: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` row indices, best finite f first, that differ from each
+    other in z (by more than 1e-4 relative) and in f (by more than 1e-12
+    relative: starts that differ only in a parameter the data do not reach,
+    such as R*_N when U_N = N, are one start)."""
+    order = np.argsort(f, kind="stable")
+    keep: list[int] = []
+    for i in order:
+        if len(keep) == count or not np.isfinite(f[i]):
+            break
+        if keep:
+            zk, fk = z[keep], f[keep]
+            same_z = np.max(np.abs(z[i] - zk) / (1.0 + np.abs(zk)), axis=1) <= 1e-4
+            same_f = np.abs(f[i] - fk) <= 1e-12 * np.abs(fk)
+            if np.any(same_z | same_f):
+                continue
+        keep.append(int(i))
+    return np.array(keep, dtype=int)
+
+
 def _multistart(
-    law: Law, obj: _Objective, space: _Space, Z0: np.ndarray
+    law: Law,
+    obj: _Objective,
+    space: _Space,
+    T0: np.ndarray,
+    X: np.ndarray,
+    *,
+    search: str = "profile",
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Step 4: minimise every start Z0 (S, k), then the _N_REFINE best distinct
-    end points at a tighter tolerance. Returns (starts, optimizer): the best end
-    point and up to _BOOT_EXTRA_STARTS other competitive ones, best first (the
-    bootstrap's starts), and the ``optimizer_`` summary."""
+    """Step 4: minimise the starts of the grid T0 (S, p; full theta), then the
+    _N_REFINE best distinct end points at a tighter tolerance. Returns (starts,
+    optimizer): the best end point and up to _BOOT_EXTRA_STARTS other
+    competitive ones, best first (the bootstrap's starts), and the
+    ``optimizer_`` summary.
+
+    Which starts are minimised: a grid of at most _SCREEN_KEEP starts, all of
+    them. A larger one, under ``search="profile"`` (the default): the
+    _PROFILE_KEEP best distinct starts of the variable-projection grid
+    (analysis/_fit_profile.py), ranked by the objective; under
+    ``search="grid"`` (the fitter before issue 16's variable projection, kept
+    for bench/fit_speed.py and the tests that compare the two): the
+    _SCREEN_KEEP best grid starts by one batched evaluation of the objective.
+    """
 
     def fg(zz, rows):
         return obj(zz)
 
+    if search not in ("profile", "grid"):
+        raise ValueError(f"search must be 'profile' or 'grid', got {search!r}")
+    Z0 = space.z(T0)
     n_grid = int(Z0.shape[0])
-    if n_grid > _SCREEN_KEEP:  # screen: one batched evaluation of every start, then minimise the best
+    used = "all"
+    if n_grid > _SCREEN_KEEP and search == "profile":
+        TH = _profiled_starts(law, X, np.exp(obj.ly), obj.w, T0, {int(j) for j in space.free})
+        if TH is not None:
+            Zp = np.clip(space.z(TH), space.lo, space.hi)
+            f0 = np.asarray(obj(Zp)[0], dtype=np.float64)
+            keep = _distinct_rows(Zp, np.where(np.isfinite(f0), f0, np.inf), _PROFILE_KEEP)
+            if keep.size:
+                Z0, used = Zp[keep], "profile"
+    if n_grid > _SCREEN_KEEP and used == "all":
+        # screen: one batched evaluation of every start, then minimise the best
         f0 = np.asarray(obj(np.clip(Z0, space.lo, space.hi))[0], dtype=np.float64)
         f0 = np.where(np.isfinite(f0), f0, np.inf)
-        Z0 = Z0[np.argsort(f0, kind="stable")[:_SCREEN_KEEP]]
+        Z0, used = Z0[np.argsort(f0, kind="stable")[:_SCREEN_KEEP]], "grid"
     zb, fb, nit, status = _lbfgs_batch(fg, Z0, space.lo, space.hi)
     top = _distinct_best(zb, fb, _N_REFINE)
     if not top:
@@ -190,8 +244,12 @@ def _multistart(
         fg, zb[top], space.lo, space.hi, ftol=_FTOL_FINE, stall=0.0, maxiter=_MAXITER_FINE
     )
     cands = _distinct_best(zb, fb, 1 + _BOOT_EXTRA_STARTS)
+    if used == "profile":  # to the bottom of the basin: a lower f than the grid path's
+        b = cands[0]
+        zb[b], fb[b] = _newton_polish(obj, space, zb[b], float(fb[b]))
     optimizer = {
         "n_starts": n_grid,
+        "search": used,
         "n_minimised": int(Z0.shape[0]),
         "median_iterations": float(np.median(nit)),
         "n_converged": int((status == 0).sum()),

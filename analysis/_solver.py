@@ -331,3 +331,48 @@ def _distinct_best(z: np.ndarray, f: np.ndarray, count: int) -> list[int]:
         if np.all(np.max(np.abs(z[i] - zk) / (1.0 + np.abs(zk)), axis=1) > 1e-4):
             keep.append(int(i))
     return keep
+
+
+def _newton_polish(obj: _Objective, space: _Space, z: np.ndarray, f: float, *, iters: int = 10):
+    """A few Newton steps from the L-BFGS end point z (k,), f its objective.
+
+    Near the optimum the Huber sum is smooth between the points' crossings of
+    |r| = delta, and its gradient is exact; a Hessian by central differences of
+    the gradient (2k rows, one batched call) and a step along -H^-1 g on the
+    free variables (not held at a bound by the gradient; directions of zero
+    curvature left alone), with a batched backtracking search of 12 step
+    lengths, converge to the bottom that the L-BFGS stopping rule (relative
+    decrease per iteration) approaches only to ~1e-6 in the parameters
+    (Chinchilla: |g| from 7e-5 to 2e-10 in two steps). Stops when no step
+    length lowers f, or the Hessian has a negative eigenvalue. Returns (z, f),
+    never worse than given.
+    """
+    k = z.size
+    ts = 0.5 ** np.arange(12)
+    for _ in range(iters):
+        eps = 1e-6 * (1.0 + np.abs(z))
+        E = np.diag(eps)
+        Zp = np.clip(np.vstack([z + E, z - E, z[None, :]]), space.lo, space.hi)
+        _, G = obj(Zp)
+        g = G[-1]
+        H = (G[:k] - G[k : 2 * k]) / ((Zp[:k] - Zp[k : 2 * k]).diagonal())[:, None]
+        H = 0.5 * (H + H.T)
+        free = ~(((z <= space.lo) & (g > 0)) | ((z >= space.hi) & (g < 0)))
+        if not free.any() or not np.isfinite(H).all() or not np.isfinite(g).all():
+            break
+        lam, V = np.linalg.eigh(H[np.ix_(free, free)])
+        if lam[0] < -1e-9 * lam[-1] or not lam[-1] > 0:
+            break  # not a convex bottom here: leave it to the L-BFGS result
+        # a direction the data do not reach (R*_N when U_N = N) has a zero
+        # eigenvalue: no step along it
+        inv = np.where(lam > 1e-9 * lam[-1], 1.0 / np.where(lam > 0, lam, 1.0), 0.0)
+        d = np.zeros(k)
+        d[free] = -(V @ (inv * (V.T @ g[free])))
+        Zt = np.clip(z + ts[:, None] * d, space.lo, space.hi)
+        ft = obj(Zt)[0]
+        ft = np.where(np.isfinite(ft), ft, np.inf)
+        i = int(np.argmin(ft))
+        if not ft[i] < f:
+            break
+        z, f = Zt[i], float(ft[i])
+    return z, f

@@ -16,12 +16,18 @@ How a fit runs (``LawFit.fit``), top to bottom, and where each step lives:
    relative tolerances mean something: a mean Huber (~1e-5 here) under
    scipy's default tolerances stops early, the pitfall Besiroglu et al.
    (2024) discuss for the original Chinchilla fit.
-4. every start of a grid (Chinchilla: Besiroglu et al.'s 4,500) is minimised
-   by a batched projected L-BFGS written in numpy: all starts advance
-   together, so the Python overhead is paid once per iteration, not once per
-   start (scipy's L-BFGS-B start by start takes ~70 s for that grid here).
-   The best distinct end points then go on at a tighter tolerance, and the
-   best one is kept (analysis/_fit_auto.py, on analysis/_solver.py).
+4. starts are minimised by a batched projected L-BFGS written in numpy: all
+   starts advance together, so the Python overhead is paid once per
+   iteration, not once per start (scipy's L-BFGS-B start by start takes ~70 s
+   for Chinchilla's grid here). A grid of up to 256 starts is minimised
+   whole. A larger one (Chinchilla: Besiroglu et al.'s 4,500) is replaced by
+   variable projection: the law is linear in E, A, B once the exponents are
+   fixed, so over a finer grid of the nonlinear parameters the coefficients
+   are solved by non-negative least squares, and the 16 best of those starts
+   by the Huber objective are minimised (analysis/_fit_profile.py). The best
+   distinct end points then go on at a tighter tolerance, the best one is
+   kept and, after variable projection, finished by a few Newton steps
+   (analysis/_fit_auto.py, on analysis/_solver.py).
 5. bootstrap (optional): resampled data enter as integer weights on the
    original points, so every resample is refitted in the same batched run,
    each from the best solution and the other competitive end points of step
@@ -105,6 +111,11 @@ class LawFit:
     resolved: E < 0.01"}).
     """
 
+    # step 4's choice of starts on a large grid (analysis._fit_auto._multistart):
+    # "profile" (variable projection) or "grid" (the screened grid it replaced;
+    # set on an instance to compare the two, as bench/fit_speed.py does)
+    _search = "profile"
+
     def __init__(
         self,
         law: str = "power",
@@ -178,8 +189,8 @@ class LawFit:
         obj = _Objective(law, X, ly, w, float(self.delta), space)
 
         # 4. all starts, batched; the competitive distinct end points further
-        Z0 = space.z(_starts(law, X, inp.fixed, self.init_grid))
-        starts, self.optimizer_ = _multistart(law, obj, space, Z0)
+        T0 = _starts(law, X, inp.fixed, self.init_grid)
+        starts, self.optimizer_ = _multistart(law, obj, space, T0, X, search=self._search)
         z_best = starts[0]
         theta = space.theta(z_best)
         self.theta_ = theta

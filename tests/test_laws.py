@@ -191,3 +191,18 @@ def test_forward_pass_matches_natural_function_and_finite_differences(name, brea
         dm[:, j] -= eps
         num = ((law.fwd(dp, ctx)[0] - law.fwd(dm, ctx)[0]) * h).sum(1) / (2 * eps)
         np.testing.assert_allclose(g[:, j], num, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("name", "breaks", "X", "params"), _cases())
+def test_lse_basis_is_linear_in_the_coefficients(name, breaks, X, params):
+    # variable projection (analysis/_fit_profile.py) rests on every law being
+    # sum_k C_k g_k(x; other params) in its lse coefficients C_k
+    from analysis._fit_profile import _lse_basis
+
+    law = get_law(name, breaks=breaks)
+    lse = [j for j, p in enumerate(law.params) if p.lse]
+    theta = law.to_theta(params)[None, :]
+    G = _lse_basis(law, theta, X, lse)
+    assert G.shape == (1, X.shape[0], len(lse))
+    coef = np.array([params[law.params[j].name] for j in lse])
+    np.testing.assert_allclose(G[0] @ coef, law(X, **params), rtol=1e-12)
