@@ -38,6 +38,7 @@ import pandas as pd
 from analysis.findings import BOOTSTRAP, LEVEL, SECTIONS, Analysis, analyse
 from analysis.findings.common import EXTRAPOLATE, _ci, _d, _f, _g, _pct
 from analysis.page import Report
+from analysis.selection import n_text
 from analysis.table import SELECT, Run
 
 __all__ = ["ReportPaths", "build_report", "write_report"]
@@ -299,11 +300,12 @@ def _blocks_lr(an: Analysis) -> list[tuple]:
     if N.get("reason"):
         blocks.append(("p", f"Not computed: {N['reason']}."))
     if N.get("cells"):
-        head = [*(["D", "epochs", "r"] if "lora_r" in an.by else ["D", "epochs"]), "best LR", f"{an.level:.0%} interval",
+        with_n = "model_params_n" in an.by
+        head = [*(["N"] if with_n else []), *(["D", "epochs", "r"] if "lora_r" in an.by else ["D", "epochs"]), "best LR", f"{an.level:.0%} interval",
                 "val loss", "spread over LRs", "trials (failed)", "method", "at edge"]  # fmt: skip
         rows = []
         for c in N["cells"]:
-            axes = [_d(c["dataset_size"]), _g(c["epochs"])] + (
+            axes = ([n_text(c["model_params_n"])] if with_n else []) + [_d(c["dataset_size"]), _g(c["epochs"])] + (
                 [_g(c["lora_r"])] if "lora_r" in an.by else []
             )
             rows.append([*axes, _g(c["lr_best"]), _ci(c["lr_low"], c["lr_high"]), _g(c["val_loss_best"], 4),
@@ -323,8 +325,10 @@ def _blocks_lr(an: Analysis) -> list[tuple]:
         p, ci = rule["params"], rule["ci"]
         text = (f"LR rule (least squares over {rule['n_cells']} cells, edge cells left out): log lr* = {_g(p['c'])} "
                 f"+ {_g(p['p'])}·log D" + (f" + {_g(p['q'])}·log epochs" if "q" in rule["terms"] else "")
+                + (f" + {_g(p['n'])}·log N" if "n" in rule["terms"] else "")
                 + f", i.e. lr* ∝ {rule['lr_proportional_to']}; p {_ci(*ci['p'])}"
-                + (f", q {_ci(*ci['q'])}" if "q" in rule["terms"] else "") + ".")  # fmt: skip
+                + (f", q {_ci(*ci['q'])}" if "q" in rule["terms"] else "")
+                + (f", n {_ci(*ci['n'])}" if "n" in rule["terms"] else "") + ".")  # fmt: skip
         blocks.append(("p", text))
         rows = [[str(int(x["epochs"])), f"{x['factor']:g}x", _d(x["dataset_size"]), _g(x["lr"]), _ci(x["lo"], x["hi"])]
                 for x in N["predictions"]]  # fmt: skip

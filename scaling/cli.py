@@ -65,7 +65,8 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
     from scaling.models import TargetModulesError, check_target_modules
 
     try:  # every LoRA target must match a module of the base model (built on the meta device)
-        check_target_modules(s.model, s.lora.target_modules, source=str(spec))
+        for model in s.models():
+            check_target_modules(model, s.lora.target_modules, source=str(spec))
     except TargetModulesError as err:
         _fail(str(err))
     on = [n for n in ("mlflow", "tensorboard", "wandb") if getattr(s.tracking, n)]

@@ -109,7 +109,8 @@ def _check_targets(spec: StudySpec) -> None:
     from scaling.models import TargetModulesError, check_target_modules
 
     try:
-        check_target_modules(spec.model, spec.lora.target_modules, source=spec.source or "<spec>")
+        for model in spec.models():  # every base model of the study (axes.model)
+            check_target_modules(model, spec.lora.target_modules, source=spec.source or "<spec>")
     except TargetModulesError as err:
         raise SpecError(str(err)) from None
 
@@ -178,7 +179,8 @@ def run_sweep(
         if todo > 0:
             from scaling.models import ensure_base_model
 
-            ensure_base_model(spec.model)  # build once here, not in every worker at once
+            for model in spec.models():
+                ensure_base_model(model)  # build once here, not in every worker at once
             _init_ray(spec, ray_address)
             sink = _start_sink(run_dir) if spec.storage.keep_adapters != "none" else None
             res = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}

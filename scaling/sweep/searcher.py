@@ -112,9 +112,13 @@ class CellSearcher(Searcher):
             )
             for k, v in (("dataset_size", cell.dataset_size), ("epochs", cell.epochs), ("lora_r", cell.lora_r)):
                 study.set_user_attr(k, v)
-            # the cell's place in the study, read by BracketSampler to transfer the LR across cells
+            if cell.model is not None:
+                study.set_user_attr("model", cell.model)
+            # the cell's place in the study, read by BracketSampler to transfer the LR across cells;
+            # with a model axis each base model is its own group (its LR optimum is its own)
             axes = {"dataset_size": cell.dataset_size, "epochs": cell.epochs, "lora_r": cell.lora_r}
-            for k, v in cell_attrs(group=spec.name, axes=axes).items():
+            group = spec.name if cell.model is None else f"{spec.name}@{cell.key.split(',', 1)[0]}"
+            for k, v in cell_attrs(group=group, axes=axes).items():
                 study.set_user_attr(k, v)
             study.set_user_attr("metric", SELECT_METRIC)
             if study_uid is not None:  # the run's identity (scaling/sweep/identity.py)
@@ -174,6 +178,7 @@ class CellSearcher(Searcher):
             "dataset_size": c.dataset_size,
             "epochs": c.epochs,
             "lora_r": c.lora_r,
+            **({"model": c.model} if c.model is not None else {}),
             "learning_rate": float(lr),
             "seed": int(seed),
             "cell": c.key,
@@ -372,6 +377,8 @@ class CellSearcher(Searcher):
             "dataset_size": c.dataset_size,
             "epochs": c.epochs,
             "lora_r": c.lora_r,
+            # a pack is one cell's trials, so one base model: packs never mix models
+            **({"model": c.model} if c.model is not None else {}),
             "cell": c.key,
             "optuna_study": st.study.study_name,
             "members": [
