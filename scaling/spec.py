@@ -420,6 +420,18 @@ class StudySpec(_Frozen):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     source: str | None = None  # the file it came from (set by load_spec)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_axis(cls, data: Any) -> Any:
+        # with a model axis and no top-level model, `model` is the axis's first: spec.yaml then
+        # writes a model that validates again, and code reading spec.model gets one of the axis's
+        if isinstance(data, dict) and "model" not in data:
+            axes = data.get("axes")
+            models = axes.get("model") if isinstance(axes, dict) else None
+            if isinstance(models, list) and models and isinstance(models[0], str):
+                data = {**data, "model": models[0]}
+        return data
+
     @field_validator("lora", mode="after")
     @classmethod
     def _lora_targets_for_model(cls, v: LoraSpec, info: Any) -> LoraSpec:

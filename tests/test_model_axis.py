@@ -123,3 +123,54 @@ def test_family_names_and_today_s_model_unchanged():
     assert model_params_n("tiny-llama") == 853120  # build.json's non_embedding_parameters
     assert model_params_n("no-such-org/no-such-model") is None  # config not on this machine
     assert model_label("org/name") == "org--name" and model_label("/data/my model/") == "--data--my_model"
+
+
+# -- 3. a real packed sweep over two widths --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from scaling.models import ensure_base_model
+
+    for m in ("tiny-llama-w32", "tiny-llama-w64"):
+        ensure_base_model(m)  # ~20 s and ~35 s on one core the first time, cached after
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_packed_sweep_over_two_widths_never_mixes_models(ray_local, tmp_path):
+    from scaling.models import model_params_n
+    from scaling.records import read_results
+    from scaling.sweep import run_sweep
+
+    spec = parse_spec({
+        "name": "mx", "task": {"kind": "addition", "digits": 2},
+        "axes": {"dataset_size": [64], "epochs": [1], "model": ["tiny-llama-w32", "tiny-llama-w64"]},
+        "learning_rate": {"low": 1e-3, "high": 3e-2}, "trials_per_cell": 3,
+        "eval": {"validation_size": 32, "test_size": 32}, "resources": {"cpus": 1, "max_failures": 0},
+        "sampler": {"extra_trials": 0}, "packing": {"adapters_per_worker": 3},
+        "storage": {"keep_adapters": "none"},
+    })  # fmt: skip
+    res = run_sweep(spec, out=tmp_path / "run")
+    assert res.counts == {"ok": 6, "failed": 0, "pruned": 0}
+    df = read_results(res.run_dir)
+    n32, n64 = model_params_n("tiny-llama-w32"), model_params_n("tiny-llama-w64")
+    by_cell = df.groupby("cell").agg(model=("model", "unique"), n=("model_params_n", "unique"),
+                                     pack=("pack_size", "max"), trials=("trial_id", "nunique"))  # fmt: skip
+    assert set(by_cell.index) == {"M=tiny-llama-w32,D=64,E=1,r=8", "M=tiny-llama-w64,D=64,E=1,r=8"}
+    # each cell ran as one pack of 3, on its own base model: its rows carry that model and its N
+    for cell, model, n in (("M=tiny-llama-w32,D=64,E=1,r=8", "tiny-llama-w32", n32),
+                           ("M=tiny-llama-w64,D=64,E=1,r=8", "tiny-llama-w64", n64)):  # fmt: skip
+        row = by_cell.loc[cell]
+        assert list(row["model"]) == [model] and list(row["n"]) == [n] and row["pack"] == 3 and row["trials"] == 3
+    # the two bases really differ: the trainable LoRA params of rank 8 scale with the width
+    tp = df.groupby("model")["trainable_params"].first()
+    assert tp["tiny-llama-w64"] == 2 * tp["tiny-llama-w32"]
+    storage = optuna.storages.RDBStorage(res.optuna_url)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert names == ["mx/M=tiny-llama-w32,D=64,E=1,r=8", "mx/M=tiny-llama-w64,D=64,E=1,r=8"]
+    assert optuna.load_study(study_name=names[0], storage=storage).user_attrs["model"] == "tiny-llama-w32"
