@@ -49,6 +49,7 @@ _TITLES = {
     "epochs": ("Data or epochs?", "Is another pass over the same examples worth as much as fresh examples?"),
     "lr": ("Best learning rate", "Which learning rate is best in each cell, how sure are we, and how does it move with data?"),
     "emergence": ("Sudden abilities", "Does exact match jump suddenly with data, and is the jump real or an artefact of the metric?"),
+    "models": ("The base model", "How does test loss scale with the base model's size N and the data D together, and which base model should be fine-tuned?"),
     "recommendations": ("Recommendations", "What should the next run change?"),
 }  # fmt: skip
 
@@ -399,6 +400,83 @@ def _blocks_emergence(an: Analysis) -> list[tuple]:
     return blocks
 
 
+def _law_params(law: Mapping[str, Any]) -> str:
+    """A joint law's parameters for a person: each with its interval, or its one-sided text."""
+    parts = []
+    for k, v in law["params"].items():
+        if law.get("param_status", {}).get(k, "estimated") != "estimated":
+            parts.append(law["param_text"].get(k, f"{k} = {_g(v)}"))
+        else:
+            ci = law["ci"].get(k)
+            parts.append(f"{k} = {_g(v)} {_ci(*ci) if ci else '(no interval: no bootstrap)'}")
+    return "; ".join(parts)
+
+
+def _blocks_models(an: Analysis) -> list[tuple]:
+    N = an.numbers.get("models", {})
+    if N.get("reason"):
+        return [("p", f"Not computed: {N['reason']}.")]
+    ms = N.get("models", [])
+    blocks: list[tuple] = [("p", "Base models: " + ", ".join(f"{m['model']} (N = {m['n_text']})" for m in ms)
+                            + ". N is the non-embedding parameter count, read from each model's config. Two joint "
+                            "laws are fitted to the test loss of the configs chosen on validation (robust fit in log "
+                            f"space, {an.level:.0%} bootstrap intervals over {an.bootstrap} resamples) and compared by "
+                            "AIC: the multiplicative fine-tuning law of Zhang et al. (2024), where base-model size "
+                            "and data multiply, and the additive Chinchilla form.")]  # fmt: skip
+    for s in N.get("series", []):
+        lab = s["label"]
+        rows = []
+        for law, d in s.get("laws", {}).items():
+            if d.get("reason"):
+                rows.append([law, "not fitted: " + d["reason"], "n/a", "n/a", "n/a"])
+                continue
+            w = (s.get("weights") or {}).get(law)
+            rows.append([d["form"], _law_params(d), _g(d["metrics"].get("rmsle")), _g(d["metrics"].get("aic"), 4),
+                         _pct(w) if w is not None else "n/a"])  # fmt: skip
+        blocks.append(("table", [f"law ({lab})", f"parameters [{an.level:.0%} CI]", "RMS log error", "AIC",
+                                 "Akaike weight"], rows))  # fmt: skip
+        if s.get("better") and "delta_aic" in s:
+            blocks.append(("p", f"{lab}: the {s['better']} law fits better by {_g(s['delta_aic'])} AIC."))
+        items = []
+        for law, h in (s.get("holdout") or {}).items():
+            if h.get("reason"):
+                items.append(f"{law}: no hold-out check: {h['reason']}.")
+                continue
+            per = "; ".join(f"{p['model']} {_g(p['predicted'])} vs {_g(p['observed'])}" for p in h["per_model"])
+            items.append(f"{law}, fitted on D = {', '.join(_d(v) for v in h['train_sizes'])} only, predicts the test "
+                         f"loss at D = {_d(h['test_size'])} ({_pct(h['mape'])} mean error; predicted vs measured: "
+                         f"{per}); its order of the models {'matches' if h['order_agrees'] else 'differs from'} the "
+                         f"measured one ({' < '.join(h['observed_order'])}).")  # fmt: skip
+        if items:
+            blocks.append(("list", items))
+        rk = s.get("ranking", {})
+        if rk.get("rows"):
+            t = N.get("target", {})
+            blocks.append(("p", f"{lab}: base models ranked by the {rk['law']} law's predicted test loss at D = "
+                           f"{_d(rk['dataset_size'])} ({t.get('why', '')}{'; beyond the fitted sizes' if rk['extrapolated'] else ''}); "
+                           "'best in draws' is the share of bootstrap resamples in which the model predicts the lowest loss."))  # fmt: skip
+            blocks.append(("table", ["rank", "model", "N", "predicted test loss", f"{an.level:.0%} CI", "best in draws",
+                                     "clearly ahead of the next"],
+                           [[str(r["rank"]), r["model"], n_text(r["model_params_n"]), _g(r["loss"], 4), _ci(r["lo"], r["hi"]),
+                             _pct(r["p_best"]), "yes" if r["clear"] else "no"] for r in rk["rows"]]))  # fmt: skip
+        elif rk.get("reason"):
+            blocks.append(("p", f"{lab}: no ranking: {rk['reason']}."))
+        fe = s.get("first_exact_match") or []
+        if fe:
+            blocks.append(("table", ["model", "N", "smallest D with test exact match >= 0.5", "exact match there (± binomial SE)",
+                                     "exact match per D"],
+                           [[f["model"], n_text(f["model_params_n"]), _d(f["first_d"]) if f["first_d"] else f"not reached by {_d(f['largest_d'])}",
+                             f"{_g(f['exact_match'])} ± {_g(f['se'])}" if f["se"] is not None else _g(f["exact_match"]),
+                             ", ".join(f"{_d(k)}: {_g(v, 2)}" for k, v in f["exact_match_by_d"].items())] for f in fe]))  # fmt: skip
+        jv = s.get("jumps_vs_n") or []
+        if jv:
+            blocks.append(("list", [f"Exact match against N at D = {_d(j['dataset_size'])}: {j['verdict']}"
+                                    + (f" between N = {n_text(j['interval'][0])} and {n_text(j['interval'][1])}" if j.get("interval") else "")
+                                    + f"; checked against the continuous metrics: {j['mirage']} ({j.get('reason', '')})."
+                                    for j in jv]))  # fmt: skip
+    return blocks
+
+
 def build_report(source: Run | pd.DataFrame | Analysis, *, bootstrap: int = BOOTSTRAP, seed: int = 0,
                  level: float = LEVEL) -> Report:  # fmt: skip
     """Analyse (unless given an Analysis) and lay out the report: sections, figures, numbers.
@@ -414,7 +492,7 @@ def build_report(source: Run | pd.DataFrame | Analysis, *, bootstrap: int = BOOT
     errors = list(an.numbers["errors"])
     figs = _figures(an, errors)
     makers = {"study": _blocks_study, "data": _blocks_data, "epochs": _blocks_epochs, "lr": _blocks_lr,
-              "emergence": _blocks_emergence,
+              "emergence": _blocks_emergence, "models": _blocks_models,
               "recommendations": lambda a: [("list", [r["text"] for r in a.numbers.get("recommendations", [])])]}  # fmt: skip
     sections = []
     for sid in SECTIONS:
