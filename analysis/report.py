@@ -84,6 +84,9 @@ def _figures(an: Analysis, errors: list[dict[str, str]]) -> dict[str, bytes]:
         make("lr_sensitivity", lambda: plots.plot_lr_sensitivity(lr["trials"], lr_range=rng_t))
     if lr and lr["best"] is not None and lr["best"]["lr_best"].notna().any():
         make("lr_rule", lambda: plots.plot_lr_rule(lr["best"], lr["curves"], lr["predictions"]))
+    if an.figdata.get("models"):
+        make("loss_vs_n_d", lambda: plots.plot_loss_vs_data(
+            an.figdata["models"], title="Test loss vs dataset size per base model: the preferred joint L(N, D) law"))
     em = an.figdata.get("emergence")
     if em and em["series"] and em["metrics"]:
         make("emergence", lambda: plots.plot_emergence(em["series"], em["metrics"]))
@@ -450,6 +453,10 @@ def _blocks_models(an: Analysis) -> list[tuple]:
         if items:
             blocks.append(("list", items))
         rk = s.get("ranking", {})
+        if rk.get("rows") and s is N["series"][0]:
+            blocks.append(("figure", "loss_vs_n_d", f"Test loss against D, one colour per base model: measured points "
+                           f"and the {rk['law']} law fitted to all models at once, evaluated at each model's N, with "
+                           "its bootstrap band."))  # fmt: skip
         if rk.get("rows"):
             t = N.get("target", {})
             blocks.append(("p", f"{lab}: base models ranked by the {rk['law']} law's predicted test loss at D = "

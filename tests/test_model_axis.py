@@ -153,8 +153,7 @@ def test_packed_sweep_over_two_widths_never_mixes_models(ray_local, tmp_path):
         "learning_rate": {"low": 1e-3, "high": 3e-2}, "trials_per_cell": 3,
         "eval": {"validation_size": 32, "test_size": 32}, "resources": {"cpus": 1, "max_failures": 0},
         "sampler": {"extra_trials": 0}, "packing": {"adapters_per_worker": 3},
-        "storage": {"keep_adapters": "none"},
-    })  # fmt: skip
+    })  # fmt: skip (adapters kept: the default, best)
     res = run_sweep(spec, out=tmp_path / "run")
     assert res.counts == {"ok": 6, "failed": 0, "pruned": 0}
     df = read_results(res.run_dir)
@@ -174,6 +173,11 @@ def test_packed_sweep_over_two_widths_never_mixes_models(ray_local, tmp_path):
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
     assert names == ["mx/M=tiny-llama-w32,D=64,E=1,r=8", "mx/M=tiny-llama-w64,D=64,E=1,r=8"]
     assert optuna.load_study(study_name=names[0], storage=storage).user_attrs["model"] == "tiny-llama-w32"
+    # each cell keeps its selected adapter (chosen per model), which names its own base model
+    import json
+
+    kept = {p.name: json.loads((p / "scaling.json").read_text())["model"] for p in res.adapters}
+    assert kept == {"M=tiny-llama-w32,D=64,E=1,r=8": "tiny-llama-w32", "M=tiny-llama-w64,D=64,E=1,r=8": "tiny-llama-w64"}
 
 
 # -- 4. the report's N section on planted tables ---------------------------------------------------
@@ -256,7 +260,9 @@ def test_fit_on_smaller_sizes_predicts_the_ranking_at_the_largest():
     assert top["lo"] <= top["loss"] <= top["hi"] and top["p_best"] > 0.9
     assert top["loss"] == pytest.approx(mult(900_000, 8000), rel=0.03)
     # rendered: the section names the laws and the ranking, every loss with its interval
-    md = build_report(an).to_markdown()
+    rep = build_report(an)
+    assert "loss_vs_n_d" in rep.figures and not rep.numbers["errors"]
+    md = rep.to_markdown()
     assert "The base model" in md and "multiplicative" in md and "alpha-big" in md and "best in draws" in md
 
 

@@ -230,6 +230,7 @@ def models_finding(an: Analysis) -> Finding:
     out["models"] = [{"model": models.get(n, n_text(n)), MODEL_AXIS: n, "n_text": n_text(n)} for n in sorted(models)]
     target, target_why = _target_size(an, pts)
     out["target"] = {"dataset_size": target, "why": target_why}
+    fig: list[dict[str, Any]] = []  # the first series': per model, points and the preferred law's curve
     for key in keys:
         sp = series_points(pts, key) if key else pts
         entry: dict[str, Any] = {"label": series_label(key) if key else "all", **{c: _py(v) for c, v in key.items()},
@@ -243,8 +244,28 @@ def models_finding(an: Analysis) -> Finding:
             beyond = target > float(sp["dataset_size"].max()) * (1 + 1e-9)
             entry["ranking"] = {"law": better, "dataset_size": target, "extrapolated": bool(beyond),
                                 "rows": rank_models(fits[better], models, target, an.level)}  # fmt: skip
+            if not fig:
+                fig = _curves(fits[better], sp, models, an.level)
         else:
             entry["ranking"] = {"reason": "no joint law could be fitted"}
         entry["first_exact_match"] = _first_d(sp, n_test)
         entry["jumps_vs_n"] = _jumps_vs_n(an, sp, n_test)
-    return Finding(numbers=out)
+    return Finding(numbers=out, figures={"models": fig})
+
+
+def _curves(fit: LawFit, pts: pd.DataFrame, models: dict[float, str], level: float) -> list[dict[str, Any]]:
+    """Per base model: its measured points and the joint law at its N over D, with the bootstrap band
+    (plots.plot_loss_vs_data's series)."""
+    d_lo, d_hi = float(pts["dataset_size"].min()), float(pts["dataset_size"].max())
+    grid = np.geomspace(d_lo, d_hi, 60)
+    out = []
+    for n in sorted(models):
+        g = pts[pts[MODEL_AXIS] == n]
+        frame = {MODEL_AXIS: np.full(grid.shape, n), "dataset_size": grid}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mid = fit.predict(frame)
+            lo, hi = fit.predict_interval(frame, level=level) if fit.draws_.shape[0] else (mid * np.nan, mid * np.nan)
+        out.append({"label": f"{models[n]} (N={n_text(n)})", "x": g["dataset_size"].to_numpy(float),
+                    "y": g[LOSS].to_numpy(float), "grid": grid, "fit": mid, "lo": lo, "hi": hi, "fitted_max": d_hi})  # fmt: skip
+    return out
