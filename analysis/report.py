@@ -503,6 +503,8 @@ def build_report(source: Run | pd.DataFrame | Analysis, *, bootstrap: int = BOOT
               "recommendations": lambda a: [("list", [r["text"] for r in a.numbers.get("recommendations", [])])]}  # fmt: skip
     sections = []
     for sid in SECTIONS:
+        if sid == "models" and (an.numbers.get("models") or {}).get("single_model"):
+            continue  # one base model: nothing to compare, and the report reads as before
         title, question = _TITLES[sid]
         try:
             blocks = makers[sid](an)

@@ -215,6 +215,7 @@ def models_finding(an: Analysis) -> Finding:
     if MODEL_AXIS not in an.by:
         ns = (pd.to_numeric(an.trials[MODEL_AXIS], errors="coerce").dropna().unique()
               if MODEL_AXIS in an.trials else [])  # fmt: skip
+        out["single_model"] = True  # the report leaves the section out: it has nothing to compare
         out["reason"] = ("the study has one base model" + (f" (N = {n_text(ns[0])})" if len(ns) else "")
                          + "; comparing base models needs two or more (axes.model) with N recorded")  # fmt: skip
         return Finding(numbers=out)
