@@ -304,3 +304,22 @@ def test_lr_rule_takes_n_as_an_axis_when_the_cells_hold_several():
     assert rule.predict(dataset_size=1000, model_params_n=1e5) == pytest.approx(0.02, rel=0.05)
     one = lr_rule(pd.DataFrame([c for c in cells if c["model_params_n"] == 50_000]))
     assert one.axes == ("dataset_size", "epochs") and "n" not in one.terms_
+
+
+def test_a_table_from_before_the_column_still_reads_and_appends(tmp_path):
+    from scaling.records import append_rows, read_results
+
+    old = planted_table(mult, {"only": 50_000}, (250, 500)).drop(columns=["model_params_n"])
+    old["study_uid"] = "u"
+    old.to_parquet(tmp_path / "results.parquet", index=False)  # the layout of an older run
+    from analysis.selection import axes_of
+    from analysis.table import trial_summary
+
+    got = read_results(tmp_path)
+    assert len(got) == 6 and "model_params_n" not in got  # read as it was written
+    assert trial_summary(got)["model_params_n"].isna().all() and axes_of(trial_summary(got))[0] == ("dataset_size", "epochs")
+    new = planted_table(mult, {"only": 50_000}, (1000,)).assign(study_uid="u").to_dict("records")
+    append_rows(tmp_path, new)
+    both = read_results(tmp_path)
+    assert len(both) == 9 and both["model_params_n"].isna().sum() == 6
+    assert set(both.loc[both["model_params_n"].notna(), "dataset_size"]) == {1000}
