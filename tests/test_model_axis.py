@@ -244,7 +244,7 @@ def test_fit_on_smaller_sizes_predicts_the_ranking_at_the_largest():
     from analysis.findings import analyse
     from analysis.report import build_report
 
-    an = analyse(planted_table(mult, MODELS, SIZES, seed=1), bootstrap=100, sections=("models",))
+    an = analyse(planted_table(mult, MODELS, SIZES, seed=1), bootstrap=100, sections=("models", "recommendations"))
     (s,) = an.numbers["models"]["series"]
     h = s["holdout"]["multiplicative"]
     assert h["train_sizes"] == [250, 500, 1000, 2000, 4000] and h["test_size"] == 8000
@@ -259,6 +259,8 @@ def test_fit_on_smaller_sizes_predicts_the_ranking_at_the_largest():
     top = rk["rows"][0]
     assert top["lo"] <= top["loss"] <= top["hi"] and top["p_best"] > 0.9
     assert top["loss"] == pytest.approx(mult(900_000, 8000), rel=0.03)
+    (rec,) = [r for r in an.numbers["recommendations"] if r["kind"] == "base_model"]
+    assert rec["model"] == "alpha-big" and rec["clear"] and rec["text"].startswith("epochs=1: fine-tune alpha-big")
     # rendered: the section names the laws and the ranking, every loss with its interval
     rep = build_report(an)
     assert "loss_vs_n_d" in rep.figures and not rep.numbers["errors"]
