@@ -461,11 +461,14 @@ def _blocks_models(an: Analysis) -> list[tuple]:
             t = N.get("target", {})
             blocks.append(("p", f"{lab}: base models ranked by the {rk['law']} law's predicted test loss at D = "
                            f"{_d(rk['dataset_size'])} ({t.get('why', '')}{'; beyond the fitted sizes' if rk['extrapolated'] else ''}); "
-                           "'best in draws' is the share of bootstrap resamples in which the model predicts the lowest loss."))  # fmt: skip
+                           "'best in draws' is the share of bootstrap resamples in which the model predicts the lowest loss. "
+                           "Both laws keep alpha >= 0, so they always rank a larger N first: whether that holds is for the "
+                           "intervals, the measured losses and the hold-out check above to say."))  # fmt: skip
             blocks.append(("table", ["rank", "model", "N", "predicted test loss", f"{an.level:.0%} CI", "best in draws",
-                                     "clearly ahead of the next"],
+                                     "clearly ahead of the next", "measured there (no interval: one config)"],
                            [[str(r["rank"]), r["model"], n_text(r["model_params_n"]), _g(r["loss"], 4), _ci(r["lo"], r["hi"]),
-                             _pct(r["p_best"]), "yes" if r["clear"] else "no"] for r in rk["rows"]]))  # fmt: skip
+                             _pct(r["p_best"]), "yes" if r["clear"] else "no",
+                             _g(r.get("measured"), 4) if r.get("measured") is not None else "not run"] for r in rk["rows"]]))  # fmt: skip
         elif rk.get("reason"):
             blocks.append(("p", f"{lab}: no ranking: {rk['reason']}."))
         fe = s.get("first_exact_match") or []
@@ -478,7 +481,8 @@ def _blocks_models(an: Analysis) -> list[tuple]:
         jv = s.get("jumps_vs_n") or []
         if jv:
             blocks.append(("list", [f"Exact match against N at D = {_d(j['dataset_size'])}: {j['verdict']}"
-                                    + (f" between N = {n_text(j['interval'][0])} and {n_text(j['interval'][1])}" if j.get("interval") else "")
+                                    + (f" between N = {n_text(j['interval'][0])} and {n_text(j['interval'][1])}"
+                                       if j.get("interval") and j["verdict"] == "jump" else "")
                                     + f"; checked against the continuous metrics: {j['mirage']} ({j.get('reason', '')})."
                                     for j in jv]))  # fmt: skip
     return blocks

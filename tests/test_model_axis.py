@@ -256,6 +256,8 @@ def test_fit_on_smaller_sizes_predicts_the_ranking_at_the_largest():
     rk = s["ranking"]
     assert rk["dataset_size"] == 8000 and not rk["extrapolated"]  # no target given: the largest D
     assert [r["model"] for r in rk["rows"]] == ["alpha-big", "beta-large", "mid", "zeta-small"]
+    assert rk["measured_order"] == ["alpha-big", "beta-large", "mid", "zeta-small"]
+    assert all(r["measured"] == pytest.approx(mult(r["model_params_n"], 8000), rel=0.06) for r in rk["rows"])
     top = rk["rows"][0]
     assert top["lo"] <= top["loss"] <= top["hi"] and top["p_best"] > 0.9
     assert top["loss"] == pytest.approx(mult(900_000, 8000), rel=0.03)

@@ -43,7 +43,7 @@ LAW_TEXT = {"multiplicative": "L = E + A·N^-alpha·D^-beta (multiplicative, Zha
             "chinchilla": "L = E + A·N^-alpha + B·D^-beta (additive, Chinchilla form)"}  # fmt: skip
 X = [MODEL_AXIS, "dataset_size"]
 EM_LEVEL = 0.5  # "exact match appears": the smallest D where test exact match reaches this
-MIN_MODELS_JUMP = 4  # a jump needs 4 x values (analysis.jumps)
+MIN_MODELS_JUMP = 5  # analysis.jumps tells a jump from a trend with 5 x values or more
 
 
 def _data(pts: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -243,8 +243,13 @@ def models_finding(an: Analysis) -> Finding:
         better = laws.get("better")
         if better in fits:
             beyond = target > float(sp["dataset_size"].max()) * (1 + 1e-9)
-            entry["ranking"] = {"law": better, "dataset_size": target, "extrapolated": bool(beyond),
-                                "rows": rank_models(fits[better], models, target, an.level)}  # fmt: skip
+            rows = rank_models(fits[better], models, target, an.level)
+            at = sp[np.isclose(sp["dataset_size"].astype(float), target)]
+            measured = at.groupby(MODEL_AXIS)[LOSS].mean()
+            for r in rows:  # the measured loss beside the prediction where the target D was run
+                r["measured"] = float(measured[r[MODEL_AXIS]]) if r[MODEL_AXIS] in measured.index else None
+            entry["ranking"] = {"law": better, "dataset_size": target, "extrapolated": bool(beyond), "rows": rows,
+                                "measured_order": [models[n] for n in measured.sort_values(kind="stable").index]}  # fmt: skip
             if not fig:
                 fig = _curves(fits[better], sp, models, an.level)
         else:
