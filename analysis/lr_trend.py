@@ -8,9 +8,11 @@ C**-0.125).
 Decision rules of `lr_rule`
 ---------------------------
 ``log lr* = c + sum_k b_k log(axis_k)`` over ``axes`` (default dataset_size
-and epochs; add "lora_r" or the base model's size when the study has them as
-axes). The exponents are named "p" (dataset_size), "q" (epochs) and after the
-axis otherwise. Cells with NaN lr_best are dropped; cells at the edge are
+and epochs, plus the base model's non-embedding parameter count N,
+``model_params_n``, when the frame holds two or more N: a model axis; add
+"lora_r" when the study has it as an axis). The exponents are named "p"
+(dataset_size), "q" (epochs), "n" (model_params_n) and after the axis
+otherwise. Cells with NaN lr_best are dropped; cells at the edge are
 dropped too (``drop_edge=True``: their optimum is censored, not measured) with
 a warning. The first axis must take >= 2 values; any other axis with one value
 left is dropped (its exponent 0, interval NaN). Ordinary least squares of
@@ -35,11 +37,19 @@ from scipy.special import stdtrit  # Student t quantile; scipy.stats costs ~0.7 
 from analysis.lr_cell import LEVEL, _q
 from analysis.lr_edge import LREdgeWarning
 
-__all__ = ["LRRule", "LRRuleError", "RULE_AXES", "lr_rule"]
+__all__ = ["LRRule", "LRRuleError", "N_AXIS", "RULE_AXES", "default_axes", "lr_rule"]
 
 
 RULE_AXES = ("dataset_size", "epochs")  # the axes every study has; add "lora_r", model size, ...
-_TERM = {"dataset_size": "p", "epochs": "q"}  # the historical names of the two exponents
+N_AXIS = "model_params_n"  # the base model's N (analysis.selection.MODEL_AXIS)
+_TERM = {"dataset_size": "p", "epochs": "q", N_AXIS: "n"}  # the historical names, and N's
+
+
+def default_axes(best: pd.DataFrame) -> tuple[str, ...]:
+    """RULE_AXES, plus model_params_n when ``best`` holds two or more distinct N (a model axis)."""
+    if N_AXIS in getattr(best, "columns", ()) and pd.to_numeric(best[N_AXIS], errors="coerce").dropna().nunique() >= 2:
+        return (*RULE_AXES, N_AXIS)
+    return RULE_AXES
 
 
 def _term(axis: str) -> str:
@@ -74,11 +84,13 @@ class LRRule:
     def __init__(
         self,
         *,
-        axes: Sequence[str] = RULE_AXES,
+        axes: Sequence[str] | None = None,
         level: float = LEVEL,
         drop_edge: bool = True,
     ) -> None:
-        self.axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        # None: RULE_AXES, with model_params_n added at fit time when the cells hold >= 2 N
+        self._auto = axes is None
+        self.axes = None if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
         self.level = level
         self.drop_edge = drop_edge
 
@@ -91,6 +103,8 @@ class LRRule:
             )
         if not 0.0 < self.level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {self.level!r}")
+        if self._auto:
+            self.axes = default_axes(best)
         if not self.axes or len(set(self.axes)) != len(self.axes):
             raise ValueError(f"axes must name distinct columns, got {list(self.axes)}")
         # epochs may be absent (a study at one epochs setting); the rule then has no epochs term
@@ -260,7 +274,7 @@ class LRRule:
 
     def __repr__(self) -> str:
         if not hasattr(self, "params_"):
-            return f"LRRule(axes={list(self.axes)!r}, level={self.level!r}, drop_edge={self.drop_edge!r})"
+            return f"LRRule(axes={None if self.axes is None else list(self.axes)!r}, level={self.level!r}, drop_edge={self.drop_edge!r})"
         shown = ", ".join(f"{t}={self.params_[t]:.3g}" for t in self.terms_)
         return f"LRRule({shown}, n_cells={self.n_cells_})"
 
@@ -268,9 +282,10 @@ class LRRule:
 def lr_rule(
     best: pd.DataFrame,
     *,
-    axes: Sequence[str] = RULE_AXES,
+    axes: Sequence[str] | None = None,
     level: float = LEVEL,
     drop_edge: bool = True,
 ) -> LRRule:
-    """Fit `LRRule` over ``axes`` to a `best_lr` frame: ``LRRule(axes=..., ...).fit(best)``."""
+    """Fit `LRRule` over ``axes`` to a `best_lr` frame: ``LRRule(axes=..., ...).fit(best)``; ``axes``
+    None: dataset_size and epochs, plus model_params_n when the frame holds two or more N."""
     return LRRule(axes=axes, level=level, drop_edge=drop_edge).fit(best)

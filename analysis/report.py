@@ -35,9 +35,11 @@ from typing import Any
 
 import pandas as pd
 
+from analysis._sections import _blocks_emergence, _blocks_models, _blocks_pareto
 from analysis.findings import BOOTSTRAP, LEVEL, SECTIONS, Analysis, analyse
 from analysis.findings.common import EXTRAPOLATE, _ci, _d, _f, _g, _pct
 from analysis.page import Report
+from analysis.selection import n_text
 from analysis.table import SELECT, Run
 
 __all__ = ["ReportPaths", "build_report", "write_report"]
@@ -49,6 +51,7 @@ _TITLES = {
     "lr": ("Best learning rate", "Which learning rate is best in each cell, how sure are we, and how does it move with data?"),
     "pareto": ("Loss against compute", "Which trials does no other beat on both validation loss and training FLOPs?"),
     "emergence": ("Sudden abilities", "Does exact match jump suddenly with data, and is the jump real or an artefact of the metric?"),
+    "models": ("The base model", "How does test loss scale with the base model's size N and the data D together, and which base model should be fine-tuned?"),
     "recommendations": ("Recommendations", "What should the next run change?"),
 }  # fmt: skip
 
@@ -92,6 +95,9 @@ def _figures(an: Analysis, errors: list[dict[str, str]]) -> dict[str, bytes]:
     pf = an.figdata.get("pareto")
     if pf is not None and len(pf["x"]) and _shows_pareto(an):
         make("pareto", lambda: plots.plot_pareto(pf["x"], pf["y"], pf["front"]))
+    if an.figdata.get("models"):
+        make("loss_vs_n_d", lambda: plots.plot_loss_vs_data(
+            an.figdata["models"], title="Test loss vs dataset size per base model: the preferred joint L(N, D) law"))
     em = an.figdata.get("emergence")
     if em and em["series"] and em["metrics"]:
         make("emergence", lambda: plots.plot_emergence(em["series"], em["metrics"]))
@@ -309,11 +315,12 @@ def _blocks_lr(an: Analysis) -> list[tuple]:
     if N.get("reason"):
         blocks.append(("p", f"Not computed: {N['reason']}."))
     if N.get("cells"):
-        head = [*(["D", "epochs", "r"] if "lora_r" in an.by else ["D", "epochs"]), "best LR", f"{an.level:.0%} interval",
+        with_n = "model_params_n" in an.by
+        head = [*(["N"] if with_n else []), *(["D", "epochs", "r"] if "lora_r" in an.by else ["D", "epochs"]), "best LR", f"{an.level:.0%} interval",
                 "val loss", "spread over LRs", "trials (failed)", "method", "at edge"]  # fmt: skip
         rows = []
         for c in N["cells"]:
-            axes = [_d(c["dataset_size"]), _g(c["epochs"])] + (
+            axes = ([n_text(c["model_params_n"])] if with_n else []) + [_d(c["dataset_size"]), _g(c["epochs"])] + (
                 [_g(c["lora_r"])] if "lora_r" in an.by else []
             )
             rows.append([*axes, _g(c["lr_best"]), _ci(c["lr_low"], c["lr_high"]), _g(c["val_loss_best"], 4),
@@ -333,8 +340,10 @@ def _blocks_lr(an: Analysis) -> list[tuple]:
         p, ci = rule["params"], rule["ci"]
         text = (f"LR rule (least squares over {rule['n_cells']} cells, edge cells left out): log lr* = {_g(p['c'])} "
                 f"+ {_g(p['p'])}·log D" + (f" + {_g(p['q'])}·log epochs" if "q" in rule["terms"] else "")
+                + (f" + {_g(p['n'])}·log N" if "n" in rule["terms"] else "")
                 + f", i.e. lr* ∝ {rule['lr_proportional_to']}; p {_ci(*ci['p'])}"
-                + (f", q {_ci(*ci['q'])}" if "q" in rule["terms"] else "") + ".")  # fmt: skip
+                + (f", q {_ci(*ci['q'])}" if "q" in rule["terms"] else "")
+                + (f", n {_ci(*ci['n'])}" if "n" in rule["terms"] else "") + ".")  # fmt: skip
         blocks.append(("p", text))
         rows = [[str(int(x["epochs"])), f"{x['factor']:g}x", _d(x["dataset_size"]), _g(x["lr"]), _ci(x["lo"], x["hi"])]
                 for x in N["predictions"]]  # fmt: skip
@@ -363,77 +372,6 @@ def _blocks_lr(an: Analysis) -> list[tuple]:
     return blocks
 
 
-def _blocks_pareto(an: Analysis) -> list[tuple]:
-    N = an.numbers.get("pareto", {})
-    blocks: list[tuple] = []
-    budget, spent = N.get("budget") or {}, N.get("spent") or {}
-    if budget:
-        unit = "flops" if budget.get("flops") is not None else "trial_hours"
-        name = "training FLOPs" if unit == "flops" else "trial-hours"
-        blocks.append(("p", f"Budget: {_g(budget.get(unit))} {name} ({N['objective']} objective: "
-                       + ("validation loss alone, TPE" if N["objective"] == "single" else
-                          "validation loss and train FLOPs, NSGA-II")
-                       + f"); spent {_g(spent.get(unit))} {name}, measured, no uncertainty. A config estimated above "
-                       f"{_pct(budget.get('max_trial_share', 0.1))} of the budget was not run."))  # fmt: skip
-    if N.get("reason"):
-        blocks.append(("p", f"Not computed: {N['reason']}."))
-        return blocks
-    left = N.get("n_left_out") or {}
-    blocks.append(("p", f"The Pareto front of {N['n_trials']} completed trials: those no other trial beats on both "
-                   f"the final {N['y']} (validation split) and {N['x']} (6 x forward-pass parameters x training tokens); "
-                   f"{left.get('pruned', 0)} pruned and {left.get('failed', 0)} failed trials are left out. "
-                   f"Uncertainty: {N['uncertainty']}. Test loss is shown, never used to choose."))  # fmt: skip
-    head = ["train FLOPs", f"val loss ({N['y']})", "test loss", "D", "epochs", "r", "learning rate", "trial"]
-    rows = [[_g(p[N["x"]]), _g(p[N["y"]], 4), _g(p["test_eval_loss"], 4), _d(p["dataset_size"]), _g(p["epochs"]),
-             _g(p["lora_r"]), _g(p["learning_rate"]), p["trial_id"]] for p in N["front"]]  # fmt: skip
-    blocks.append(("table", head, rows))
-    blocks.append(("figure", "pareto", "Validation loss against training FLOPs, one point per completed trial "
-                   "(log x); the front (no trial better on both) in colour, joined as a staircase."))  # fmt: skip
-    return blocks
-
-
-def _verdict_text(e: Mapping[str, Any]) -> str:
-    """The mirage verdict, with the fraction of seed resamples each way when it is "uncertain", and
-    "(holds across seeds)" when seed resamples agreed; a single-seed verdict says so."""
-    fr = e.get("fractions") or {}
-    if e["mirage"] == "uncertain" and fr:
-        return "uncertain (" + ", ".join(f"{k} {_pct(v)}" for k, v in sorted(fr.items(), key=lambda kv: -kv[1])) + \
-            f" of {e.get('n_boot') or 'the'} seed resamples)"
-    if fr:
-        return f"{e['mirage']} (holds across seeds: {_pct(fr.get(e['mirage'], math.nan))} of resamples)"
-    return f"{e['mirage']} (one seed per size: not checked across seeds)" if e.get("seeds") is False else e["mirage"]
-
-
-def _blocks_emergence(an: Analysis) -> list[tuple]:
-    N = an.numbers.get("emergence", {})
-    blocks: list[tuple] = []
-    if N.get("reason"):
-        blocks.append(("p", f"Not computed: {N['reason']}."))
-    if N.get("series"):
-        blocks.append(("p", "Each discontinuous metric is tested for a sudden jump against dataset size (a sigmoid in "
-                       "log D against a straight line, by BIC), then checked against the continuous metrics measured "
-                       "on the same trials (Schaeffer et al. 2023): a jump that the continuous metrics do not share "
-                       "is an artefact of the all-or-nothing metric. Test split, config chosen on validation, mean "
-                       "over its seeds."))  # fmt: skip
-        rows = []
-        for e in N["series"]:
-            iv = f"D={_d(e['interval'][0])} .. {_d(e['interval'][1])}" if e["interval"] else "-"
-            cont = ", ".join(f"{k}: {v}" for k, v in e["continuous"].items()) or "none measured"
-            rows.append([e["label"], e["metric"], e["verdict"], iv, cont, _verdict_text(e)])
-        blocks.append(
-            (
-                "table",
-                ["series", "metric", "jump verdict", "where", "continuous metrics", "verdict"],
-                rows,
-            )
-        )
-        blocks.append(("list", [f"{e['label']}, {e['metric']}: {_verdict_text(e)}: {e['plain']}. ({e['reason']})"
-                                for e in N["series"]]))  # fmt: skip
-        blocks.append(("figure", "emergence", "Test metrics against dataset size, one line per epochs setting; shaded: "
-                       "the interval of a detected jump."))  # fmt: skip
-    return blocks
-
-
 def build_report(source: Run | pd.DataFrame | Analysis, *, bootstrap: int = BOOTSTRAP, seed: int = 0,
                  level: float = LEVEL) -> Report:  # fmt: skip
     """Analyse (unless given an Analysis) and lay out the report: sections, figures, numbers.
@@ -449,12 +387,14 @@ def build_report(source: Run | pd.DataFrame | Analysis, *, bootstrap: int = BOOT
     errors = list(an.numbers["errors"])
     figs = _figures(an, errors)
     makers = {"study": _blocks_study, "data": _blocks_data, "epochs": _blocks_epochs, "lr": _blocks_lr,
-              "pareto": _blocks_pareto, "emergence": _blocks_emergence,
+              "pareto": _blocks_pareto, "emergence": _blocks_emergence, "models": _blocks_models,
               "recommendations": lambda a: [("list", [r["text"] for r in a.numbers.get("recommendations", [])])]}  # fmt: skip
     sections = []
     for sid in SECTIONS:
         if sid == "pareto" and not _shows_pareto(an):
             continue
+        if sid == "models" and (an.numbers.get("models") or {}).get("single_model"):
+            continue  # one base model: nothing to compare, and the report reads as before
         title, question = _TITLES[sid]
         try:
             blocks = makers[sid](an)

@@ -28,7 +28,9 @@ from analysis.table import LOSS, MAXIMISED, _py, trial_summary
 
 __all__ = [
     "Selection",
+    "MODEL_AXIS",
     "axes_of",
+    "n_text",
     "higher_is_better",
     "select",
     "selected_points",
@@ -44,16 +46,25 @@ def higher_is_better(metric: str) -> bool:
     return name in MAXIMISED
 
 
+MODEL_AXIS = "model_params_n"  # the base model as an axis: its non-embedding parameter count N
+
+
+def _varies(trials: pd.DataFrame, col: str) -> bool:
+    return col in trials.columns and pd.to_numeric(trials[col], errors="coerce").dropna().nunique() >= 2
+
+
 def axes_of(trials: pd.DataFrame) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(by, series_cols): the cell axes and the non-D series axes; lora_r joins both when it varies."""
-    ranks = (
-        pd.to_numeric(trials["lora_r"], errors="coerce").dropna().unique()
-        if "lora_r" in trials.columns
-        else []
-    )
-    if len(ranks) >= 2:
-        return ("dataset_size", "epochs", "lora_r"), ("epochs", "lora_r")
-    return ("dataset_size", "epochs"), ("epochs",)
+    """(by, series_cols): the cell axes and the non-D series axes; lora_r joins both when it varies,
+    and so does the base model (as its N, model_params_n) when the table holds two or more N and
+    every row has one (a table from before the column, or of one model, is read as before)."""
+    by, ser = ["dataset_size", "epochs"], ["epochs"]
+    if _varies(trials, "lora_r"):
+        by.append("lora_r")
+        ser.append("lora_r")
+    if _varies(trials, MODEL_AXIS) and pd.to_numeric(trials[MODEL_AXIS], errors="coerce").notna().all():
+        by.insert(0, MODEL_AXIS)
+        ser.insert(0, MODEL_AXIS)
+    return tuple(by), tuple(ser)
 
 
 @dataclass(frozen=True)
@@ -129,20 +140,27 @@ def selected_points(table: pd.DataFrame, best: pd.DataFrame, *, by: Sequence[str
             columns=["trial_id", "dataset_size", "epochs", "lora_r", "examples_seen", LOSS]
         )
     pts = pd.concat(rows, ignore_index=True).drop_duplicates("trial_id")
-    for c in ("dataset_size", "epochs", "lora_r", "learning_rate", "train_flops"):
-        pts[c] = pd.to_numeric(pts[c], errors="coerce").astype(float)
+    for c in ("dataset_size", "epochs", "lora_r", "learning_rate", "train_flops", MODEL_AXIS):
+        if c in pts.columns:
+            pts[c] = pd.to_numeric(pts[c], errors="coerce").astype(float)
     pts["examples_seen"] = pts["dataset_size"] * pts["epochs"]
     pts["status"] = "ok"
-    return pts.sort_values(
-        ["epochs", "lora_r", "dataset_size", "trial_id"], kind="stable"
-    ).reset_index(drop=True)
+    order = [c for c in (MODEL_AXIS, "epochs", "lora_r", "dataset_size", "trial_id") if c in by or c != MODEL_AXIS]
+    return pts.sort_values(order, kind="stable").reset_index(drop=True)
 
 
 # ---- series: the non-D axes (epochs, plus lora_r when the study has several ranks) ----------
 
 
+def n_text(n: float) -> str:
+    """A parameter count for a person: 53.5k, 0.853M, 3.41M."""
+    n = float(n)
+    return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M" if n >= 1e5 else f"{n / 1e3:.3g}k"
+
+
 def series_label(key: Mapping[str, float]) -> str:
-    parts = [f"epochs={int(key['epochs'])}"] if "epochs" in key else []
+    parts = [f"N={n_text(key[MODEL_AXIS])}"] if MODEL_AXIS in key else []
+    parts += [f"epochs={int(key['epochs'])}"] if "epochs" in key else []
     if "lora_r" in key:
         parts.append(f"r={int(key['lora_r'])}")
     return ", ".join(parts) or "all"

@@ -82,6 +82,9 @@ COLUMNS: dict[str, str] = {
     "lora_alpha": "float64",
     "seed": "Int64",
     "model": "string",
+    # the base model's non-embedding parameter count N (from its config, no weights loaded); a
+    # table written before it has no such column, read as missing
+    "model_params_n": "Int64",
     "task": "string",
     "epoch": "Int64",
     "step": "Int64",
@@ -178,13 +181,13 @@ def trial_summary(
     """
     cols = ["trial_id", "cell", "phase", "dataset_size", "epochs", "lora_r", "learning_rate", "seed",
             "status", "error", "train_flops", "wall_seconds", "pack_size", "pack_wall_seconds", "last_epoch", "model",
-            "task", "pruned", *([] if value is None else ["value"])]  # fmt: skip
+            "model_params_n", "task", "pruned", *([] if value is None else ["value"])]  # fmt: skip
     if table.empty:
         return pd.DataFrame(columns=cols)
     df = table.copy()
     if "status" not in df.columns:
         df["status"] = "ok"
-    for c in ("cell", "phase", "error", "model", "task", "lora_r", "seed", "epoch", "train_flops",
+    for c in ("cell", "phase", "error", "model", "model_params_n", "task", "lora_r", "seed", "epoch", "train_flops",
               "wall_seconds", "pack_size", "dataset_size", "epochs", "learning_rate"):  # fmt: skip
         if c not in df.columns:
             df[c] = np.nan
@@ -204,6 +207,7 @@ def trial_summary(
         "learning_rate",
         "seed",
         "model",
+        "model_params_n",
         "task",
     ):
         if c not in keys:

@@ -100,7 +100,7 @@ def keep_selected(run_dir: Path, table: pd.DataFrame, *, keep: str, model: str) 
             src = root / TRIALS / _trial_dir_name(tid)
         row = final.loc[tid].copy()
         row["trial_id"] = tid
-        row["model"] = model
+        row["model"] = row.get("model") if isinstance(row.get("model"), str) else model
         metrics = {c: row[c] for c in row.index if str(c).startswith(("val_", "test_"))}
         if src.exists():
             tmp = root / f".tmp-{cell.name}"

@@ -78,7 +78,8 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
     from scaling.models import TargetModulesError, check_target_modules
 
     try:  # every LoRA target must match a module of the base model (built on the meta device)
-        check_target_modules(s.model, s.lora.target_modules, source=str(spec))
+        for model in s.models():
+            check_target_modules(model, s.lora.target_modules, source=str(spec))
     except TargetModulesError as err:
         _fail(str(err))
     _warn_data(s)
@@ -204,8 +205,9 @@ def _print_cells(where: Path, df=None) -> None:
     trials = trial_summary(df)
     ok = trials[trials["status"] == "ok"]
     t = Table(title=f"best learning rate per cell (selected on validation; test metrics shown) — {where}")
-    cols = ["D", "epochs", *(["r"] if "lora_r" in sel.by else []), "trials", "best lr", "val loss", "test loss",
-            "test exact", "worst/best val loss"]  # fmt: skip
+    with_n = "model_params_n" in sel.by  # a model axis: one row per (model, D, epochs[, r])
+    cols = [*(["model"] if with_n else []), "D", "epochs", *(["r"] if "lora_r" in sel.by else []), "trials", "best lr",
+            "val loss", "test loss", "test exact", "worst/best val loss"]  # fmt: skip
     for col in cols:
         t.add_column(col, justify="right")
     for _, b in sel.best.iterrows():
@@ -218,8 +220,9 @@ def _print_cells(where: Path, df=None) -> None:
         test_em = chosen["test_exact_match"].iloc[0] if len(chosen) and "test_exact_match" in chosen else float("nan")
         spread = cell["val_eval_loss"].max() / cell["val_eval_loss"].min() if len(cell) else float("nan")
         rank = [str(b["lora_r"])] if "lora_r" in sel.by else []
+        model = [str(cell["model"].iloc[0]) if len(cell) else str(b["model_params_n"])] if with_n else []
         t.add_row(
-            str(b["dataset_size"]), str(b["epochs"]), *rank, str(b["n_trials"]), f"{b['lr_best']:.2e}",
+            *model, str(b["dataset_size"]), str(b["epochs"]), *rank, str(b["n_trials"]), f"{b['lr_best']:.2e}",
             _fmt(b["metric_best"]), _fmt(float(test_loss)), _fmt(float(test_em)), _fmt(float(spread)),
         )  # fmt: skip
     console.print(t)
@@ -342,13 +345,15 @@ def best_lr_cmd(
         typer.echo(json.dumps(out, default=float))
         return
     t = Table(title=f"best learning rate per cell ({metric}, validation split, {sel.mode}imised)")
-    cols = ["D", "epochs", *(["r"] if "lora_r" in sel.by else []), "lr*", "interval", metric, "trials", "edge"]
+    with_n = "model_params_n" in sel.by  # a model axis: its N per row
+    cols = [*(["N"] if with_n else []), "D", "epochs", *(["r"] if "lora_r" in sel.by else []), "lr*", "interval",
+            metric, "trials", "edge"]  # fmt: skip
     for c in cols:
         t.add_column(c, justify="right")
     for _, b in best.iterrows():
         rank = [str(b["lora_r"])] if "lora_r" in sel.by else []
         t.add_row(
-            str(b["dataset_size"]), str(b["epochs"]), *rank, f"{b['lr_best']:.2e}",
+            *([str(int(b["model_params_n"]))] if with_n else []), str(b["dataset_size"]), str(b["epochs"]), *rank, f"{b['lr_best']:.2e}",
             f"[{_fmt(b['lr_low'])}, {_fmt(b['lr_high'])}]", _fmt(b["metric_best"]), str(b["n_trials"]),
             str(b.get("edge_kind") or b["edge"] or "") if b["at_edge"] else "",
         )  # fmt: skip

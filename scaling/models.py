@@ -11,6 +11,7 @@ A GGUF file becomes a checkpoint directory with gguf_import.import_gguf.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -26,7 +27,8 @@ from transformers import (
 )
 from transformers.utils import logging as _hf_logging
 
-from scaling.tiny import BUILTIN_TINY, TinyBuildConfig, _ensure_tiny
+from scaling.family import BUILTIN_TINY, is_tiny, tiny_width
+from scaling.tiny import _ensure_tiny, tiny_build_config, tiny_config_of_width, tiny_llama_config
 
 # Per-load "Loading weights" bars would interleave with the sweep's own progress display.
 _hf_logging.disable_progress_bar()
@@ -42,6 +44,7 @@ __all__ = [
     "end_of_answer_ids",
     "answer_matches",
     "linear_module_names",
+    "model_params_n",
     "resolve_target_modules",
 ]
 
@@ -69,8 +72,9 @@ def ensure_base_model(
     id is returned unchanged and loaded lazily by from_pretrained. progress(fraction)
     is called only while the tiny model is being built.
     """
-    if name_or_path == BUILTIN_TINY:
-        return _ensure_tiny(TinyBuildConfig(), Path(cache_dir) if cache_dir else default_cache_dir(),
+    width = tiny_width(name_or_path)  # tiny-llama, tiny-llama-w64, ... (scaling/family.py): built once each
+    if width is not None:
+        return _ensure_tiny(tiny_config_of_width(width), Path(cache_dir) if cache_dir else default_cache_dir(),
                             progress=progress)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -84,7 +88,8 @@ def ensure_base_model(
     )
     if looks_local or not _HUB_ID.match(name_or_path):
         raise FileNotFoundError(
-            f"model {name_or_path!r} is neither {BUILTIN_TINY!r}, a model directory, nor a hub id"
+            f"model {name_or_path!r} is neither an embedded model ({BUILTIN_TINY!r}, {BUILTIN_TINY + '-w64'!r}, ...), "
+            "a model directory, nor a hub id"
         )
     return name_or_path
 
@@ -105,7 +110,7 @@ def load_base_model(
     ensure_pad_token(tokenizer)  # most causal LMs ship without one; padding is masked anyway
     dtype = torch.float32
     if (
-        name_or_path != BUILTIN_TINY
+        not (Path(path) / "build.json").is_file()  # an embedded build (tiny.py writes build.json)
         and device.startswith("cuda")
         and torch.cuda.is_available()
         and torch.cuda.is_bf16_supported()
@@ -114,6 +119,36 @@ def load_base_model(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.eval()
     return model, tokenizer
+
+
+def _non_embedding(model: torch.nn.Module) -> int:
+    """Kaplan's N: every parameter but the embedding tables (a tied lm_head is the embedding);
+    trial/base.py's non_embedding_params, which FLOPs count with, is this function."""
+    emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    seen: set[int] = set()
+    n = 0
+    for p in model.parameters():
+        if id(p) not in emb and id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+@functools.lru_cache(maxsize=64)
+def model_params_n(name_or_path: str) -> int | None:
+    """A base model's non-embedding parameter count N, from its config on torch's meta device (no
+    weights read or allocated; an embedded model need not be built yet). None when the config is
+    not on this machine (a hub model not downloaded): the rows then carry no N."""
+    try:
+        if is_tiny(name_or_path):
+            config = tiny_llama_config(tiny_build_config(name_or_path))
+        else:
+            config = AutoConfig.from_pretrained(ensure_base_model(name_or_path), local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError):
+        return None
+    return _non_embedding(model)
 
 
 # -----------------------------------------------------------------------------
@@ -297,3 +332,12 @@ def check_target_modules(name_or_path: str, target_modules: str | list[str] | tu
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return resolve_target_modules(model, target_modules, model_name=name_or_path, source=source)
+
+
+def prepare_base_models(models: tuple[str, ...] | list[str], target_modules: object, *, source: str) -> None:
+    """Before a sweep: lora.target_modules checked against every base model's modules (built on
+    the meta device: no weights; TargetModulesError naming them), then each base model built once
+    here (the embedded ones, cached), not in every worker at once. A hub model not on this
+    machine yet is left to its trials."""
+    for model in models:
+        check_target_modules(model, target_modules, source=source)  # builds it first (ensure_base_model)

@@ -82,6 +82,7 @@ def _trial_rows(spec: StudySpec, cfg: dict, results: list[dict], *, status: str,
     """One trial's rows of the results table (one per evaluation; a failure before the
     first is still a row) from its config and what it reported, and their shared columns;
     ``study_uid``: the study's identity (spec.yaml's run.study_uid)."""
+    model = cfg.get("model") or spec.model  # the cell's base model (axes.model), else the spec's
     evals = [r for r in results if r.get("status") != "failed"]
     failed = [r for r in results if r.get("status") == "failed"]
     if failed and not error:
@@ -99,7 +100,8 @@ def _trial_rows(spec: StudySpec, cfg: dict, results: list[dict], *, status: str,
         "lora_r": cfg["lora_r"],
         "lora_alpha": spec.lora.alpha_for(cfg["lora_r"]),
         "seed": cfg["seed"],
-        "model": spec.model,
+        "model": model,
+        "model_params_n": _params_n(model),
         "task": spec.task.kind if spec.task.kind != "addition" else f"addition{spec.task.digits}",
         "pack_size": cfg.get("pack_size", 1),
         "status": status,
@@ -110,6 +112,14 @@ def _trial_rows(spec: StudySpec, cfg: dict, results: list[dict], *, status: str,
     if not rows:  # a failure before the first evaluation is still a row
         rows = [{**base, "epoch": 0, "node": (failed[-1].get("node_ip") if failed else None)}]
     return rows, base
+
+
+def _params_n(model: str) -> int | None:
+    """The base model's non-embedding parameter count N (models.model_params_n: from its config on
+    the meta device, cached per model), None when its config is not on this machine."""
+    from scaling.models import model_params_n  # torch: only once the sweep writes rows
+
+    return model_params_n(model)
 
 
 def empty_table() -> pd.DataFrame:

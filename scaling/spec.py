@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from scaling.family import BUILTIN_TINY, TINY_WIDTHS, is_tiny, looks_tiny, model_label, tiny_name
 
 __all__ = [
     "SpecError",
@@ -140,10 +150,62 @@ class LogRange(_Frozen):
         return tuple(vals)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "gpt2", "org/name" (as models.py)
+
+
+def _check_model_entry(i: int, name: Any) -> str:
+    """One axes.model entry: an embedded name, a model directory, or a hub id (ValueError naming it)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"entry {i} must be a non-empty model name or path (got {name!r})")
+    if looks_tiny(name):
+        if not is_tiny(name):
+            known = ", ".join(tiny_name(w) for w in TINY_WIDTHS)
+            raise ValueError(f"entry {i} {name!r} is not a model of the embedded family; its names are {known}")
+        return name
+    path = Path(name).expanduser()
+    looks_local = name.startswith(("/", ".", "~")) or ("/" in name and Path(name.split("/")[0]).is_dir())
+    if path.is_dir() or (not looks_local and _HUB_ID.match(name)):
+        return name
+    if looks_local:
+        raise ValueError(f"entry {i} {name!r} must be an existing model directory (no such directory)")
+    raise ValueError(f"entry {i} {name!r} must be an embedded model ({BUILTIN_TINY}, {BUILTIN_TINY}-w64, ...), "
+                     "a model directory or a hub id (org/name)")  # fmt: skip
+
+
 class AxesSpec(_Frozen):
     dataset_size: list[PosInt] | LogRange
     epochs: list[PosInt] = Field(default_factory=lambda: [1])
     lora_r: list[PosInt] | None = None  # optional rank axis
+    # optional base-model axis: embedded names (tiny-llama, tiny-llama-w64, ...), hub ids or model
+    # directories. Unset: the spec's top-level `model` is the one model, with today's cells,
+    # cell keys and Optuna study names (a run from before the axis resumes unchanged)
+    model: list[Any] | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _models(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("must list at least one model")
+        names = [_check_model_entry(i, m) for i, m in enumerate(v)]
+        if len(set(names)) != len(names):
+            raise ValueError("models must be unique")
+        labels: dict[str, str] = {}
+        for m in names:
+            other = labels.setdefault(model_label(m), m)
+            if other != m:
+                raise ValueError(f"{other!r} and {m!r} would share the cell label {model_label(m)!r} "
+                                 "(M=.. in cell keys); rename one")  # fmt: skip
+        return names
+
+    @model_serializer(mode="wrap")
+    def _without_unset_model(self, handler: Any) -> Any:
+        # a spec without the axis writes (and compares, on resume) exactly what it did before it
+        data = handler(self)
+        if isinstance(data, dict) and data.get("model") is None:
+            data.pop("model", None)
+        return data
 
     @field_validator("dataset_size", "epochs", "lora_r")
     @classmethod
@@ -161,6 +223,10 @@ class AxesSpec(_Frozen):
 
     def epoch_values(self) -> tuple[int, ...]:
         return tuple(sorted(self.epochs))
+
+    def base_models(self) -> tuple[str, ...] | None:
+        """The base models in the order written, or None when the spec has no model axis."""
+        return tuple(self.model) if self.model is not None else None
 
 
 class LRRange(_Frozen):
@@ -217,9 +283,15 @@ class LoraSpec(_Frozen):
 
     def for_model(self, model: str) -> LoraSpec:
         """This section with target_modules filled in for `model` when it was left unset."""
+        return self.for_models([model])
+
+    def for_models(self, models: list[str] | tuple[str, ...]) -> LoraSpec:
+        """target_modules filled in for every model of the study when it was left unset: the Llama
+        projection list when every model is embedded, else "all-linear" (peft's rule, which on an
+        embedded Llama picks exactly those projections), so one setting fits each model."""
         if self.target_modules is not None:
             return self
-        targets = list(TINY_TARGET_MODULES) if model == "tiny-llama" else "all-linear"
+        targets = list(TINY_TARGET_MODULES) if all(is_tiny(m) for m in models) else "all-linear"
         return self.model_copy(update={"target_modules": targets})
 
 
@@ -357,16 +429,19 @@ class TrackingSpec(_Frozen):
 
 
 class Cell(BaseModel):
-    """One point of the study's grid: the axes, not the LR."""
+    """One point of the study's grid: the axes, not the LR. ``model`` is set only when the spec has
+    a model axis (axes.model); without one the key is today's ``D=..,E=..,r=..``."""
 
     model_config = ConfigDict(frozen=True)
     dataset_size: int
     epochs: int
     lora_r: int
+    model: str | None = None
 
     @property
     def key(self) -> str:
-        return f"D={self.dataset_size},E={self.epochs},r={self.lora_r}"
+        axes = f"D={self.dataset_size},E={self.epochs},r={self.lora_r}"
+        return axes if self.model is None else f"M={model_label(self.model)},{axes}"
 
 
 class StudySpec(_Frozen):
@@ -389,11 +464,25 @@ class StudySpec(_Frozen):
     budget: BudgetSpec | None = None  # sampler.mode optimize only (and required there)
     source: str | None = None  # the file it came from (set by load_spec)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_axis(cls, data: Any) -> Any:
+        # with a model axis and no top-level model, `model` is the axis's first: spec.yaml then
+        # writes a model that validates again, and code reading spec.model gets one of the axis's
+        if isinstance(data, dict) and "model" not in data:
+            axes = data.get("axes")
+            models = axes.get("model") if isinstance(axes, dict) else None
+            if isinstance(models, list) and models and isinstance(models[0], str):
+                data = {**data, "model": models[0]}
+        return data
+
     @field_validator("lora", mode="after")
     @classmethod
     def _lora_targets_for_model(cls, v: LoraSpec, info: Any) -> LoraSpec:
-        # lora.target_modules is never None after validation: the model decides the default
-        return v.for_model(info.data.get("model", "tiny-llama"))
+        # lora.target_modules is never None after validation: the model(s) decide the default
+        axes = info.data.get("axes")
+        models = axes.base_models() if isinstance(axes, AxesSpec) else None
+        return v.for_models(models or [info.data.get("model", BUILTIN_TINY)])
 
     @model_validator(mode="after")
     def _cross_field(self) -> StudySpec:
@@ -405,6 +494,12 @@ class StudySpec(_Frozen):
         ds = self.axes.dataset_size
         if isinstance(ds, LogRange) and ds.low >= ds.high:
             raise ValueError(f"axes.dataset_size.low must be < high, got low={ds.low} high={ds.high}")
+        models = self.axes.base_models()
+        if models is not None and "model" in self.model_fields_set and self.model not in models:
+            raise ValueError(
+                f"model {self.model!r} is not one of axes.model {list(models)}: with a model axis leave "
+                "the top-level model out (or name one of the axis's models)"
+            )
         k = self.packing.adapters_per_worker
         if k > 1 and self.lora.dropout != 0:
             raise ValueError(
@@ -428,10 +523,16 @@ class StudySpec(_Frozen):
         return self
 
     # -- derived views ---------------------------------------------------
+    def models(self) -> tuple[str, ...]:
+        """The base models the study fine-tunes: axes.model, else the top-level model alone."""
+        return self.axes.base_models() or (self.model,)
+
     def cells(self) -> list[Cell]:
         ranks = self.axes.lora_r or [self.lora.r]
+        models: tuple[str | None, ...] = self.axes.base_models() or (None,)  # None: today's cells
         return [
-            Cell(dataset_size=d, epochs=e, lora_r=r)
+            Cell(dataset_size=d, epochs=e, lora_r=r, model=m)
+            for m in models
             for r in sorted(ranks)
             for d in self.axes.dataset_sizes()
             for e in self.axes.epoch_values()
@@ -495,6 +596,8 @@ class StudySpec(_Frozen):
             mlflow_uri=self.mlflow_uri(),
             planned=self.planned_trials(),
             cells=self.cells(),
+            models=tuple(self.models()),
+            source=self.source or "<spec>",
             objectives=2 if self.sampler.mode == "optimize" and self.sampler.objective == "multi" else 1,
         )
 
@@ -510,6 +613,7 @@ class StudySpec(_Frozen):
             "epochs": list(self.axes.epoch_values()),
             # sampler.mode optimize plans no count: the budget decides
             "planned_trials": self.planned_trials() if self.sampler.mode == "cells" else None,
+            **({"models": list(self.models())} if self.axes.model is not None else {}),
         }
 
 
@@ -526,6 +630,8 @@ class SweepPlan:
     mlflow_uri: str | None  # tracking.mlflow.tracking_uri with its ${VAR}s read
     planned: int  # planned_trials()
     cells: list[Cell]  # cells()
+    models: tuple[str, ...]  # models(): the base models (axes.model, else model)
+    source: str  # the spec's file, for messages
     objectives: int  # of the Optuna studies: 2 for sampler.mode optimize, objective multi
 
 

@@ -1,6 +1,6 @@
 """What a study's data deserves to be warned about before its sweep starts (in the driver).
 
-`task_warnings(spec)`: duplicates across the splits, by content (tasks.data_warnings: a JSONL or
+`task_warnings(spec)`: duplicates across the splits, by content (tokens.data_warnings: a JSONL or
 chat file's line pairs, an addition sum and its mirror), and, with train.max_length, how many
 examples of each split it truncates, counted with the model's own tokenizer. `scaling sweep`,
 `scaling validate` and `Study.run` show them; trials still report their own counts
@@ -10,7 +10,8 @@ examples of each split it truncates, counted with the model's own tokenizer. `sc
 from __future__ import annotations
 
 from scaling.spec import StudySpec
-from scaling.tasks import TaskError, data_warnings, make_task
+from scaling.tasks import TaskError, make_task
+from scaling.tokens import data_warnings
 
 __all__ = ["task_warnings"]
 

@@ -36,15 +36,19 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from scaling.family import BUILTIN_TINY, DEFAULT_WIDTH, TINY_WIDTHS, tiny_width
+
 __all__ = [
     "BUILTIN_TINY",
     "TINY_TARGET_MODULES",
     "TinyBuildConfig",
     "build_tiny_model",
+    "tiny_build_config",
     "tiny_tokenizer",
 ]
 
-BUILTIN_TINY = "tiny-llama"  # the spec's default model name
+# BUILTIN_TINY ("tiny-llama", the spec's default model name) and the family's other widths
+# ("tiny-llama-w64", ...) are named in scaling/family.py
 # its LoRA targets today: all Llama projections (spec.py holds the same list: it may not import torch)
 TINY_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -114,6 +118,41 @@ class TinyBuildConfig:
     def digest(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def tiny_build_config(name: str = BUILTIN_TINY) -> TinyBuildConfig:
+    """The build config of an embedded-family name: tiny-llama is TinyBuildConfig() itself (the same
+    hash, so the same cache folder and weights as every earlier build); tiny-llama-w<W> changes only
+    the width (hidden W, MLP 3W, 4 heads): the same text, steps, seed and schedule."""
+    width = tiny_width(name)
+    if width is None:
+        raise ValueError(f"{name!r} is not a model of the embedded family (scaling/family.py)")
+    return tiny_config_of_width(width)
+
+
+def tiny_config_of_width(width: int) -> TinyBuildConfig:
+    """The build config of the family's member of this width (family.tiny_width of its name)."""
+    if width == DEFAULT_WIDTH:
+        return TinyBuildConfig()
+    return dataclasses.replace(TinyBuildConfig(), hidden_size=width, intermediate_size=3 * width)
+
+
+def tiny_llama_config(cfg: TinyBuildConfig) -> LlamaConfig:
+    """The transformers config of a build (vocabulary from the tokenizer's)."""
+    ids = tiny_tokenizer().get_vocab()
+    return LlamaConfig(
+        vocab_size=len(ids),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,  # saves vocab*hidden params; helps a tiny model
+        pad_token_id=ids[PAD],
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -198,21 +237,7 @@ def _build(
     torch.set_num_threads(cfg.threads)
     try:
         torch.manual_seed(cfg.seed)
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=len(ids),
-                hidden_size=cfg.hidden_size,
-                num_hidden_layers=cfg.num_layers,
-                num_attention_heads=cfg.num_heads,
-                num_key_value_heads=cfg.num_heads,
-                intermediate_size=cfg.intermediate_size,
-                max_position_embeddings=cfg.max_positions,
-                tie_word_embeddings=True,  # saves vocab*hidden params; helps a tiny model
-                pad_token_id=ids[PAD],
-                bos_token_id=ids[BOS],
-                eos_token_id=ids[EOS],
-            )
-        )
+        model = LlamaForCausalLM(tiny_llama_config(cfg))
         model.train()
         opt = torch.optim.AdamW(
             model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
@@ -248,7 +273,9 @@ def _build(
     tokenizer.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     info = {
-        "name": BUILTIN_TINY,
+        # family.tiny_name's rule, spelled here so a build reads no other module's names
+        "name": f"{BUILTIN_TINY}-w{cfg.hidden_size}" if cfg.hidden_size in set(TINY_WIDTHS) - {DEFAULT_WIDTH}
+        else BUILTIN_TINY,
         "config": dataclasses.asdict(cfg),
         "parameters": n_params,
         "non_embedding_parameters": n_params - model.model.embed_tokens.weight.numel(),

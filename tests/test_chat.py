@@ -17,16 +17,9 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from scaling.spec import SpecError, parse_spec
-from scaling.tasks import (
-    ChatExample,
-    TaskError,
-    data_warnings,
-    make_task,
-    prompt_targets,
-    render_plain,
-    tokenize_split,
-)
+from scaling.tasks import ChatExample, TaskError, make_task
 from scaling.tiny import tiny_tokenizer
+from scaling.tokens import data_warnings, prompt_targets, render_plain, tokenize_split
 
 DATA = Path(__file__).parent / "data" / "chat_small.jsonl"  # 64 "rev <letters>" chats, 1-2 turns
 

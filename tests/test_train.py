@@ -10,8 +10,9 @@ import torch
 import scaling.trial.base as base_mod
 from analysis.table import METRIC_KEYS
 from scaling.models import load_base_model
-from scaling.tasks import Example, TaskError, _tokenize, make_task
+from scaling.tasks import Example, TaskError, make_task
 from scaling.tiny import BUILTIN_TINY
+from scaling.tokens import _tokenize
 from scaling.trial import Pack, TrialConfig, TrialDiverged, run_trial
 from scaling.trial.evaluate import evaluate
 

@@ -21,6 +21,7 @@ from analysis.findings.data import data_finding
 from analysis.findings.emergence import emergence_finding
 from analysis.findings.epochs import epochs_finding
 from analysis.findings.lr import lr_finding
+from analysis.findings.models import models_finding
 from analysis.findings.pareto import pareto_finding
 from analysis.findings.recommend import recommend_finding
 from analysis.findings.study import study_finding
@@ -32,7 +33,7 @@ __all__ = ["analyse"]
 
 _STEPS: dict[str, Callable[[Analysis], Finding]] = {
     "study": study_finding, "data": data_finding, "epochs": epochs_finding, "lr": lr_finding, "pareto": pareto_finding,
-    "emergence": emergence_finding, "recommendations": recommend_finding,
+    "emergence": emergence_finding, "models": models_finding, "recommendations": recommend_finding,
 }  # fmt: skip
 
 

@@ -50,7 +50,7 @@ DC_FIXED = {"A": 1e-12, "alpha": 0.0, "R_N_star": 1.0}
 CONTINUOUS = ("eval_loss", "token_accuracy", "answer_logprob")
 DISCONTINUOUS = ("exact_match",)
 
-SECTIONS = ("study", "data", "epochs", "lr", "pareto", "emergence", "recommendations")
+SECTIONS = ("study", "data", "epochs", "lr", "pareto", "emergence", "models", "recommendations")
 # what `analyse` can compute: the sections, plus Optuna importances (part of section 4, but they
 # import optuna and cost a second, so `plan` leaves them out)
 PARTS = (*SECTIONS, "importance")

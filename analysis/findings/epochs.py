@@ -11,6 +11,7 @@ import numpy as np
 
 from analysis.findings.common import DC_FIXED, Analysis, Finding, _band
 from analysis.fit import FitError, LawFit, compare, fit_law
+from analysis.selection import series_label, series_points
 from analysis.table import LOSS
 
 __all__ = ["dc_multiplier", "epochs_finding"]
@@ -52,9 +53,11 @@ def epochs_finding(an: Analysis) -> Finding:
             "with fresh data needs at least 2"
         )
     else:
-        groups = [("all ranks" if "lora_r" not in an.series_cols else f"r={int(r)}",
-                   pts if "lora_r" not in an.series_cols else pts[pts["lora_r"] == r])
-                  for r in (sorted(pts["lora_r"].dropna().unique()) if "lora_r" in an.series_cols else [None])]  # fmt: skip
+        # one fit per base model (with a model axis) and LoRA rank (with a rank axis): N is constant
+        # within a group, so its term folds into E
+        gcols = [c for c in an.series_cols if c != "epochs"]
+        keys = pts[gcols].astype(float).drop_duplicates().sort_values(gcols).to_dict("records") if gcols else [{}]
+        groups = [(series_label(k) if k else "all ranks", series_points(pts, k)) for k in keys]
         for label, g in groups:
             entry: dict[str, Any] = {"label": label, "law": "data_constrained", "x": ["N (constant)", "examples seen = D x epochs", "unique examples = D"],
                                      "fixed": DC_FIXED, "n_points": int(len(g))}  # fmt: skip
@@ -116,9 +119,12 @@ def epochs_finding(an: Analysis) -> Finding:
             f"the study has {len(ranks)} LoRA rank(s); comparing laws across ranks needs 2"
         )
         return Finding(numbers=out, figures=figs, dc_fits=dc_fits)
-    for e in sorted(pts["epochs"].unique()):
-        g = pts[pts["epochs"] == e]
-        entry = {"epochs": int(e), "x": ["lora_r", "dataset_size"], "n_points": int(len(g))}
+    with_n = "model_params_n" in an.series_cols
+    for n, e in [(n, e) for n in (sorted(pts["model_params_n"].unique()) if with_n else [None])
+                 for e in sorted(pts["epochs"].unique())]:  # fmt: skip
+        g = pts[(pts["epochs"] == e) & ((pts["model_params_n"] == n) if with_n else True)]
+        entry = {"epochs": int(e), "x": ["lora_r", "dataset_size"], "n_points": int(len(g)),
+                 **({"model_params_n": float(n)} if with_n else {})}  # fmt: skip
         out["rank_comparison"].append(entry)
         if g["lora_r"].nunique() < 2 or g["dataset_size"].nunique() < 2 or len(g) < 7:
             entry["reason"] = "needs >= 2 ranks, >= 2 sizes and >= 7 points at this epochs setting"
@@ -160,14 +166,14 @@ def _equal_compute(an: Analysis, out: dict[str, Any]) -> None:
     groups: dict[Any, list] = {}
     for s in an.series():
         if s["label"] in an.loss_fits:
-            groups.setdefault(s["key"].get("lora_r"), []).append(s)
-    for rank, ss in groups.items():
+            groups.setdefault((s["key"].get("model_params_n"), s["key"].get("lora_r")), []).append(s)
+    for (n, rank), ss in groups.items():
         if len(ss) < 2:
             continue
         fits = [(float(s["key"]["epochs"]), an.loss_fits[s["label"]], s["label"]) for s in ss]
         lo = max(e * f.x_range_["dataset_size"][0] for e, f, _ in fits)
         hi = min(e * f.x_range_["dataset_size"][1] for e, f, _ in fits)
-        entry: dict[str, Any] = {"lora_r": rank, "examples_seen": hi}
+        entry: dict[str, Any] = {"lora_r": rank, "examples_seen": hi, **({"model_params_n": n} if n is not None else {})}
         out["equal_compute"].append(entry)
         if lo > hi:
             entry["reason"] = (

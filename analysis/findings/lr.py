@@ -161,7 +161,7 @@ def lr_finding(an: Analysis) -> Finding:
         out["rule"] = rule.to_dict()
         out["rule"]["lr_proportional_to"] = f"D^{rule.params_['p']:.3g}" + (
             f" x epochs^{rule.params_['q']:.3g}" if "q" in rule.terms_ else ""
-        )
+        ) + (f" x N^{rule.params_['n']:.3g}" if "n" in rule.terms_ else "")
     except ValueError as err:
         rule = None
         out["rule"] = None
@@ -172,10 +172,12 @@ def lr_finding(an: Analysis) -> Finding:
         grid = np.geomspace(dmin, max(LR_PREDICT_AT) * dmax, 50)
         for s in an.series():
             e = s["key"]["epochs"]
+            # the series' other rule axes (the base model's N with a model axis)
+            more = {a: s["key"][a] for a in rule.axes if a in s["key"] and a not in ("dataset_size", "epochs")}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                y = rule.predict(dataset_size=grid, epochs=e)
-                lo, hi = rule.predict_interval(dataset_size=grid, epochs=e)
+                y = rule.predict(dataset_size=grid, epochs=e, **more)
+                lo, hi = rule.predict_interval(dataset_size=grid, epochs=e, **more)
             curves.append(
                 {
                     "label": s["label"],
@@ -190,11 +192,12 @@ def lr_finding(an: Analysis) -> Finding:
                 d = f * dmax
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    lr = rule.predict(dataset_size=d, epochs=e)
-                    plo, phi = rule.predict_interval(dataset_size=d, epochs=e)
+                    lr = rule.predict(dataset_size=d, epochs=e, **more)
+                    plo, phi = rule.predict_interval(dataset_size=d, epochs=e, **more)
                 p = {
                     "series": s["label"],
                     "epochs": e,
+                    **more,
                     "factor": f,
                     "dataset_size": d,
                     "lr": lr,

@@ -154,6 +154,21 @@ def recommend_finding(an: Analysis) -> Finding:
                 "emergence",
                 f"{e['label']}: add dataset sizes (at least 4) to judge whether {e['metric']} jumps.",
             )
+    # the base model (section 6): which to fine-tune at the target D, and how sure the ranking is
+    for s in N.get("models", {}).get("series", []):
+        rows = (s.get("ranking") or {}).get("rows") or []
+        if len(rows) < 2:
+            continue
+        top, nxt = rows[0], rows[1]
+        held = (s.get("holdout") or {}).get(s["ranking"]["law"]) or {}
+        check = ("" if "order_agrees" not in held else
+                 "; fitted without the largest D, the law ordered the models as measured there" if held["order_agrees"]
+                 else "; but fitted without the largest D, the law ordered the models differently from the "
+                      "measurements there: check the ranking against a run at the target D")  # fmt: skip
+        add("base_model", f"{s['label']}: fine-tune {top['model']}: its predicted test loss at D={_d(top['dataset_size'])} "
+            f"is {_g(top['loss'])} {_ci(top['lo'], top['hi'])} against {_g(nxt['loss'])} {_ci(nxt['lo'], nxt['hi'])} for "
+            f"{nxt['model']} ({'clearly ahead' if top['clear'] else 'the intervals overlap'}; best in {_pct(top['p_best'])} "
+            f"of bootstrap draws){check}.", model=top["model"], clear=top["clear"])  # fmt: skip
     if not recs:
         add("none", "Nothing stands out: the numbers above raise no warning.")
     return Finding(numbers=recs)

@@ -42,7 +42,9 @@ def study_finding(an: Analysis) -> Finding:
     lr = s.get("learning_rate") or {}
     out["spec"] = {
         "name": s.get("name") or first(an.table, "study"),
-        "model": s.get("model") or first(t, "model"),
+        # a model axis (axes.model) lists every base model; else the one model
+        "model": ", ".join(map(str, axes["model"])) if isinstance(axes.get("model"), list)
+                 else s.get("model") or first(t, "model"),  # fmt: skip
         "task": s.get("task") or first(t, "task"),
         "dataset_sizes": list(facts["dataset_sizes"]) if "dataset_sizes" in facts else distinct("dataset_size"),
         "epochs": list(facts["epochs"]) if "epochs" in facts else distinct("epochs"),
@@ -125,7 +127,7 @@ def study_finding(an: Analysis) -> Finding:
         "url": shown,
         "dashboard_command": f"optuna-dashboard {shown}" if shown else None,
         "exists": an.run.optuna_exists if url and url.startswith("sqlite") else None,
-        "study_names": f"{out['spec']['name']}/D=..,E=..,r=..",
+        "study_names": f"{out['spec']['name']}/{'M=..,' if isinstance(axes.get('model'), list) else ''}D=..,E=..,r=..",
         "lr_param": "learning_rate",
     }
     return Finding(numbers=out)

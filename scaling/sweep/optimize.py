@@ -44,7 +44,6 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -54,7 +53,7 @@ from analysis.table import SELECT_METRIC
 from scaling.records import _trial_status
 from scaling.spec import Cell, StudySpec
 from scaling.sweep.identity import UID_ATTR, optimize_study_name
-from scaling.sweep.searcher import CellSearcher
+from scaling.sweep.searcher import CellSearcher, StorageBacked
 
 __all__ = ["OptimizeSearcher", "make_searcher"]
 
@@ -66,14 +65,13 @@ TPE_STARTUP = 5  # random trials before TPE models: a budget buys tens of trials
 
 
 # 1. Which searcher ------------------------------------------------------------------
-def make_searcher(spec: StudySpec, storage: optuna.storages.BaseStorage, *, cells: list[Cell] | None = None,
+def make_searcher(spec: StudySpec, storage: optuna.storages.BaseStorage, *, cells: list[Cell],
                   **kwargs: Any) -> Searcher:  # fmt: skip
     """The spec's searcher: OptimizeSearcher for ``sampler.mode: optimize``, else CellSearcher over
-    ``cells`` (spec.cells() when not given); the same keyword arguments: max_trials, recorded,
-    study_uid."""
+    ``cells`` (spec.cells()); the same keyword arguments: max_trials, recorded, study_uid."""
     if spec.sampler.mode == "optimize":
         return OptimizeSearcher(spec, storage, **kwargs)
-    return CellSearcher(spec, storage, cells=spec.cells() if cells is None else cells, **kwargs)
+    return CellSearcher(spec, storage, cells=cells, **kwargs)
 
 
 # 2. Samplers and the constraint -----------------------------------------------------
@@ -97,7 +95,7 @@ def _set_constraint(study: optuna.Study, number: int, value: float) -> None:
 
 
 # 3. The searcher ------------------------------------------------------------------
-class OptimizeSearcher(Searcher):
+class OptimizeSearcher(StorageBacked, Searcher):
     """One Optuna study over (D, epochs, LR[, rank]) under the spec's compute budget."""
 
     def __init__(
@@ -372,12 +370,3 @@ class OptimizeSearcher(Searcher):
         self.study.tell(number, values, state=state, skip_if_finished=True)
         self.done += 1
 
-    # Our state lives in the Optuna storage; Ray's experiment checkpoint need not pickle it.
-    def __getstate__(self) -> dict:
-        return {"spec": self.spec, "max_trials": self.max_trials}
-
-    def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text("state is in the Optuna storage\n")
-
-    def restore(self, checkpoint_path: str) -> None:
-        pass

@@ -75,7 +75,8 @@ class _Recorder(Callback):
         for i, m in enumerate(cfg["members"]):
             mine = [r for r in results if r.get("member") == i]
             status = "failed" if error is not None else _trial_status(mine[-1] if mine else None, False)
-            solo = {**{k: cfg[k] for k in ("dataset_size", "epochs", "lora_r", "cell", "optuna_study")}, **m}
+            solo = {**{k: cfg[k] for k in ("dataset_size", "epochs", "lora_r", "model", "cell", "optuna_study")
+                       if k in cfg}, **m}  # fmt: skip
             solo["pack_size"] = cfg["active"]
             member_rows, base = _trial_rows(self.spec, solo, mine, status=status, error=error or "",
                                         study_uid=self.study_uid)

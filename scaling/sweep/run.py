@@ -13,8 +13,7 @@ lease in lease.py, Ray Tune in tuner.py), so the spec passes through each module
 
 Read top to bottom:
   1. SweepResult
-  2. _prepare_model: the LoRA targets checked, the base model built
-  3. run_sweep
+  2. run_sweep
 """
 
 from __future__ import annotations
@@ -63,21 +62,7 @@ class SweepResult:
     lease_taken_over: str | None = None  # a dead driver's stale lease this sweep took over, described
 
 
-# 2. The base model ---------------------------------------------------------------
-def _prepare_model(spec: StudySpec) -> None:
-    """lora.target_modules against the base model's modules (built on the meta device: no
-    weights), as a SpecError; then the base model built once here (the embedded one, cached),
-    not in every worker at once. A hub model not on this machine yet is left to its trials."""
-    from scaling.models import TargetModulesError, check_target_modules, ensure_base_model
-
-    try:
-        check_target_modules(spec.model, spec.lora.target_modules, source=spec.source or "<spec>")
-    except TargetModulesError as err:
-        raise SpecError(str(err)) from None
-    ensure_base_model(spec.model)
-
-
-# 3. The sweep ---------------------------------------------------------------------
+# 2. The sweep ---------------------------------------------------------------------
 def run_sweep(
     spec: StudySpec,
     *,
@@ -98,8 +83,16 @@ def run_sweep(
     sweep's entry in spec.yaml, the searcher, Ray Tune, and the table compacted. Every refusal
     comes before anything is written."""
     t0 = time.perf_counter()
-    _prepare_model(spec)  # a LoRA target that matches no module: refused before anything is written
     plan = spec.sweep_plan(out)  # an unset ${VAR} fails here
+    from scaling.models import (  # torch: imported when a sweep runs
+        TargetModulesError,
+        prepare_base_models,
+    )
+
+    try:  # a LoRA target that matches no module: refused before anything is written
+        prepare_base_models(plan.models, plan.safe.lora.target_modules, source=plan.source)
+    except TargetModulesError as err:
+        raise SpecError(str(err)) from None
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):

@@ -32,7 +32,7 @@ from scaling.records import _trial_status
 from scaling.spec import Cell, StudySpec
 from scaling.sweep.identity import UID_ATTR, cell_study_name, open_storage
 
-__all__ = ["CellSearcher", "open_storage"]
+__all__ = ["CellSearcher", "StorageBacked", "open_storage"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -63,7 +63,24 @@ class _CellState:
     orphans: list[optuna.trial.FrozenTrial] = field(default_factory=list)
 
 
-class CellSearcher(Searcher):
+class StorageBacked:
+    """A searcher whose state lives in the Optuna storage: Ray's experiment checkpoint need not
+    pickle it (the storage holds an engine and locks); a resume rebuilds it from the storage."""
+
+    spec: StudySpec
+    max_trials: int | None
+
+    def __getstate__(self) -> dict:
+        return {"spec": self.spec, "max_trials": self.max_trials}
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text("state is in the Optuna storage\n")
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+
+class CellSearcher(StorageBacked, Searcher):
     """Covers the study's cells; Optuna tunes the learning rate inside each."""
 
     def __init__(
@@ -98,9 +115,13 @@ class CellSearcher(Searcher):
             )
             for k, v in (("dataset_size", cell.dataset_size), ("epochs", cell.epochs), ("lora_r", cell.lora_r)):
                 study.set_user_attr(k, v)
-            # the cell's place in the study, read by BracketSampler to transfer the LR across cells
+            if cell.model is not None:
+                study.set_user_attr("model", cell.model)
+            # the cell's place in the study, read by BracketSampler to transfer the LR across cells;
+            # with a model axis each base model is its own group (its LR optimum is its own)
             axes = {"dataset_size": cell.dataset_size, "epochs": cell.epochs, "lora_r": cell.lora_r}
-            for k, v in cell_attrs(group=spec.name, axes=axes).items():
+            group = spec.name if cell.model is None else f"{spec.name}@{cell.key.split(',', 1)[0]}"
+            for k, v in cell_attrs(group=group, axes=axes).items():
                 study.set_user_attr(k, v)
             study.set_user_attr("metric", SELECT_METRIC)
             if study_uid is not None:  # the run's identity (scaling/sweep/identity.py)
@@ -164,6 +185,7 @@ class CellSearcher(Searcher):
             "dataset_size": c.dataset_size,
             "epochs": c.epochs,
             "lora_r": c.lora_r,
+            **({"model": c.model} if c.model is not None else {}),
             "learning_rate": float(lr),
             "seed": int(seed),
             "cell": c.key,
@@ -362,6 +384,8 @@ class CellSearcher(Searcher):
             "dataset_size": c.dataset_size,
             "epochs": c.epochs,
             "lora_r": c.lora_r,
+            # a pack is one cell's trials, so one base model: packs never mix models
+            **({"model": c.model} if c.model is not None else {}),
             "cell": c.key,
             "optuna_study": st.study.study_name,
             "members": [
@@ -422,13 +446,3 @@ class CellSearcher(Searcher):
             st.in_flight_search -= 1
             st.done_search += 1
 
-    # Our state lives in the Optuna storage; Ray's experiment checkpoint need not pickle it
-    # (the Optuna storage holds an engine and locks). Resume rebuilds from the storage.
-    def __getstate__(self) -> dict:
-        return {"spec": self.spec, "max_trials": self.max_trials}
-
-    def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text("state is in the Optuna storage\n")
-
-    def restore(self, checkpoint_path: str) -> None:
-        pass

@@ -39,11 +39,12 @@ _WORKER_CACHE: dict[str, Any] = {}
 
 # 1. The trial's config -----------------------------------------------------------------
 def _trial_config(spec: StudySpec, config: dict, *, learning_rate: float, seed: int) -> Any:
-    """The trial.TrialConfig of one trial: the cell's axes from `config`, the rest from the spec."""
+    """The trial.TrialConfig of one trial: the cell's axes from `config` (its base model too, with a
+    model axis), the rest from the spec."""
     from scaling.trial import TrialConfig
 
     return TrialConfig(
-        model=spec.model,
+        model=config.get("model") or spec.model,
         task_kind=spec.task.kind,
         task_digits=spec.task.digits,
         task_path=spec.task.path,

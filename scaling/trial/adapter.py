@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.table import METRIC_KEYS
-from scaling.tasks import Tokenized
+from scaling.tokens import Tokenized
 from scaling.trial.config import TrialConfig, TrialDiverged
 from scaling.trial.layer import _Layout
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, get_peft_model
 
-from scaling.models import load_base_model, resolve_target_modules
-from scaling.tasks import Tokenized, make_task, prompt_targets, tokenize_split
+from scaling.models import _non_embedding, load_base_model, resolve_target_modules
+from scaling.tasks import make_task
+from scaling.tokens import Tokenized, prompt_targets, tokenize_split
 from scaling.trial.config import TrialConfig
 
 __all__ = [
@@ -103,12 +104,18 @@ def get_data(cfg: TrialConfig, cache: dict, base: WorkerBase) -> tuple[Tokenized
     return entry["train"][: cfg.dataset_size], entry["val"], entry["test"]
 
 
-def truncated_counts(cfg: TrialConfig, cache: dict, base: WorkerBase) -> dict[str, int]:
+def trial_data(cfg: TrialConfig, cache: dict, base: WorkerBase):
+    """get_data's (train, val, test), and truncated_counts when cfg.max_length is set (else None)."""
+    entry, n = _data(cfg, cache, base), cfg.dataset_size
+    cut = None if cfg.max_length is None else {
+        "train": sum(i < n for i in entry["train_cut"]), "val": len(entry["val_cut"]), "test": len(entry["test_cut"])}
+    return entry["train"][:n], entry["val"], entry["test"], cut
+
+
+def truncated_counts(cfg: TrialConfig, cache: dict, base: WorkerBase) -> dict[str, int] | None:
     """How many of the trial's training examples (its first dataset_size), and of validation and
-    test, cfg.max_length cut: {"train": n, "val": n, "test": n}."""
-    entry = _data(cfg, cache, base)
-    return {"train": sum(i < cfg.dataset_size for i in entry["train_cut"]),
-            "val": len(entry["val_cut"]), "test": len(entry["test_cut"])}  # fmt: skip
+    test, cfg.max_length cut: {"train": n, "val": n, "test": n}; None without max_length."""
+    return trial_data(cfg, cache, base)[3]
 
 
 # -----------------------------------------------------------------------------
@@ -159,15 +166,9 @@ def cache_kwarg(model: torch.nn.Module) -> str:
 
 
 def non_embedding_params(model: torch.nn.Module) -> int:
-    """Kaplan's N: every parameter except embedding tables (a tied lm_head is the embedding)."""
-    emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    seen: set[int] = set()
-    n = 0
-    for p in model.parameters():
-        if id(p) not in emb and id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
+    """Kaplan's N: every parameter except embedding tables (a tied lm_head is the embedding);
+    the same count models.py records per row as model_params_n."""
+    return _non_embedding(model)
 
 
 

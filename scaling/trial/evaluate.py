@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from scaling.models import answer_matches
-from scaling.tasks import Tokenized
+from scaling.tokens import Tokenized
 from scaling.trial.base import left_padded, n_targets, right_padded
 
 __all__ = ["EVAL_KEYS", "evaluate"]

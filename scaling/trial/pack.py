@@ -85,12 +85,11 @@ from scaling.trial.base import (
     attach_lora,
     cache_kwarg,
     get_base,
-    get_data,
     n_targets,
     non_embedding_params,
     right_padded,
     save_lora,
-    truncated_counts,
+    trial_data,
     weights_fingerprint,
 )
 from scaling.trial.config import TrialConfig
@@ -208,8 +207,7 @@ class Pack:
         prev = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            train, val, test = get_data(cfg, self.cache, base)
-            cut = None if cfg.max_length is None else truncated_counts(cfg, self.cache, base)
+            train, val, test, cut = trial_data(cfg, self.cache, base)
             t0 = time.perf_counter()  # the trial's clock starts once base and data are ready
             init = self._peft_init(cfg)
         finally:
