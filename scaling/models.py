@@ -94,24 +94,32 @@ def ensure_base_model(
 
 
 def load_base_model(
-    name_or_path: str, *, device: str = "cpu"
+    name_or_path: str, *, device: str = "cpu", dtype: torch.dtype | None = None,
+    quantization_config: object | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) in eval mode on device; the tokenizer always has a pad token.
 
-    float32 on CPU and for the tiny model; bfloat16 for hub models on a GPU that supports it.
+    dtype None: float32 on CPU and for the tiny model; bfloat16 for hub models on a GPU that
+    supports it (train.precision auto, trial/base.py). quantization_config (a transformers
+    BitsAndBytesConfig, CUDA only) loads the weights quantized straight onto device.
     """
     path = ensure_base_model(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     ensure_pad_token(tokenizer)  # most causal LMs ship without one; padding is masked anyway
-    dtype = torch.float32
-    if (
-        name_or_path != BUILTIN_TINY
-        and device.startswith("cuda")
-        and torch.cuda.is_available()
-        and torch.cuda.is_bf16_supported()
-    ):
-        dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    if dtype is None:
+        dtype = torch.float32
+        if (
+            name_or_path != BUILTIN_TINY
+            and device.startswith("cuda")
+            and torch.cuda.is_available()
+            and torch.cuda.is_bf16_supported()
+        ):
+            dtype = torch.bfloat16
+    if quantization_config is not None:  # bitsandbytes places the quantized weights itself
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization_config,
+                                                     device_map={"": device})  # fmt: skip
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.eval()
     return model, tokenizer
 

@@ -167,6 +167,8 @@ class LoraSpec(_Frozen):
     # by models.resolve_target_modules. Unset: the embedded tiny-llama keeps its Llama
     # projection list (TINY_TARGET_MODULES), every hub or local model gets "all-linear".
     target_modules: Literal["all-linear"] | list[str] | None = None
+    # QLoRA: the frozen base in 4-bit NF4 through bitsandbytes (trial/base.py); CUDA only
+    quantize: Literal["4bit"] | None = None
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -219,6 +221,11 @@ class TrainSpec(_Frozen):
     batch_size: PosInt = 32
     warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    # auto: bf16 on a CUDA GPU that supports it (the tiny model stays fp32), fp32 elsewhere, as
+    # before this field. bf16 / fp16: the base's weights in that dtype and the forward under
+    # autocast, adapters and AdamW in fp32 (fp16: CUDA only, with a loss scale)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in backward: memory for time, same numbers
 
 
 class ResourcesSpec(_Frozen):
@@ -367,6 +374,13 @@ class StudySpec(_Frozen):
                 f"packing.adapters_per_worker > 1 requires lora.dropout 0 (packed adapters train "
                 f"without dropout), got adapters_per_worker={k} dropout={self.lora.dropout}"
             )
+        if self.resources.gpus == 0:  # CUDA-only options: refuse them before anything runs
+            if self.train.precision == "fp16":
+                raise ValueError("train.precision: fp16 training requires a CUDA GPU: set resources.gpus > 0 "
+                                 "or use fp32, bf16 or auto (got 'fp16' with resources.gpus 0)")  # fmt: skip
+            if self.lora.quantize is not None:
+                raise ValueError(f"lora.quantize: 4-bit QLoRA (bitsandbytes) requires a CUDA GPU: set "
+                                 f"resources.gpus > 0 (got {self.lora.quantize!r} with resources.gpus 0)")  # fmt: skip
         return self
 
     # -- derived views ---------------------------------------------------
@@ -458,6 +472,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
             value = None
         if field == "(top level)" or (isinstance(value, dict) and e["type"] != "model_type"):
             value = None  # a cross-field rule: its message already quotes the values
+            named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", msg, re.S)
+            if field == "(top level)" and named:  # the rule names its own field first
+                field, msg = named.groups()
         if field.startswith(("storage", "tracking")) and isinstance(value, str):
             value = redact_url(value)
         shown = "" if value is None else f" (got {value!r})"
