@@ -16,8 +16,8 @@ packed / solo are printed from the one run, and the largest gap between a packed
 and the same config alone (packing is the same computation). CPU seconds are printed beside wall
 seconds: they are less sensitive to other users of the machine.
 
-    .venv/bin/python bench/real_model.py [--k 4] [--dataset-size 64] [--epochs 1] [--eval-size 16]
-                                         [--batch-size 16] [--threads 1] [--model DIR] [--json FILE]
+    .venv/bin/python bench/real_model.py [--k 4] [--dataset-size 64] [--epochs 1] [--eval-size 8]
+                                         [--batch-size 8] [--threads 1] [--model DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4, help="trials in the pack (and run solo, one after another)")
     ap.add_argument("--dataset-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--eval-size", type=int, default=16, help="validation and test problems each")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--eval-size", type=int, default=8, help="validation and test problems each")
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (the sweep: resources.cpus)")
     ap.add_argument("--model", default=None, help="a checkpoint directory (default: the converted SmolLM2)")
     ap.add_argument("--repeats", type=int, default=1, help="keep the fastest of n runs of each variant")
