@@ -68,8 +68,8 @@ def _device_name() -> str:
 def _child(args: argparse.Namespace) -> None:
     import torch
 
-    from scaling.trial import run_packed, run_trial
     from scaling.trial import base as trial_base
+    from scaling.trial import run_packed, run_trial
 
     cfgs = _configs(args)
     cache: dict = {}
