@@ -193,3 +193,23 @@ def test_a_pack_refuses_a_member_that_runs_the_base_another_way(worker):
     assert str(out[1]) == ("train.precision 'bf16' (the pack has 'auto'): a pack runs one base model one way, "
                            "so its members must agree; train this config in another pack")  # fmt: skip
     assert str(out[2]).startswith("train.gradient_checkpointing True (the pack has False): ")
+
+
+# 5. fp16's loss scale, on this CPU's autocast: the CUDA-only rule lifted, everything else real ---
+
+
+def test_fp16_with_its_loss_scale_trains_like_fp32_and_packs_like_solo(worker, fp32, monkeypatch):
+    from scaling.trial import base as trial_base
+
+    rule = trial_base.resolve_precision  # the real rule, but fp16 allowed on a CPU for this test
+    monkeypatch.setattr(trial_base, "resolve_precision",
+                        lambda cfg, device: "fp16" if cfg.precision == "fp16" else rule(cfg, device))  # fmt: skip
+    cfg = _cfg(precision="fp16")
+    alone = run_trial(cfg, cache=worker)
+    assert worker["base"].key[2:] == ("fp16", None) and worker["base"].model.dtype == torch.float16
+    assert alone[-1]["val_eval_loss"] != fp32[-1]["val_eval_loss"]
+    _same(alone, fp32, 0.05)
+    other = _cfg(precision="fp16", learning_rate=1e-2, seed=1)
+    packed = run_packed([cfg, other], cache=worker)  # one GradScaler for both, an optimizer each
+    _same(packed[0], alone, TOL)
+    _same(packed[1], run_trial(other, cache=worker), TOL)
