@@ -30,7 +30,8 @@ def _load(spec_path: Path):  # -> StudySpec
     # the task's data, checked here rather than as a failed row in every trial
     try:
         task = make_task(kind=s.task.kind, digits=s.task.digits, path=s.task.path, seed=s.task.seed,
-                         validation_size=s.eval.validation_size, test_size=s.eval.test_size)  # fmt: skip
+                         validation_size=s.eval.validation_size, test_size=s.eval.test_size,
+                         split=s.task.split)  # fmt: skip
     except (TaskError, ValueError) as err:
         _fail(f"{spec_path}: task: {err}")
     most = max(s.axes.dataset_sizes())
@@ -38,6 +39,18 @@ def _load(spec_path: Path):  # -> StudySpec
         _fail(f"{spec_path}: axes.dataset_size: must be <= the {task.max_train_size} training examples of "
               f"task {task.name!r} (after eval.validation_size + eval.test_size) (got {most})")  # fmt: skip
     return s
+
+
+def _warn_data(s) -> None:
+    """The data's warnings (duplicates across splits, examples train.max_length truncates)."""
+    from scaling.task_check import task_warnings
+    from scaling.tasks import TaskError
+
+    try:
+        for w in task_warnings(s):
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    except TaskError as err:
+        _fail(str(err))
 
 
 def _table_or_fail(path: Path):
@@ -68,6 +81,7 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
         check_target_modules(s.model, s.lora.target_modules, source=str(spec))
     except TargetModulesError as err:
         _fail(str(err))
+    _warn_data(s)
     on = [n for n in ("mlflow", "tensorboard", "wandb") if getattr(s.tracking, n)]
     cells = s.cells()
     console.print(
@@ -115,6 +129,7 @@ def sweep(
         _fail(str(err))
     if not resume and (run_dir / "spec.yaml").exists():
         _fail(f"{run_dir}: already holds a study; pass --resume or choose another --out")
+    _warn_data(s)
     from scaling.cli_progress import SweepProgress
     from scaling.sweep import run_sweep
 

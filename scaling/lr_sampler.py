@@ -248,6 +248,17 @@ def summarise_trials(
     return _summarise(trials, lo=math.log(lo), hi=math.log(hi), sign=1.0 if minimize else -1.0, param=param)
 
 
+def wants_extra(search: Sequence[FrozenTrial], *, trials_per_cell: int, extra_trials: int, lo: float,
+                hi: float) -> bool:  # fmt: skip
+    """Whether a cell whose finished LR-search trials are ``search`` takes one more LR trial
+    (sampler.extra_trials): its planned ones are done, its best is not bracketed (nor at the
+    range's edge on its open side), and the extras are not used up. The searcher and
+    `scaling status` both ask this."""
+    if not trials_per_cell <= len(search) < trials_per_cell + extra_trials:
+        return False
+    return not summarise_trials(search, lo=lo, hi=hi).done
+
+
 def summarise_cell(study: Study, *, param: str = PARAM) -> CellLR:
     """`CellLR` of a study (its finished trials), e.g. to read its lr* and whether it is bracketed."""
     trials = study.get_trials(

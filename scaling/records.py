@@ -42,6 +42,8 @@ from scaling.run_record import RUN_KEY, _check_same_study, _spec_yaml
 from scaling.spec import StudySpec
 
 __all__ = [
+    "finish_table",
+    "recorded_trials",
     "RunLock",
     "RunLocked",
     "append_rows",
@@ -249,6 +251,14 @@ def read_run(path: str | Path) -> Run:
     )
 
 
+def recorded_trials(run_dir: str | Path) -> tuple[int, set[str]]:
+    """The table's row count and the trial ids that have rows ((0, set()) with no table yet)."""
+    if not (Path(run_dir) / RESULTS_FILE).exists():
+        return 0, set()
+    table = read_results(run_dir)
+    return len(table), set(table["trial_id"].astype(str))
+
+
 def compact(run_dir: str | Path) -> int:
     """Fold run_dir's part files into results.parquet (one file, as old runs had); returns the row count.
 
@@ -260,6 +270,20 @@ def compact(run_dir: str | Path) -> int:
     if not (run_dir / RESULTS_FILE).exists() and not (run_dir / PARTS_DIR).exists():
         return 0
     return _writer(run_dir).compact()
+
+
+def finish_table(run_dir: str | Path, *, keep: str, model: str) -> list[Path]:
+    """At a sweep's end: its appends compacted into one results.parquet, read back (failing
+    loudly now if what was written cannot be read), and the adapters ``keep`` asks for kept
+    (scaling/adapters.py); returns the adapter folders kept."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RESULTS_FILE).exists():
+        return []
+    compact(run_dir)
+    table = read_results(run_dir)
+    from scaling.adapters import keep_selected
+
+    return keep_selected(run_dir, table, keep=keep, model=model)
 
 
 def check_run_dir(run_dir: str | Path) -> None:

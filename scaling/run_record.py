@@ -6,7 +6,7 @@ spec.yaml is the spec of the run's first sweep (``StudySpec.to_record``: no pass
     run:
       study_uid: 3f2c...            # made on the first run; every cell study in the Optuna
                                     # storage carries it too (user attr scaling.study_uid)
-      task_sha256: 9a0b...          # task.kind jsonl: the task file's bytes at the first run
+      task_sha256: 9a0b...          # task.kind jsonl / chat: the task file's bytes at the first run
       sweeps:                       # one entry per `scaling sweep` on this directory
         - {started_at, optuna, adapters_per_worker, max_trials, trials_recorded,
            trials_to_run, finished_at, trials_run, counts}
@@ -34,10 +34,11 @@ __all__ = ["RUN_KEY", "_check_same_study", "_spec_yaml", "new_uid", "task_sha256
 
 RUN_KEY = "run"  # spec.yaml's section that is the run's, not the spec's
 # compared as a whole (a different value is named by the section)
-_WHOLE = ("name", "model", "task", "axes", "learning_rate", "eval")
+_WHOLE = ("name", "model", "axes", "learning_rate", "eval")
 # compared field by field, a spec.yaml without the section (or an older one without the field)
-# meaning the defaults (train.precision auto and lora.quantize null are what ran before them)
-_BY_FIELD = ("lora", "train", "sampler", "seeds", "early_stopping", "packing")
+# meaning the defaults (but see _older_value; train.precision auto and lora.quantize null are
+# what ran before them)
+_BY_FIELD = ("task", "lora", "train", "sampler", "seeds", "early_stopping", "packing")
 # a resume may change these: adapters_per_worker gives the same results, and so does gradient
 # checkpointing (the same computation, recomputed); extra_trials is budget, like trials_per_cell
 _SPEED_ONLY = {("packing", "adapters_per_worker"), ("sampler", "extra_trials"), ("train", "gradient_checkpointing")}
@@ -54,13 +55,21 @@ def new_uid() -> str:
 
 
 def task_sha256(spec: StudySpec) -> str | None:
-    """sha256 of the JSONL task file's bytes (None for the built-in tasks)."""
-    if spec.task.kind != "jsonl" or not spec.task.path:
+    """sha256 of the task file's bytes (task.kind jsonl or chat; None for the built-in tasks)."""
+    if spec.task.kind not in ("jsonl", "chat") or not spec.task.path:
         return None
     try:
         return hashlib.sha256(Path(spec.task.path).read_bytes()).hexdigest()
     except OSError as err:
         raise SpecError(f"{spec.source}: task.path: cannot read {spec.task.path}: {type(err).__name__}: {err}") from None
+
+
+def _older_value(section: str, field: str, had: dict[str, Any], default: Any) -> Any:
+    """What a field missing from an older spec copy meant: its default, except task.split, which
+    came with the pair-keeping addition split; before it, addition split ordered pairs."""
+    if (section, field) == ("task", "split"):
+        return "ordered" if had.get("kind", "addition") == "addition" else None
+    return default
 
 
 def _spec_yaml(path: Path) -> dict[str, Any]:
@@ -96,7 +105,8 @@ def _check_same_study(spec: StudySpec, run_dir: Path) -> dict[str, Any] | None:
         base = defaults[section].default_factory().model_dump(mode="json")  # type: ignore[misc]
         had = theirs.get(section)
         # older spec copies (and packing off) leave a section or a newer field out: the defaults
-        had = {**base, **had} if isinstance(had, dict) else base
+        had = had if isinstance(had, dict) else {}
+        had = {**{f: _older_value(section, f, had, v) for f, v in base.items()}, **had}
         for field, now in mine[section].items():
             if (section, field) not in _SPEED_ONLY and had.get(field) != now:
                 diff.append(f"{section}.{field}")
@@ -165,5 +175,7 @@ def update_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], **facts: A
     return run
 
 
-def finish_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], *, counts: dict[str, int]) -> dict[str, Any]:
-    return update_sweep(spec, run_dir, run, finished_at=_now(), trials_run=sum(counts.values()), counts=dict(counts))
+def finish_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], *, counts: dict[str, int],
+                 trials_to_run: int) -> dict[str, Any]:  # fmt: skip
+    return update_sweep(spec, run_dir, run, trials_to_run=trials_to_run, finished_at=_now(),
+                        trials_run=sum(counts.values()), counts=dict(counts))  # fmt: skip

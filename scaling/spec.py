@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,6 +48,7 @@ __all__ = [
     "parse_spec",
     "redact_url",
     "Cell",
+    "SweepPlan",
 ]
 
 
@@ -97,15 +99,30 @@ PosInt = Annotated[int, Field(gt=0)]
 
 
 class TaskSpec(_Frozen):
-    kind: Literal["addition", "jsonl"] = "addition"
+    kind: Literal["addition", "jsonl", "chat"] = "addition"
     digits: Annotated[int, Field(ge=1, le=4)] = 2  # 2 digits: 10k problems, learnable in seconds
-    path: str | None = None  # JSONL of {"prompt", "completion"} lines when kind == "jsonl"
+    # kind jsonl: JSONL of {"prompt", "completion"} lines; kind chat: of {"messages": [{"role",
+    # "content"}, ...]} lines, rendered with the tokenizer's chat template (tasks.py)
+    path: str | None = None
     seed: int = 0  # fixes the permutation: which problems are val/test/train
+    # addition only (default "pairs"): a+b and b+a fall in the same split, so no test problem's
+    # mirror is trained on; "ordered" splits every ordered pair on its own, as studies before it did
+    split: Literal["pairs", "ordered"] | None = Field(default=None, validate_default=True)
+
+    @field_validator("split")
+    @classmethod
+    def _split_for_addition(cls, v: str | None, info: Any) -> str | None:
+        kind = info.data.get("kind", "addition")
+        if kind != "addition":
+            if v is not None:
+                raise ValueError(f"applies to task.kind 'addition' only (task.kind is {kind!r})")
+            return None
+        return v or "pairs"
 
     @model_validator(mode="after")
-    def _path_for_jsonl(self) -> TaskSpec:
-        if self.kind == "jsonl" and not self.path:
-            raise ValueError("task.path is required when task.kind is 'jsonl'")
+    def _path_for_file_tasks(self) -> TaskSpec:
+        if self.kind in ("jsonl", "chat") and not self.path:
+            raise ValueError(f"task.path is required when task.kind is {self.kind!r}")
         return self
 
 
@@ -221,6 +238,7 @@ class TrainSpec(_Frozen):
     batch_size: PosInt = 32
     warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_length: PosInt | None = None  # tokens per example; longer ones are cut (and counted)
     # auto: bf16 on a CUDA GPU that supports it (the tiny model stays fp32), fp32 elsewhere, as
     # before this field. bf16 / fp16: the base's weights in that dtype and the forward under
     # autocast, adapters and AdamW in fp32 (fp16: CUDA only, with a loss scale)
@@ -436,6 +454,23 @@ class StudySpec(_Frozen):
         return expand_env(self.tracking.mlflow.tracking_uri, field="tracking.mlflow.tracking_uri",
                           source=self.source or "<spec>")  # fmt: skip
 
+    def sweep_plan(self, out: str | Path | None = None) -> SweepPlan:
+        """Everything a sweep derives from the spec, worked out once (SpecError for an unset
+        ${VAR} in storage.optuna or tracking.mlflow.tracking_uri) before anything is written."""
+        run_dir = self.run_dir(out).resolve()
+        url = self.optuna_url(run_dir)
+        return SweepPlan(
+            run_dir=run_dir,
+            url=url,
+            url_shown=redact_url(url) or "",
+            own_storage=not self.storage.optuna,
+            safe=self.without_secrets(),
+            worker_spec=self.to_record(),
+            mlflow_uri=self.mlflow_uri(),
+            planned=self.planned_trials(),
+            cells=self.cells(),
+        )
+
     def to_record(self, *, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         """The spec as plain data to write or ship (spec.yaml, Ray workers), without secrets; a
         resume reads a ${VAR} again."""
@@ -448,6 +483,21 @@ class StudySpec(_Frozen):
             "epochs": list(self.axes.epoch_values()),
             "planned_trials": self.planned_trials(),
         }
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What one sweep derives from its spec (StudySpec.sweep_plan)."""
+
+    run_dir: Path  # resolved
+    url: str  # the Optuna storage to connect to: may hold a password, never print it
+    url_shown: str  # the same, password redacted: what is printed and written
+    own_storage: bool  # the run directory's own optuna.db (no storage.optuna given)
+    safe: StudySpec  # without secrets: what Ray Tune may pickle
+    worker_spec: dict[str, Any]  # what Ray workers get (to_record: no password)
+    mlflow_uri: str | None  # tracking.mlflow.tracking_uri with its ${VAR}s read
+    planned: int  # planned_trials()
+    cells: list[Cell]  # cells()
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -490,7 +540,7 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> StudySpec:
         spec = StudySpec.model_validate({**data, "source": source})
     except ValidationError as err:
         raise SpecError(_format_errors(err, source)) from None
-    if spec.task.kind == "jsonl":
+    if spec.task.kind in ("jsonl", "chat"):
         path = Path(spec.task.path)  # type: ignore[arg-type]
         if not path.is_absolute() and source != "<spec>":
             # relative task files are relative to the spec file, like an include

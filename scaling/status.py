@@ -97,6 +97,7 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
     import optuna
 
     from analysis.table import SELECT_METRIC, trial_summary
+    from scaling.lr_sampler import wants_extra
     from scaling.records import read_results
     from scaling.records_io import RecordsError
     from scaling.sweep.identity import cell_study_name
@@ -117,7 +118,7 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
     storage = _open(url) if url else None
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                        optuna.trial.TrialState.FAIL)  # fmt: skip
-    planned = spec.trials_per_cell + spec.seeds.repeat_best
+    base_planned = spec.trials_per_cell + spec.seeds.repeat_best
     cells: list[dict[str, Any]] = []
     running: list[dict[str, Any]] = []
     for cell in spec.cells():
@@ -131,6 +132,14 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
                 trials = []
         live = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
         finished = sum(t.state in finished_states for t in trials)
+        # a cell whose LR trials did not bracket its best takes extra ones (sampler.extra_trials),
+        # as the searcher decides: those it took, and the one it still wants, are planned too
+        search = [t for t in trials if t.state in finished_states and t.user_attrs.get("phase", "search") == "search"]
+        extra = max(0, len(search) - spec.trials_per_cell)
+        extra += not live and wants_extra(search, trials_per_cell=spec.trials_per_cell,
+                                          extra_trials=spec.sampler.extra_trials, lo=spec.learning_rate.low,
+                                          hi=spec.learning_rate.high)  # fmt: skip
+        planned = base_planned + extra
         mine = summary[summary["cell"] == cell.key] if summary is not None else None
         best = None
         if mine is not None and len(mine):

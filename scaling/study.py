@@ -69,8 +69,16 @@ class Study:
         return cls(load_spec(path), out=out)
 
     def run(self, *, max_trials: int | None = None, ray_address: str | None = None) -> StudyResult:
-        """Run or resume the study (at most ``max_trials`` more trials); returns when done."""
+        """Run or resume the study (at most ``max_trials`` more trials); returns when done. The
+        data's warnings (duplicates across splits, examples train.max_length truncates) are
+        issued first, as UserWarnings."""
+        import warnings
+
         from scaling.sweep import run_sweep
+        from scaling.task_check import task_warnings
+
+        for w in task_warnings(self.spec):
+            warnings.warn(w, UserWarning, stacklevel=2)
 
         res = run_sweep(self.spec, out=self.run_dir, max_trials=max_trials, ray_address=ray_address)
         return StudyResult(run_dir=res.run_dir, trials_run=res.trials_run, counts=dict(res.counts),

@@ -77,7 +77,7 @@ SPEC_CASES: list[tuple[str, Callable[[Path], dict | str], list[str]]] = [
     ("lora target matches no module", lambda t: changed("lora.target_modules", ["q_proj", "query_key_value"]),
      ["{spec}", "lora.target_modules", "'query_key_value'", "matches no module", "'q_proj'", "'v_proj'"]),
     ("unknown nested key", lambda t: changed("lora.rank", 8), ["{spec}", "lora.rank", "unknown key", "8"]),
-    ("unknown task", lambda t: changed("task", {"kind": "subtraction"}), ["{spec}", "task.kind", "'addition' or 'jsonl'", "'subtraction'"]),
+    ("unknown task", lambda t: changed("task", {"kind": "subtraction"}), ["{spec}", "task.kind", "'addition', 'jsonl' or 'chat'", "'subtraction'"]),
     ("missing field", lambda t: changed("learning_rate", KeyError), ["{spec}", "learning_rate", "required field is missing"]),
     ("storage URL scheme", lambda t: changed("storage.optuna", "http://db:5432/x"), ["{spec}", "storage.optuna", "postgresql://", "'http://db:5432/x'"]),
     ("not YAML", lambda t: "name: bad\naxes: {dataset_size: [64, 128\n", ["{spec}", "not valid YAML"]),

@@ -44,7 +44,7 @@ def test_an_unbracketed_cell_takes_one_extra_trial_on_its_open_side(extra):
     # 2 trials: the log-midpoint (4e-3), then the low edge; with the optimum at the midpoint the
     # best has a neighbour below only. One more trial above brackets it; then the search stops
     s = spec(sampler={"extra_trials": extra})
-    searcher = CellSearcher(s, optuna.storages.InMemoryStorage())
+    searcher = CellSearcher(s, optuna.storages.InMemoryStorage(), cells=s.cells())
     mid = math.sqrt(LOW * HIGH)
     seen = drive(searcher, bowl(mid))
     lrs = [lr for _, lr in seen]
@@ -62,7 +62,7 @@ def test_an_edge_best_ends_the_search_and_the_repeat_waits_for_the_extra():
     # so the search is done (the advice is "widen the range", not more trials); the repeat seed
     # then reruns the best of all three trials, not of the first two
     s = spec(sampler={"extra_trials": 2}, seeds={"base": 0, "repeat_best": 1})
-    searcher = CellSearcher(s, optuna.storages.InMemoryStorage())
+    searcher = CellSearcher(s, optuna.storages.InMemoryStorage(), cells=s.cells())
     loss = bowl(3 * HIGH)
     seen = drive(searcher, loss)
     assert [p for p, _ in seen] == ["search", "search", "search", "repeat"]
@@ -76,7 +76,7 @@ def test_extra_trials_stop_at_the_cap():
     # 1 planned trial (the midpoint) + at most 1 extra (the low edge, worse): still one-sided, but
     # the cap ends the search
     s = spec(trials_per_cell=1, sampler={"extra_trials": 1})
-    searcher = CellSearcher(s, optuna.storages.InMemoryStorage())
+    searcher = CellSearcher(s, optuna.storages.InMemoryStorage(), cells=s.cells())
     mid = math.sqrt(LOW * HIGH)
     seen = drive(searcher, bowl(mid))
     assert [lr for _, lr in seen] == pytest.approx([mid, LOW])
@@ -87,11 +87,11 @@ def test_extra_trials_stop_at_the_cap():
 def test_remaining_counts_an_extra_that_told_trials_already_ask_for():
     s = spec(sampler={"extra_trials": 2})
     storage = optuna.storages.InMemoryStorage()
-    first = CellSearcher(s, storage)
+    first = CellSearcher(s, storage, cells=s.cells())
     mid = math.sqrt(LOW * HIGH)
     for i in range(2):  # the two planned trials, told
         cfg = first.suggest(f"t{i}")
         first.on_trial_complete(f"t{i}", {SELECT_METRIC: bowl(mid)(cfg["learning_rate"]), "epoch": 1, "epochs": 1})
-    resumed = CellSearcher(s, storage)  # a later driver reads what the storage says
+    resumed = CellSearcher(s, storage, cells=s.cells())  # a later driver reads what the storage says
     assert resumed.remaining() == 1 and resumed.most_remaining() == 2
     assert s.planned_trials() == 2 and s.max_trials() == 4

@@ -124,3 +124,34 @@ def test_the_sweep_progress_moves_per_epoch_and_shows_running_trials():
     bar.on_done("ok", {"cell": "D=64,E=1,r=8", "optuna_trial": 0, "learning_rate": 2e-3})
     assert task.completed == 2.0 and task.total == 2 and task.fields["live"] == ""
     bar.stop()
+
+
+def test_a_cell_that_takes_extra_lr_trials_is_waiting_until_bracketed_then_done(tmp_path):
+    """sampler.extra_trials: a cell whose planned LR trials did not bracket its best is not done
+    (the searcher will ask for one more); once the extra trial brackets it, it is done."""
+    from scaling.run_record import new_uid, write_run
+    from scaling.sweep import cell_study_name
+
+    spec = small_spec("extra", axes={"dataset_size": [64], "epochs": [1]}, trials_per_cell=2,
+                      sampler={"extra_trials": 2})  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run(spec, run, {"study_uid": new_uid()})
+    (cell,) = spec.cells()
+    study = optuna.create_study(study_name=cell_study_name(spec, cell), storage=spec.optuna_url(run))
+    dist = {"learning_rate": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True)}
+
+    def tell(lr: float, loss: float) -> None:
+        study.add_trial(optuna.trial.create_trial(params={"learning_rate": lr}, distributions=dist, value=loss))
+
+    tell(1e-3, 2.0)
+    tell(3e-3, 1.0)  # the best is the highest LR tried, inside the range: not bracketed
+    st = run_status(run)
+    (c,) = st["per_cell"]
+    assert (c["state"], c["finished"], c["planned"]) == ("waiting", 2, 3)
+    assert st["cells"] == {"done": 0, "running": 0, "waiting": 1} and st["trials_left"] == 1
+    tell(1e-2, 1.5)  # the extra trial brackets it
+    st = run_status(run)
+    (c,) = st["per_cell"]
+    assert (c["state"], c["finished"], c["planned"]) == ("done", 3, 3)
+    assert st["cells"] == {"done": 1, "running": 0, "waiting": 0} and st["trials_left"] == 0

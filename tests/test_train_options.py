@@ -19,7 +19,7 @@ from analysis.table import METRIC_KEYS
 from scaling.cli import app
 from scaling.spec import SpecError, load_spec, parse_spec
 from scaling.tiny import BUILTIN_TINY
-from scaling.trial import TrialConfig, run_packed, run_trial
+from scaling.trial import Pack, TrialConfig, run_packed, run_trial
 from scaling.trial.base import get_base
 
 GOOD = {"name": "opts", "axes": {"dataset_size": [64]}, "learning_rate": {"low": 1e-3, "high": 1e-2}}
@@ -205,11 +205,18 @@ def test_fp16_with_its_loss_scale_trains_like_fp32_and_packs_like_solo(worker, f
     monkeypatch.setattr(trial_base, "resolve_precision",
                         lambda cfg, device: "fp16" if cfg.precision == "fp16" else rule(cfg, device))  # fmt: skip
     cfg = _cfg(precision="fp16")
-    alone = run_trial(cfg, cache=worker)
+    with Pack(cache=worker) as pack:
+        handle = pack.add(cfg)
+        pack.run()
+    alone = handle.history
     assert worker["base"].key[2:] == ("fp16", None) and worker["base"].model.dtype == torch.float16
-    assert alone[-1]["val_eval_loss"] != fp32[-1]["val_eval_loss"]
-    _same(alone, fp32, 0.05)
+    # torch's GradScaler starts at 2**16: the first step's gradient overflows fp16 and is skipped
+    # (the scale halves), so this 2-step trial takes one optimizer step and learns less than fp32
+    assert handle.skipped_steps == 1 and alone[-1]["step"] == 2
+    assert fp32[-1]["val_eval_loss"] < alone[-1]["val_eval_loss"] < fp32[-1]["val_eval_loss"] + 0.5
     other = _cfg(precision="fp16", learning_rate=1e-2, seed=1)
     packed = run_packed([cfg, other], cache=worker)  # one GradScaler for both, an optimizer each
-    _same(packed[0], alone, TOL)
-    _same(packed[1], run_trial(other, cache=worker), TOL)
+    # fp16 rounds at ~1e-3 and a pack's base matmuls have other shapes than one trial's (seen:
+    # 3.3e-4 on a summed log-prob of -6.57), so to 2e-3 here
+    _same(packed[0], alone, 2e-3)
+    _same(packed[1], run_trial(other, cache=worker), 2e-3)

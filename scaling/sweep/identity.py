@@ -15,22 +15,75 @@ a uid belongs to another run and is refused.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 
 from scaling.records_io import RecordsError
-from scaling.spec import Cell, StudySpec, redact_url
+from scaling.spec import Cell, SpecError, StudySpec, redact_url
 
-__all__ = ["UID_ATTR", "cell_study_name", "check_storage", "sqlite_missing"]
+__all__ = ["UID_ATTR", "cell_study_name", "check_storage", "open_checked", "open_storage", "sqlite_missing",
+           "study_names"]
 
 UID_ATTR = "scaling.study_uid"
-
 
 
 def cell_study_name(spec: StudySpec, cell: Cell) -> str:
     """The Optuna study of one cell: ``<study>/<cell key>``."""
     return f"{spec.name}/{cell.key}"
+
+
+def study_names(study: str, cells: list[Cell]) -> list[str]:
+    """The Optuna study names of the study's cells (as cell_study_name)."""
+    return [f"{study}/{c.key}" for c in cells]
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage; a clear error when it cannot be reached."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # several readers (dashboard, report) may poll while the sweep writes
+        kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as err:  # sqlalchemy raises many kinds
+            # two processes opening a fresh database at once both create Optuna's tables; the
+            # loser's CREATE fails on the winner's (a unique violation): the schema is there now
+            racing = type(err).__name__ == "IntegrityError" or "already exists" in str(err)
+            if racing and attempt < 3:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            detail = (str(err).strip().splitlines() or [""])[0]  # drop SQLAlchemy's "Background on this error" lines
+            raise SpecError(f"storage.optuna: cannot open Optuna storage {redact_url(url)!r}: "
+                            f"{type(err).__name__}: {detail}") from None
+    raise AssertionError("unreachable")
+
+
+def open_checked(names: list[str], run_dir: Path, url: str, *, uid: str | None, table_rows: int,
+                 source: str | None) -> optuna.storages.BaseStorage:  # fmt: skip
+    """The run's Optuna storage, opened once it is known to be the run's own (check_storage);
+    a sqlite file that is gone while the table has rows is refused before opening would
+    create an empty one. Reads only."""
+    gone = sqlite_missing(url)
+    if gone is not None and table_rows:
+        raise RecordsError(
+            f"{run_dir}: the Optuna storage {redact_url(url)!r} does not exist (no file {gone}) but "
+            f"{run_dir / 'results.parquet'} has {table_rows} rows of study uid {uid or '(none yet)'}: resuming "
+            "would restart the trial numbers and lose the new evaluations; restore the run's storage, "
+            "or use another --out"
+        )
+    try:
+        storage = open_storage(url)
+    except SpecError as err:
+        raise SpecError(f"{source}: {err}") from None
+    check_storage(names, run_dir, storage, url, uid=uid, table_rows=table_rows)
+    return storage
+
 
 def sqlite_missing(url: str) -> Path | None:
     """The file of a sqlite URL when it does not exist (opening it would create an empty one)."""
@@ -49,12 +102,11 @@ def _refuse(run_dir: Path, uid: str | None, url: str, what: str) -> RecordsError
     )
 
 
-def check_storage(spec: StudySpec, run_dir: Path, storage: optuna.storages.BaseStorage, url: str, *,
+def check_storage(names: list[str], run_dir: Path, storage: optuna.storages.BaseStorage, url: str, *,
                   uid: str | None, table_rows: int) -> None:  # fmt: skip
     """Raise RecordsError unless ``storage`` may hold this run's cell studies: none of them carries
     another uid, none with trials lacks the run's uid (unless the run has none yet: it adopts
     them), and, when the table has rows, at least one of them is there with trials. Reads only."""
-    names = [cell_study_name(spec, c) for c in spec.cells()]
     have = set(optuna.get_all_study_names(storage))
     found = 0
     for name in names:

@@ -29,31 +29,15 @@ from ray.tune.search import Searcher
 from analysis.table import SELECT_METRIC
 from scaling.lr_sampler import BracketSampler, cell_attrs, summarise_trials
 from scaling.records import _trial_status
-from scaling.spec import Cell, SpecError, StudySpec, redact_url
-from scaling.sweep.identity import UID_ATTR, cell_study_name
+from scaling.spec import Cell, StudySpec
+from scaling.sweep.identity import UID_ATTR, cell_study_name, open_storage
 
 __all__ = ["CellSearcher", "open_storage"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-# 1. Optuna storage ----------------------------------------------------------------
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage; a clear error when it cannot be reached."""
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        # several readers (dashboard, report) may poll while the sweep writes
-        kwargs = {"connect_args": {"timeout": 60}}
-    else:
-        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as err:  # sqlalchemy raises many kinds
-        detail = (str(err).strip().splitlines() or [""])[0]  # drop SQLAlchemy's "Background on this error" lines
-        raise SpecError(f"storage.optuna: cannot open Optuna storage {redact_url(url)!r}: "
-                        f"{type(err).__name__}: {detail}") from None
-
-
+# 1. Samplers ----------------------------------------------------------------------
 def _sampler(spec: StudySpec, index: int) -> optuna.samplers.BaseSampler:
     seed = spec.sampler.seed * 1000 + index  # distinct, reproducible stream per cell
     if spec.sampler.kind == "bracket":
@@ -90,7 +74,9 @@ class CellSearcher(Searcher):
         max_trials: int | None = None,
         recorded: set[str] | None = None,
         study_uid: str | None = None,
+        cells: list[Cell],
     ):
+        """``cells``: the spec's cells (``spec.cells()``; the sweep's plan holds them)."""
         super().__init__(metric=SELECT_METRIC, mode="min")
         self.spec = spec
         self.max_trials = max_trials
@@ -102,7 +88,7 @@ class CellSearcher(Searcher):
         self._packs: dict[str, tuple[_CellState, list[tuple[int, str]]]] = {}
         self._pack_last: dict[str, dict[int, dict]] = {}
         self.orphans_found = 0
-        for i, cell in enumerate(spec.cells()):
+        for i, cell in enumerate(cells):
             study = optuna.create_study(
                 study_name=cell_study_name(spec, cell),
                 storage=storage,
@@ -163,7 +149,7 @@ class CellSearcher(Searcher):
                   if t.state.is_finished() and t.user_attrs.get("phase", "search") == "search"]  # fmt: skip
         lr = self.spec.learning_rate
         cell = summarise_trials(search, lo=lr.low, hi=lr.high)
-        return not cell.done
+        return not cell.done  # `scaling status` asks the same (lr_sampler.wants_extra)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True

@@ -49,6 +49,8 @@ class PackedTrial:
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     # where its trained adapter is written (peft format) when it ends well; None: not kept
     save_to: str | None = None
+    # train.precision fp16: optimizer steps skipped because the gradient overflowed the loss scale
+    skipped_steps: int = 0
 
 
 # -----------------------------------------------------------------------------
@@ -62,8 +64,10 @@ class _Adapter:
                  val: Tokenized, test: Tokenized, init: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  base_params: int, t0: float,
                  report: Callable[[dict], None] | None,
-                 should_stop: Callable[[dict], bool] | None):  # fmt: skip
+                 should_stop: Callable[[dict], bool] | None,
+                 truncated: dict[str, int] | None = None):  # fmt: skip
         self.cfg, self.handle = cfg, handle
+        self.truncated = truncated  # with train.max_length: examples cut per split
         self.train, self.val, self.test = train, val, test
         self.report, self.should_stop = report, should_stop
         self.t0 = t0  # the trial's clock starts once the base model and data are ready
@@ -137,7 +141,8 @@ class _Adapter:
         self.loss_tokens += n_ans
         self.train_tokens += sum(len(p) + len(a) for p, a in batch)
 
-    # 2g. the metrics dict of one evaluation (keys: METRIC_KEYS, in that order)
+    # 2g. the metrics dict of one evaluation (keys: METRIC_KEYS, in that order; with
+    # train.max_length also train_truncated, val_truncated, test_truncated: examples cut)
     def metrics(self, val: dict[str, float], test: dict[str, float]) -> dict:
         metrics = {
             "epoch": self.epoch,
@@ -150,7 +155,10 @@ class _Adapter:
             **{f"test_{k}": x for k, x in test.items()},
             "trainable_params": self.trainable,
         }
-        return {k: metrics[k] for k in METRIC_KEYS}
+        out = {k: metrics[k] for k in METRIC_KEYS}
+        if self.truncated is not None:
+            out.update({f"{split}_truncated": n for split, n in self.truncated.items()})
+        return out
 
 
 # -----------------------------------------------------------------------------

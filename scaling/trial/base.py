@@ -23,14 +23,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from scaling.models import load_base_model, resolve_target_modules
-from scaling.tasks import Tokenized, _tokenize, make_task
+from scaling.tasks import Tokenized, make_task, prompt_targets, tokenize_split
 from scaling.tiny import BUILTIN_TINY
 from scaling.trial.config import TrialConfig
 
 __all__ = [
     "WorkerBase", "attach_lora", "autocast", "base_key", "cache_kwarg", "get_base", "get_data",
-    "left_padded", "non_embedding_params", "resolve_precision", "right_padded", "save_lora",
-    "set_checkpointing", "weights_fingerprint",
+    "left_padded", "n_targets", "non_embedding_params", "resolve_precision", "right_padded", "save_lora",
+    "set_checkpointing", "truncated_counts", "weights_fingerprint",
 ]  # fmt: skip
 
 # -----------------------------------------------------------------------------
@@ -92,35 +92,59 @@ def get_base(cfg: TrialConfig, cache: dict, device: str) -> WorkerBase:
 # 2. Token ids
 
 
-def get_data(cfg: TrialConfig, cache: dict, base: WorkerBase) -> tuple[Tokenized, Tokenized, Tokenized]:
-    """(train, validation, test) token ids; the task and its tokens are cached per worker."""
-    key = (cfg.task_kind, cfg.task_digits, cfg.task_path, cfg.task_seed,
-           cfg.validation_size, cfg.test_size, base.key)  # fmt: skip
+def _data(cfg: TrialConfig, cache: dict, base: WorkerBase) -> dict:
+    """The cached entry of cfg's task: its token ids and which were cut to cfg.max_length."""
+    key = (cfg.task_kind, cfg.task_digits, cfg.task_path, cfg.task_seed, cfg.task_split,
+           cfg.validation_size, cfg.test_size, cfg.max_length, base.key)  # fmt: skip
     data = cache.setdefault("data", {})
     if key not in data:
         task = make_task(kind=cfg.task_kind, digits=cfg.task_digits, path=cfg.task_path,
                          seed=cfg.task_seed, validation_size=cfg.validation_size,
-                         test_size=cfg.test_size)  # fmt: skip
+                         test_size=cfg.test_size, split=cfg.task_split)  # fmt: skip
         max_len = getattr(base.model.config, "max_position_embeddings", None) or 10**9
-        val = _tokenize(task.validation(), base.tokenizer, split="validation", max_len=max_len)
-        test = _tokenize(task.test(), base.tokenizer, split="test", max_len=max_len)
-        data[key] = {"task": task, "train": [], "val": val, "test": test, "max_len": max_len}
+        tok = dict(tokenizer=base.tokenizer, max_len=max_len, max_length=cfg.max_length)
+        val = tokenize_split(task.validation(), split="validation", **tok)
+        test = tokenize_split(task.test(), split="test", **tok)
+        data[key] = {"task": task, "train": [], "train_cut": [], "val": val.items, "test": test.items,
+                     "val_cut": val.truncated, "test_cut": test.truncated, "tok": tok}  # fmt: skip
     entry = data[key]
     have = len(entry["train"])
     if have < cfg.dataset_size:  # pools are nested: tokenize only the new tail
         pool = entry["task"].train_pool(cfg.dataset_size)[have:]
-        entry["train"] += _tokenize(pool, base.tokenizer, split="training", max_len=entry["max_len"])
+        tail = tokenize_split(pool, split="training", **entry["tok"])
+        entry["train"] += tail.items
+        entry["train_cut"] += [have + i for i in tail.truncated]
+    return entry
+
+
+def get_data(cfg: TrialConfig, cache: dict, base: WorkerBase) -> tuple[Tokenized, Tokenized, Tokenized]:
+    """(train, validation, test) token ids; the task and its tokens are cached per worker."""
+    entry = _data(cfg, cache, base)
     return entry["train"][: cfg.dataset_size], entry["val"], entry["test"]
+
+
+def truncated_counts(cfg: TrialConfig, cache: dict, base: WorkerBase) -> dict[str, int]:
+    """How many of the trial's training examples (its first dataset_size), and of validation and
+    test, cfg.max_length cut: {"train": n, "val": n, "test": n}."""
+    entry = _data(cfg, cache, base)
+    return {"train": sum(i < cfg.dataset_size for i in entry["train_cut"]),
+            "val": len(entry["val_cut"]), "test": len(entry["test_cut"])}  # fmt: skip
 
 
 # -----------------------------------------------------------------------------
 # 3. Batches
 
 
+def n_targets(items: Tokenized) -> int:
+    """Target tokens of a batch: every answer's, and a chat prompt's earlier assistant turns'."""
+    return sum(len(a) + len(prompt_targets(p)) for p, a in items)
+
+
 def right_padded(items: Tokenized, pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids (B, T) = prompt + answer + pad, and targets (B, T) = the next token at answer
-    positions, -100 elsewhere. Padding sits after every real token, so a causal model needs
-    no attention mask: real tokens never attend to it."""
+    positions (and at a chat prompt's earlier assistant tokens), -100 elsewhere. Padding sits
+    after every real token, so a causal model needs no attention mask: real tokens never
+    attend to it."""
     T = max(len(p) + len(a) for p, a in items) - 1  # the last answer token is never an input
     x = torch.full((len(items), T), pad_id, dtype=torch.long)
     y = torch.full((len(items), T), -100, dtype=torch.long)
@@ -128,6 +152,8 @@ def right_padded(items: Tokenized, pad_id: int, device: str) -> tuple[torch.Tens
         seq = p + a
         x[i, : len(seq) - 1] = torch.tensor(seq[:-1])
         y[i, len(p) - 1 : len(seq) - 1] = torch.tensor(a)  # position t predicts token t+1
+        for t in prompt_targets(p):  # never 0: a chat's first token has nothing before it
+            y[i, t - 1] = p[t]
     return x.to(device), y.to(device)
 
 

@@ -21,7 +21,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 @dataclass(frozen=True)
 class TrialConfig:
     model: str  # name_or_path understood by models.ensure_base_model
-    task_kind: str  # "addition" | "jsonl"
+    task_kind: str  # "addition" | "jsonl" | "chat"
     task_digits: int
     task_path: str | None
     task_seed: int  # fixes the split; train pools are nested prefixes for one task_seed
@@ -43,6 +43,8 @@ class TrialConfig:
     warmup_fraction: float = 0.05  # of all steps; Adam's moment estimates settle in a few dozen
     weight_decay: float = 0.0  # adapters start at zero (B = 0); decay would pull them back there
     threads: int = 1  # one trial per core: the sweep packs trials, not threads
+    task_split: str | None = None  # addition: "pairs" (None: the default) | "ordered"
+    max_length: int | None = None  # train.max_length: tokens per example, longer ones cut
     # spec train.precision / train.gradient_checkpointing / lora.quantize: how the base runs
     # (trial/base.py resolve_precision); one pack shares them, as it shares the base
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -63,6 +65,8 @@ class TrialConfig:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
+            raise ValueError(f"max_length must be an int >= 1 or None, got {self.max_length!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.gradient_checkpointing, bool):

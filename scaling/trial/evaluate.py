@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from scaling.models import answer_matches
 from scaling.tasks import Tokenized
-from scaling.trial.base import left_padded, right_padded
+from scaling.trial.base import left_padded, n_targets, right_padded
 
 __all__ = ["EVAL_KEYS", "evaluate"]
 
@@ -31,7 +31,9 @@ def evaluate(model, items: Tokenized, *, groups: int = 1, pad_id: int, cache_kw:
     """Per group: eval_loss = mean cross-entropy per answer token; token_accuracy =
     teacher-forced argmax over answer tokens; answer_logprob = mean over examples of the
     summed log-prob of the answer; exact_match = greedy decoding gives the completion and
-    then a stop (``stop_ids``: eos, and the chat end token where the tokenizer has one)."""
+    then a stop (``stop_ids``: eos, and the chat end token where the tokenizer has one). A chat's
+    earlier assistant turns count as answer tokens for all but exact_match, which scores the
+    last reply."""
     G = groups
     if not items:  # validation_size or test_size 0
         return [dict.fromkeys(EVAL_KEYS, math.nan) for _ in range(G)]
@@ -46,7 +48,7 @@ def evaluate(model, items: Tokenized, *, groups: int = 1, pad_id: int, cache_kw:
         logits = model(input_ids=x.repeat(G, 1)).logits.float()  # (G*n, T, V)
         Y = y.repeat(G, 1)  # (G*n, T)
         mask = Y != -100  # (G*n, T)
-        n_tokens += sum(len(a) for _, a in chunk)
+        n_tokens += n_targets(chunk)
         nll = F.cross_entropy(logits.transpose(1, 2), Y, ignore_index=-100, reduction="none")  # (G*n, T)
         sums = torch.stack([
             nll.view(G, -1).sum(1),  # ignored positions are 0
@@ -74,10 +76,18 @@ def evaluate(model, items: Tokenized, *, groups: int = 1, pad_id: int, cache_kw:
         gen = torch.stack(generated, 1).tolist()  # (G*n, steps)
         for g in range(G):
             # a ends in eos: the completion, then any stop id (eos or the chat end token)
-            exact[g] += sum(answer_matches(gen[g * n + i], a, stop_ids=stop_ids) for i, a in enumerate(answers))
+            exact[g] += sum(_matches(gen[g * n + i], a, stop_ids) for i, a in enumerate(answers))
     m = len(items)
     return [
         {"eval_loss": loss_sum[g] / n_tokens, "token_accuracy": correct[g] / n_tokens,
          "exact_match": exact[g] / m, "answer_logprob": logprob_sum[g] / m}
         for g in range(G)
     ]  # fmt: skip
+
+
+def _matches(generated: list[int], answer: list[int], stop_ids: tuple[int, ...]) -> bool:
+    """answer_matches; an answer cut by train.max_length (no stop id at its end) matches when
+    its kept tokens are generated (where the reply would have stopped is unknown)."""
+    if answer and answer[-1] not in stop_ids:
+        return list(generated[: len(answer)]) == list(answer)
+    return answer_matches(generated, answer, stop_ids=stop_ids)

@@ -88,11 +88,13 @@ from scaling.trial.base import (
     cache_kwarg,
     get_base,
     get_data,
+    n_targets,
     non_embedding_params,
     right_padded,
     save_lora,
     set_checkpointing,
     supports_checkpointing,
+    truncated_counts,
     weights_fingerprint,
 )
 from scaling.trial.config import TrialConfig
@@ -236,6 +238,7 @@ class Pack:
         torch.set_num_threads(self.threads)
         try:
             train, val, test = get_data(cfg, self.cache, base)
+            cut = None if cfg.max_length is None else truncated_counts(cfg, self.cache, base)
             t0 = time.perf_counter()  # the trial's clock starts once base and data are ready
             init = self._peft_init(cfg)
         finally:
@@ -246,7 +249,7 @@ class Pack:
         handle = PackedTrial(cfg=cfg, save_to=save_to)
         adapter = _Adapter(cfg, handle, train=train, val=val, test=test, init=init,
                            base_params=self._base_params, t0=t0, report=report,
-                           should_stop=should_stop)  # fmt: skip
+                           should_stop=should_stop, truncated=cut)  # fmt: skip
         handle.lora = {n: (adapter.A[n], adapter.B[n]) for n in init}
         self._active.append(adapter)
         self.trials.append(handle)
@@ -293,7 +296,7 @@ class Pack:
             X[g * n : g * n + x.shape[0], : x.shape[1]] = x
             Y[g * n : g * n + y.shape[0], : y.shape[1]] = y
         X, Y = X.to(device), Y.to(device)
-        n_ans = [sum(len(ans) for _, ans in b) for b in batches]  # target tokens per adapter
+        n_ans = [n_targets(b) for b in batches]  # target tokens per adapter
 
         # 2. one forward of the base; every adapter's mean loss over its own target tokens
         # from one cross-entropy over the whole pack (one host sync for all G values)
@@ -351,7 +354,8 @@ class Pack:
             error = a.diverged(v, grad_norm)
             if error is not None and scaler is not None and math.isfinite(v) and not math.isfinite(grad_norm):
                 a.stepped(v, n_ans[g], batches[g])  # fp16 overflow: the loss scale's, not the LR's:
-                continue  # skip this step, as GradScaler does (its schedule moves on)
+                a.handle.skipped_steps += 1  # skip this step, as GradScaler does (its schedule moves on)
+                continue
             if error is not None:
                 self._leave(a, error=error)
                 left.append(a.handle)

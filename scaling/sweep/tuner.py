@@ -1,0 +1,111 @@
+"""Ray Tune runs a sweep's trials: Ray started or joined, the adapter sink, the Tuner.
+
+The Tuner is assembled from the parts beside this module: CellSearcher (searcher.py) hands
+out trials, the trainable (worker.py) runs them solo or packed in reused workers, _Recorder
+(recorder.py) writes their rows and _PerCellScheduler (schedule.py) stops trials early
+within their own cell.
+
+Read top to bottom: _init_ray, the adapter sink, tune_trials.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from scaling.spec import SweepPlan
+from scaling.sweep.recorder import _Recorder
+from scaling.sweep.schedule import _scheduler
+from scaling.sweep.searcher import CellSearcher
+from scaling.sweep.worker import SINK_NAME, _make_trainable
+
+__all__ = ["tune_trials"]
+
+
+def _init_ray(address: str | None = None) -> None:
+    """Use the Ray the caller already started (a notebook's ray.init), else connect to
+    ``address`` or RAY_ADDRESS (a cluster), else start a local one."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+@ray.remote(num_cpus=0)
+class _AdapterSink:
+    """On the driver's node: writes the adapters workers send into the run directory."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = Path(run_dir)
+
+    def put(self, trial_id: str, files: dict[str, bytes]) -> str:
+        from scaling.adapters import store_files
+
+        return str(store_files(self.run_dir, trial_id, files))
+
+
+def _start_sink(run_dir: Path):
+    """The adapter sink, pinned to this (the driver's) node; killed when the sweep ends."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    try:  # a sink left by a driver that died in this Ray session
+        ray.kill(ray.get_actor(SINK_NAME))
+    except ValueError:
+        pass
+    return _AdapterSink.options(
+        name=SINK_NAME, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    ).remote(str(run_dir))
+
+
+def tune_trials(plan: SweepPlan, searcher: CellSearcher, *, todo: int, samples: int, uid: str,
+          on_trial_done: Callable[[str, dict], None] | None, on_epoch: Callable[[dict], None] | None,
+          ray_address: str | None) -> dict[str, int]:  # fmt: skip
+    """Ray Tune runs the ``todo`` trials the searcher hands out; returns the counts by status.
+    Everything here gets the spec without secrets: Ray Tune pickles it to disk (tuner.pkl)."""
+    safe = plan.safe
+    if todo <= 0:
+        return {"ok": 0, "failed": 0, "pruned": 0}
+    _init_ray(ray_address)
+    sink = _start_sink(plan.run_dir) if safe.storage.keep_adapters != "none" else None
+    trackers = None
+    if safe.tracking.any():
+        from scaling.tracking import Trackers
+
+        trackers = Trackers(safe, plan.run_dir, mlflow_uri=plan.mlflow_uri)
+    recorder = _Recorder(safe, plan.run_dir, on_trial_done, study_uid=uid, trackers=trackers, on_epoch=on_epoch)
+    tuner = tune.Tuner(
+        tune.with_resources(_make_trainable(plan.worker_spec),
+                            {"cpu": safe.resources.cpus, "gpu": safe.resources.gpus}),  # fmt: skip
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_scheduler(safe),
+            num_samples=samples,  # the searcher says when it is done
+            max_concurrent_trials=safe.resources.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{_dt.datetime.now():%Y%m%d-%H%M%S}",
+            storage_path=str(plan.run_dir / "ray"),
+            failure_config=tune.FailureConfig(max_failures=safe.resources.max_failures),
+            callbacks=[recorder],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        if sink is not None:
+            ray.kill(sink)
+        if trackers is not None:
+            trackers.close()
+    return dict(recorder.counts)
