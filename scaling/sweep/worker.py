@@ -66,6 +66,9 @@ def _trial_config(spec: StudySpec, config: dict, *, learning_rate: float, seed: 
         threads=max(1, int(spec.resources.cpus)),
         task_split=spec.task.split,
         max_length=spec.train.max_length,
+        precision=spec.train.precision,
+        gradient_checkpointing=spec.train.gradient_checkpointing,
+        quantize=spec.lora.quantize,
     )
 
 

@@ -49,6 +49,8 @@ class PackedTrial:
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     # where its trained adapter is written (peft format) when it ends well; None: not kept
     save_to: str | None = None
+    # train.precision fp16: optimizer steps skipped because the gradient overflowed the loss scale
+    skipped_steps: int = 0
 
 
 # -----------------------------------------------------------------------------

@@ -6,12 +6,15 @@ Read top to bottom:
   2. the task's token ids, cached per worker (train pools are nested: only the new tail)
   3. batches (right-padded for training and scoring, left-padded for decoding)
   4. the model's facts a trial needs: its KV-cache argument, Kaplan's N
-  5. attach_lora: the one place an adapter's initial A, B are made; save_lora writes a
+  5. how the base runs: train.precision (resolve_precision, autocast), lora.quantize (QLoRA),
+     train.gradient_checkpointing (set_checkpointing)
+  6. attach_lora: the one place an adapter's initial A, B are made; save_lora writes a
      trained one in peft's own format
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from dataclasses import dataclass
@@ -19,14 +22,17 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, get_peft_model
 
-from scaling.models import _non_embedding, load_base_model, resolve_target_modules
+from scaling.family import BUILTIN_TINY
+from scaling.models import load_base_model, resolve_target_modules
+from scaling.param_count import non_embedding_count
 from scaling.tasks import make_task
 from scaling.tokens import Tokenized, prompt_targets, tokenize_split
 from scaling.trial.config import TrialConfig
 
 __all__ = [
-    "WorkerBase", "attach_lora", "cache_kwarg", "get_base", "get_data", "left_padded", "n_targets",
-    "non_embedding_params", "right_padded", "save_lora", "truncated_counts", "weights_fingerprint",
+    "WorkerBase", "attach_lora", "autocast", "base_key", "cache_kwarg", "get_base", "get_data",
+    "left_padded", "n_targets", "resolve_precision", "right_padded", "save_lora",
+    "set_checkpointing", "truncated_counts", "weights_fingerprint",
 ]  # fmt: skip
 
 # -----------------------------------------------------------------------------
@@ -42,6 +48,7 @@ class WorkerBase:
     model: torch.nn.Module
     tokenizer: object
     fingerprint: dict[str, int]
+    n_params: int  # non-embedding parameters (Kaplan's N), counted once at load
 
 
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -57,15 +64,32 @@ def weights_fingerprint(model: torch.nn.Module) -> dict[str, int]:
         }
 
 
+def base_key(cfg: TrialConfig, device: str) -> tuple:
+    """What makes two trials' base models the same: model, device, resolved precision, quantization."""
+    return (cfg.model, device, resolve_precision(cfg, device), cfg.quantize)
+
+
 def get_base(cfg: TrialConfig, cache: dict, device: str) -> WorkerBase:
-    key = (cfg.model, device)
+    """The worker's base model for cfg (loaded once, frozen); ValueError naming the spec field when
+    the device cannot run cfg's precision or quantization."""
+    key = base_key(cfg, device)
     base = cache.get("base")
     if base is None or base.key != key:
         cache.pop("base", None)  # one base model per worker: free the old one first
-        model, tokenizer = load_base_model(cfg.model, device=device)
+        precision = key[2]
+        quant = _quantization(cfg, device, precision)
+        model, tokenizer = load_base_model(cfg.model, device=device, dtype=DTYPES[precision],
+                                           quantization_config=quant)  # fmt: skip
+        n_params = non_embedding_count(model)  # a 4-bit weight counts its unpacked values
+        if quant is not None:  # QLoRA's preparation: norms and head in fp32, everything frozen
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        base = WorkerBase(key=key, model=model, tokenizer=tokenizer, fingerprint=weights_fingerprint(model))
+        base = WorkerBase(key=key, model=model, tokenizer=tokenizer, fingerprint=weights_fingerprint(model),
+                          n_params=n_params)  # fmt: skip
         cache["base"] = base
     return base
 
@@ -78,20 +102,23 @@ def _data(cfg: TrialConfig, cache: dict, base: WorkerBase) -> dict:
     key = (cfg.task_kind, cfg.task_digits, cfg.task_path, cfg.task_seed, cfg.task_split,
            cfg.validation_size, cfg.test_size, cfg.max_length, base.key)  # fmt: skip
     data = cache.setdefault("data", {})
-    if key not in data:
-        task = make_task(kind=cfg.task_kind, digits=cfg.task_digits, path=cfg.task_path,
-                         seed=cfg.task_seed, validation_size=cfg.validation_size,
-                         test_size=cfg.test_size, split=cfg.task_split)  # fmt: skip
+    entry = data.get(key)
+    # the task's examples first, then their tokens: a new entry's validation and test, and the
+    # training pool's new tail (pools are nested: only the tail is tokenized)
+    task = entry["task"] if entry is not None else make_task(
+        kind=cfg.task_kind, digits=cfg.task_digits, path=cfg.task_path, seed=cfg.task_seed,
+        validation_size=cfg.validation_size, test_size=cfg.test_size, split=cfg.task_split)  # fmt: skip
+    have = len(entry["train"]) if entry is not None else 0
+    pool = task.train_pool(cfg.dataset_size)[have:] if have < cfg.dataset_size else []
+    evals = (task.validation(), task.test()) if entry is None else None
+    if evals is not None:
         max_len = getattr(base.model.config, "max_position_embeddings", None) or 10**9
         tok = dict(tokenizer=base.tokenizer, max_len=max_len, max_length=cfg.max_length)
-        val = tokenize_split(task.validation(), split="validation", **tok)
-        test = tokenize_split(task.test(), split="test", **tok)
-        data[key] = {"task": task, "train": [], "train_cut": [], "val": val.items, "test": test.items,
-                     "val_cut": val.truncated, "test_cut": test.truncated, "tok": tok}  # fmt: skip
-    entry = data[key]
-    have = len(entry["train"])
-    if have < cfg.dataset_size:  # pools are nested: tokenize only the new tail
-        pool = entry["task"].train_pool(cfg.dataset_size)[have:]
+        val = tokenize_split(evals[0], split="validation", **tok)
+        test = tokenize_split(evals[1], split="test", **tok)
+        entry = data[key] = {"task": task, "train": [], "train_cut": [], "val": val.items, "test": test.items,
+                             "val_cut": val.truncated, "test_cut": test.truncated, "tok": tok}  # fmt: skip
+    if pool:
         tail = tokenize_split(pool, split="training", **entry["tok"])
         entry["train"] += tail.items
         entry["train_cut"] += [have + i for i in tail.truncated]
@@ -165,15 +192,88 @@ def cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
-def non_embedding_params(model: torch.nn.Module) -> int:
-    """Kaplan's N: every parameter except embedding tables (a tied lm_head is the embedding);
-    the same count models.py records per row as model_params_n."""
-    return _non_embedding(model)
+# -----------------------------------------------------------------------------
+# 5. How the base runs. The base's weights are stored in the trial's precision; adapters and
+# their AdamW stay fp32, and the forward runs under autocast, so the adapters' matmuls take
+# the same dtype as the base's. bitsandbytes is imported only on a CUDA device.
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(cfg: TrialConfig, device: str) -> str:
+    """cfg.precision as `device` runs it: "fp32" | "bf16" | "fp16". auto: bf16 on a CUDA GPU that
+    supports it (the tiny model excepted, as before train.precision), else fp32. bf16 runs on a CPU
+    too (autocast; fast only where the CPU has bf16 units). ValueError naming the field, the rule
+    and the value when the device cannot run it."""
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    if cfg.precision == "auto":
+        tiny = cfg.model == BUILTIN_TINY or cfg.model.startswith(BUILTIN_TINY + "-")  # the embedded family: fp32
+        return "bf16" if cuda and not tiny and torch.cuda.is_bf16_supported() else "fp32"
+    if cfg.precision == "fp16" and not cuda:
+        raise ValueError(f"train.precision: fp16 training requires a CUDA device; this trial runs on {device} "
+                         f"(torch.cuda.is_available() is {torch.cuda.is_available()}); use fp32, bf16 or auto "
+                         f"(got 'fp16')")  # fmt: skip
+    if cfg.precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"train.precision: bf16 requires a GPU with bfloat16 support, which "
+                         f"{torch.cuda.get_device_name()} lacks; use fp16, fp32 or auto (got 'bf16')")  # fmt: skip
+    return cfg.precision
+
+
+def autocast(precision: str, device: str):
+    """The forward's autocast for a resolved precision (none for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[precision])
+
+
+def _quantization(cfg: TrialConfig, device: str, precision: str):
+    """lora.quantize "4bit": transformers' BitsAndBytesConfig (NF4, double quantization, computing in
+    the trial's precision), on a CUDA device only; bitsandbytes is never imported elsewhere."""
+    if cfg.quantize is None:
+        return None
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        raise ValueError(f"lora.quantize: 4-bit QLoRA (bitsandbytes) requires a CUDA device; this trial runs "
+                         f"on {device} (torch.cuda.is_available() is {torch.cuda.is_available()}) "
+                         f"(got {cfg.quantize!r})")  # fmt: skip
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError(f"lora.quantize: 4-bit QLoRA needs the bitsandbytes package on the worker "
+                         f"(pip install bitsandbytes) (got {cfg.quantize!r})") from None  # fmt: skip
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=DTYPES[precision])  # fmt: skip
+
+
+def supports_checkpointing(model: torch.nn.Module, model_name: str) -> None:
+    """ValueError naming train.gradient_checkpointing when the model cannot recompute activations."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"train.gradient_checkpointing: model {model_name!r} ({type(model).__name__}) does not "
+                         f"support gradient checkpointing; set it to false (got True)")  # fmt: skip
+
+
+def set_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Turn gradient checkpointing of the base on (non-reentrant, and the input embeddings'
+    output requiring grad, as peft wants) or off again (both undone)."""
+    if on:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5: the new name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.enable_input_require_grads()
+    else:
+        if hasattr(model, "activation_checkpointing_disable"):
+            model.activation_checkpointing_disable()
+        else:
+            model.gradient_checkpointing_disable()
+        model.disable_input_require_grads()
 
 
 
 # -----------------------------------------------------------------------------
-# 5. The adapter
+# 6. The adapter
 
 
 def attach_lora(model: torch.nn.Module, cfg: TrialConfig) -> torch.nn.Module:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-__all__ = ["TrialConfig", "TrialDiverged"]
+__all__ = ["PRECISIONS", "TrialConfig", "TrialDiverged"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # -----------------------------------------------------------------------------
 # 1. Config
@@ -43,6 +45,11 @@ class TrialConfig:
     threads: int = 1  # one trial per core: the sweep packs trials, not threads
     task_split: str | None = None  # addition: "pairs" (None: the default) | "ordered"
     max_length: int | None = None  # train.max_length: tokens per example, longer ones cut
+    # spec train.precision / train.gradient_checkpointing / lora.quantize: how the base runs
+    # (trial/base.py resolve_precision); one pack shares them, as it shares the base
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    gradient_checkpointing: bool = False
+    quantize: str | None = None  # None | "4bit" (QLoRA, CUDA only)
 
     def __post_init__(self) -> None:
         for name in ("dataset_size", "epochs", "lora_r", "batch_size", "threads"):
@@ -60,6 +67,12 @@ class TrialConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
             raise ValueError(f"max_length must be an int >= 1 or None, got {self.max_length!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+        if self.quantize not in (None, "4bit"):
+            raise ValueError(f"quantize must be None or '4bit', got {self.quantize!r}")
         if not self.target_modules:
             raise ValueError(f"target_modules must name at least one module, got {self.target_modules!r}")
 

@@ -83,12 +83,15 @@ from scaling.trial.adapter import PackedTrial, _Adapter, _bind
 from scaling.trial.base import (
     WorkerBase,
     attach_lora,
+    autocast,
+    base_key,
     cache_kwarg,
     get_base,
     n_targets,
-    non_embedding_params,
     right_padded,
     save_lora,
+    set_checkpointing,
+    supports_checkpointing,
     trial_data,
     weights_fingerprint,
 )
@@ -130,6 +133,13 @@ class Pack:
         self._targets: str | tuple[str, ...] | None = None
         self._layout = _Layout()
         self._closed = False
+        # how the shared base runs (train.precision, train.gradient_checkpointing, lora.quantize):
+        # set by the first config, the same for every member
+        self._opts: tuple | None = None
+        self._precision = "fp32"  # resolved (trial/base.py resolve_precision)
+        self._scaler: torch.amp.GradScaler | None = None  # fp16: one dynamic loss scale for the pack
+        self._checkpointing = False  # train.gradient_checkpointing: on while the linears are wrapped
+        self._ckpt_on = False
 
     # 1a. the base model and the wrappers
     def _open(self, cfg: TrialConfig) -> WorkerBase:
@@ -138,11 +148,17 @@ class Pack:
             self.cache.pop("base", None)  # ours while the pack is open: no other pack may use it
             for p in self._base.model.parameters():
                 p.requires_grad_(False)
-            self._base_params = non_embedding_params(self._base.model)
+            self._base_params = self._base.n_params
             self._cache_kw = cache_kwarg(self._base.model)
             if self.threads is None:
                 self.threads = cfg.threads
-        elif self._base.key != (cfg.model, self.device):
+            self._precision = self._base.key[2]
+            if self._precision == "fp16":  # AMP's rule: scale the loss, skip a step that overflows
+                self._scaler = torch.amp.GradScaler(self.device.split(":")[0])
+            if cfg.gradient_checkpointing:
+                supports_checkpointing(self._base.model, cfg.model)
+                self._checkpointing = True
+        elif self._base.key != base_key(cfg, self.device):
             raise ValueError(f"model {cfg.model!r} does not fit a pack on base {self._base.key[0]!r} "
                              f"({self.device}): one pack, one base model")  # fmt: skip
         return self._base
@@ -157,6 +173,11 @@ class Pack:
                 setattr(owner, child, MultiLoRALinear(current, name, self._layout))
             elif not on and isinstance(current, MultiLoRALinear):
                 setattr(owner, child, current.base_layer)
+        # checkpointing only while wrapped: peft (a join, a save) never sees it on, so it adds no
+        # hooks of its own, and the base goes back to the worker cache as it was loaded
+        if self._checkpointing and on != self._ckpt_on:
+            set_checkpointing(model, on)
+            self._ckpt_on = on
 
     def _peft_init(self, cfg: TrialConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The adapter's initial A, B as peft makes them, on the unwrapped base, right after
@@ -203,7 +224,14 @@ class Pack:
                              "a random dropout mask per adapter cannot be shared; use run_trial")  # fmt: skip
         if self._targets is not None and cfg.target_modules != self._targets:
             raise ValueError(f"target_modules {cfg.target_modules} differ from the pack's {self._targets}")
+        opts = (cfg.precision, cfg.gradient_checkpointing, cfg.quantize)
+        if self._opts is not None and opts != self._opts:
+            names = ("train.precision", "train.gradient_checkpointing", "lora.quantize")
+            diff = [f"{n} {a!r} (the pack has {b!r})" for n, a, b in zip(names, opts, self._opts, strict=True) if a != b]
+            raise ValueError(f"{', '.join(diff)}: a pack runs one base model one way, so its members must "
+                             f"agree; train this config in another pack")  # fmt: skip
         base = self._open(cfg)
+        self._opts = opts
         prev = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -270,38 +298,46 @@ class Pack:
         # 2. one forward of the base; every adapter's mean loss over its own target tokens
         # from one cross-entropy over the whole pack (one host sync for all G values)
         base.model.train()
+        scaler = self._scaler
         _bind(self._layout, adapters, self._names)
-        try:
-            logits = base.model(input_ids=X).logits  # (G*n, T, V)
+        try:  # bound until backward ends: gradient checkpointing runs the layers again there
+            with autocast(self._precision, device):
+                logits = base.model(input_ids=X, use_cache=False).logits  # (G*n, T, V); no KV cache to train
+            nll = F.cross_entropy(logits.float().transpose(1, 2), Y, ignore_index=-100, reduction="none")
+            counts = torch.tensor(n_ans, dtype=nll.dtype).to(device)
+            losses = nll.view(G, n * T).sum(1) / counts  # (G,): each adapter's mean-reduced loss
+            values = losses.detach().tolist()
+
+            # 3. one backward for all: the adapters share no parameter, so each gets the gradient
+            # of its own loss. A non-finite loss is left out so it cannot reach anyone else (its
+            # rows' logits would send NaN through the shared cross-entropy: then each finite
+            # adapter's loss is taken from its own slice instead).
+            for a in adapters:
+                for group in a.opt.param_groups:
+                    group["lr"] = a.lr_at(a.step)
+                a.opt.zero_grad(set_to_none=True)
+            finite = [g for g, v in enumerate(values) if math.isfinite(v)]
+            total = None
+            if len(finite) == G:
+                total = losses.sum()
+            elif finite:
+                total = torch.stack([
+                    F.cross_entropy(logits[g * n : (g + 1) * n].float().transpose(1, 2),
+                                    Y[g * n : (g + 1) * n], ignore_index=-100)
+                    for g in finite
+                ]).sum()  # fmt: skip
+            if total is not None:
+                (total if scaler is None else scaler.scale(total)).backward()
+            del logits, nll, losses, total
         finally:
             self._layout.weights = self._layout.scale = None
-        nll = F.cross_entropy(logits.float().transpose(1, 2), Y, ignore_index=-100, reduction="none")
-        counts = torch.tensor(n_ans, dtype=nll.dtype).to(device)
-        losses = nll.view(G, n * T).sum(1) / counts  # (G,): each adapter's mean-reduced loss
-        values = losses.detach().tolist()
-
-        # 3. one backward for all: the adapters share no parameter, so each gets the gradient
-        # of its own loss. A non-finite loss is left out so it cannot reach anyone else (its
-        # rows' logits would send NaN through the shared cross-entropy: then each finite
-        # adapter's loss is taken from its own slice instead).
-        for a in adapters:
-            for group in a.opt.param_groups:
-                group["lr"] = a.lr_at(a.step)
-            a.opt.zero_grad(set_to_none=True)
-        finite = [g for g, v in enumerate(values) if math.isfinite(v)]
-        if len(finite) == G:
-            losses.sum().backward()
-        elif finite:
-            torch.stack([
-                F.cross_entropy(logits[g * n : (g + 1) * n].float().transpose(1, 2),
-                                Y[g * n : (g + 1) * n], ignore_index=-100)
-                for g in finite
-            ]).sum().backward()  # fmt: skip
-        del logits, nll, losses
 
         # 4. per adapter: its own gradient norm (all G from one batched norm and one host
         # sync), its divergence rule, its clipping to norm 1 and its AdamW step
         live = [adapters[g] for g in finite]
+        if scaler is not None:  # fp16: the true gradients, each optimizer's overflow recorded
+            for a in live:
+                scaler.unscale_(a.opt)
         norms = [math.nan] * G
         slot = {g: i for i, g in enumerate(finite)}  # adapter index -> row of totals
         if live:
@@ -313,6 +349,10 @@ class Pack:
         for g, a in enumerate(adapters):
             v, grad_norm = values[g], norms[g]
             error = a.diverged(v, grad_norm)
+            if error is not None and scaler is not None and math.isfinite(v) and not math.isfinite(grad_norm):
+                a.stepped(v, n_ans[g], batches[g])  # fp16 overflow: the loss scale's, not the LR's:
+                a.handle.skipped_steps += 1  # skip this step, as GradScaler does (its schedule moves on)
+                continue
             if error is not None:
                 self._leave(a, error=error)
                 left.append(a.handle)
@@ -321,6 +361,8 @@ class Pack:
             torch.nn.utils.clip_grads_with_norm_(a.params, 1.0, totals[slot[g]], foreach=True)
             a.opt.step()
             a.stepped(v, n_ans[g], batches[g])
+        if scaler is not None and live:
+            scaler.update()  # halves the scale after an overflow, grows it after 2000 clean steps
 
         # 5. adapters at the end of an epoch: evaluate together (one pass per shared eval set)
         ending = [a for a in adapters if a.handle.status == "running" and a.epoch_done]
@@ -368,8 +410,9 @@ class Pack:
                       batch_size=4 * group[0].cfg.batch_size, device=self.device)  # fmt: skip
             _bind(self._layout, group, self._names)
             try:
-                vs = evaluate(base.model, group[0].val, **kw)
-                ts = evaluate(base.model, group[0].test, **kw)
+                with autocast(self._precision, self.device):
+                    vs = evaluate(base.model, group[0].val, **kw)
+                    ts = evaluate(base.model, group[0].test, **kw)
             finally:
                 self._layout.weights = self._layout.scale = None
             for a, v, t in zip(group, vs, ts, strict=True):
