@@ -28,6 +28,7 @@ from transformers import (
 from typer.testing import CliRunner
 
 from scaling import spec as spec_mod
+from scaling import spec_sections
 from scaling.cli import app
 from scaling.gguf_import import GGUFImportError, import_gguf
 from scaling.models import (
@@ -137,7 +138,7 @@ def test_all_linear_falls_back_to_full_names_when_a_leaf_name_is_ambiguous():
 def test_spec_default_targets_depend_on_the_model():
     base = {"name": "s", "axes": {"dataset_size": [8]}, "learning_rate": {"low": 1e-4, "high": 1e-3}}
     assert spec_mod.parse_spec(base).lora.target_modules == list(TINY_TARGET_MODULES)
-    assert spec_mod.TINY_TARGET_MODULES == TINY_TARGET_MODULES  # the two copies agree
+    assert spec_sections.TINY_TARGET_MODULES == TINY_TARGET_MODULES  # the two copies agree
     for model in ("HuggingFaceTB/SmolLM2-135M", "models/smollm2"):
         assert spec_mod.parse_spec({**base, "model": model}).lora.target_modules == "all-linear"
     given = {**base, "model": "gpt2", "lora": {"target_modules": ["c_attn"]}}
