@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from scaling.records_io import RecordsError
-from scaling.spec import SpecError, StudySpec
+from scaling.records_io import RecordsError, _fsync_dir
+from scaling.spec import SpecError, StudySpec, redact_url
 
 __all__ = ["RUN_KEY", "_check_same_study", "_spec_yaml", "new_uid", "task_sha256", "write_run"]
 
@@ -128,12 +128,23 @@ def _check_same_study(spec: StudySpec, run_dir: Path) -> dict[str, Any] | None:
     return run
 
 
+def _redact_copy(data: dict[str, Any]) -> None:
+    """Passwords out of a spec copy's URLs (storage.optuna, tracking.mlflow.tracking_uri), in place."""
+    storage = data.get("storage")
+    if isinstance(storage, dict) and isinstance(storage.get("optuna"), str):
+        storage["optuna"] = redact_url(storage["optuna"])
+    ml = (data.get("tracking") or {}).get("mlflow") if isinstance(data.get("tracking"), dict) else None
+    if isinstance(ml, dict) and isinstance(ml.get("tracking_uri"), str):
+        ml["tracking_uri"] = redact_url(ml["tracking_uri"])
+
+
 def write_run(spec: StudySpec, run_dir: Path, run: dict[str, Any]) -> None:
     """Write spec.yaml with ``run`` as its run section: the first time, the spec (no password) as
     the first sweep ran it; later, the spec copy as it was. Atomic (tmp, fsync, rename)."""
     path = run_dir / "spec.yaml"
     if path.exists():
         data = {k: v for k, v in _spec_yaml(path).items() if k != RUN_KEY}
+        _redact_copy(data)  # a copy written before passwords were kept out loses its password now
     else:
         # packing is how the study runs, not what it is: off (the default), it is left out as before
         exclude = {"packing"} if spec.packing.adapters_per_worker == 1 else set()
@@ -149,6 +160,7 @@ def write_run(spec: StudySpec, run_dir: Path, run: dict[str, Any]) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(run_dir)  # the rename itself survives a power cut
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise RecordsError(f"{path}: cannot write the run's spec copy: {type(err).__name__}: {err}") from None

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from analysis.redact import redact_url
 from scaling.family import BUILTIN_TINY, TINY_WIDTHS, is_tiny, looks_tiny, model_label, tiny_name
 
 __all__ = [
@@ -52,26 +53,8 @@ class SpecError(ValueError):
     """A study spec broke a rule. The message names file, field, rule and value."""
 
 
-# -- secrets: a password in a storage URL is never printed or written -------------------------
+# -- secrets: a password in a storage URL is never printed or written (analysis.redact) ------
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|sslpassword)=)[^&]*")
-
-
-def redact_url(url: str | None) -> str | None:
-    """``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``; a password given as a
-    query parameter (``?password=...``) too. A ``${VAR}`` reference is shown as written."""
-    if url is None:
-        return None
-    text = str(url)
-    # user:password@ before the host; the last "@" ends the credentials (a password may hold "@")
-    m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@", text)
-    if m and ":" in m.group(2):
-        user = m.group(2).split(":", 1)[0]
-        rest = text[m.end():]
-        text = f"{m.group(1)}{user}:***@{rest}"
-    return _QUERY_SECRET.sub(lambda q: q.group(1) + "***", text)
-
-
 def expand_env(value: str, *, field: str, source: str) -> str:
     """``${VAR}`` references in a spec value, from the environment; a SpecError naming the file,
     field, rule and the variable (never a value) when one is unset."""
@@ -80,7 +63,7 @@ def expand_env(value: str, *, field: str, source: str) -> str:
         name = m.group(1)
         if name not in os.environ:
             raise SpecError(f"{source}: {field}: environment variable {name} must be set (the spec says "
-                            f"{value!r}); export it before running")  # fmt: skip
+                            f"{redact_url(value)!r}); export it before running")  # fmt: skip
         return os.environ[name]
 
     return _ENV_REF.sub(one, value)

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from analysis.redact import scrub
 from scaling.spec import SpecError, StudySpec, redact_url
 
 __all__ = ["run_status", "StatusError"]
@@ -47,7 +48,7 @@ def _open(url: str):
         return optuna.storages.RDBStorage(_readonly(url), engine_kwargs=kwargs, skip_table_creation=True,
                                           skip_compatibility_check=True)  # fmt: skip
     except Exception as err:
-        detail = (str(err).strip().splitlines() or [""])[0]
+        detail = scrub((str(err).strip().splitlines() or [""])[0], url)
         raise StatusError(f"storage.optuna: cannot open Optuna storage {redact_url(url)!r} read-only: "
                           f"{type(err).__name__}: {detail}") from None
 

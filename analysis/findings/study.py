@@ -8,20 +8,15 @@ flops_per_second are right under packing too.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import pandas as pd
 
 from analysis.findings.common import Analysis, Finding, _f
+from analysis.redact import redact_url
 from analysis.table import _py
 
 __all__ = ["study_finding"]
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a database URL (postgresql://user:secret@host -> user:***@host)."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 
@@ -122,7 +117,7 @@ def study_finding(an: Analysis) -> Finding:
 
     # Optuna storage: where the caller said it is (scaling.records.read_run)
     url = an.run.optuna_url
-    shown = _redact(url) if url else None
+    shown = redact_url(url) if url else None
     out["optuna"] = {
         "url": shown,
         "dashboard_command": f"optuna-dashboard {shown}" if shown else None,

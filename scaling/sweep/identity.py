@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 
+from analysis.redact import scrub
 from scaling.records_io import RecordsError
 from scaling.spec import Cell, SpecError, StudySpec, redact_url
 
@@ -66,7 +67,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             if racing and attempt < 3:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            detail = (str(err).strip().splitlines() or [""])[0]  # drop SQLAlchemy's "Background on this error" lines
+            # the first line only (SQLAlchemy's "Background on this error" lines dropped), and no
+            # trace of the password: a driver may quote the host part of a URL it split otherwise
+            detail = scrub((str(err).strip().splitlines() or [""])[0], url)
             raise SpecError(f"storage.optuna: cannot open Optuna storage {redact_url(url)!r}: "
                             f"{type(err).__name__}: {detail}") from None
     raise AssertionError("unreachable")

@@ -53,7 +53,7 @@ logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERRO
 class SweepResult:
     run_dir: Path
     results: Path
-    optuna_url: str
+    optuna_url: str = field(repr=False)  # may hold a password: never in a printed result
     trials_run: int
     counts: dict[str, int]
     orphans_resumed: int
