@@ -1,7 +1,7 @@
 """Does the bracketing LR sampler beat today's per-cell TPE on the same study?
 
 Side by side, on the same cells and the same trial budget:
-  * "tpe": today's search, a TPE per cell built by scaling/sweep.py's `_sampler`
+  * "tpe": today's search, a TPE per cell as scaling/sweep/searcher.py once built it
     (constant liar, 2 startup trials), with the anchor at the log-midpoint first;
   * "bracket": `scaling.lr_sampler.BracketSampler`, cells sharing one storage so
     later cells start at the LR the earlier, bracketed ones predict.
@@ -39,7 +39,7 @@ from scaling.sweep.searcher import (
 )
 from scaling.tiny import BUILTIN_TINY
 
-# the one import of the trial code: scaling/train.py moves to scaling/trial/, change this line then
+# the one import of the trial code (scaling/trial/)
 from scaling.trial import TrialConfig, TrialDiverged, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -49,7 +49,7 @@ Study attributes (the sweep sets them; `cell_attrs` builds them)
 (default when absent: the study name up to its last "/", as the sweep names
 cells ``<study>/<cell key>``).  ``study.user_attrs["axes"]``: {axis: positive
 number}, e.g. {"dataset_size": 1200, "epochs": 2, "lora_r": 8}; when absent,
-the plain user attrs named in `AXES` are read (what scaling/sweep.py stores
+the plain user attrs named in `AXES` are read (what scaling/sweep/searcher.py stores
 today).  Only siblings with the same direction are used.
 
 Order of cells

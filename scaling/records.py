@@ -38,7 +38,7 @@ from scaling.records_io import (
     _scan,
     _writer,
 )
-from scaling.run_record import RUN_KEY, _check_same_study, _spec_yaml
+from scaling.run_record import RUN_KEY, _spec_yaml
 from scaling.spec import StudySpec
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
     "read_run",
     "compact",
     "check_run_dir",
-    "_check_same_study",
 ]
 
 

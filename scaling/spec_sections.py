@@ -371,7 +371,7 @@ class SeedsSpec(_Frozen):
 
 
 class PackingSpec(_Frozen):
-    # K LoRA trials of one cell trained at once on one copy of the base (scaling/packed.py):
+    # K LoRA trials of one cell trained at once on one copy of the base (scaling/trial/pack.py):
     # one Ray trial runs a pack of K Optuna trials. 1 = off, the default: on 2 CPU cores K=8
     # gave only 1.2x over a warm loop of single trials (2.4x over a process per trial), and a
     # pack is one failure domain (a dead worker re-runs all K). On an H100 K=8 gave 6.4x over

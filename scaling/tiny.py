@@ -56,7 +56,7 @@ TINY_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 # 1. Vocabulary and tokenizer: one token per character
 # Digits and arithmetic signs for the built-in tasks; lowercase letters and a little
 # punctuation so small user JSONL tasks (e.g. "sort: 3 1 2") fit too. Anything else
-# maps to <unk>, which train.py reports as an error naming the characters.
+# maps to <unk>, which scaling/tokens.py reports as an error naming the characters.
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3

@@ -153,7 +153,7 @@ def test_too_few_siblings_or_another_group_give_no_rule():
 
 
 def test_sweep_style_attrs_are_read_too():
-    # what scaling/sweep.py stores today: plain dataset_size/epochs attrs, study "<name>/<cell>"
+    # what scaling/sweep/searcher.py stores: plain dataset_size/epochs attrs, study "<name>/<cell>"
     storage = optuna.storages.InMemoryStorage()
     for d, e in ((500, 1), (2000, 1), (8000, 2), (1000, 4), (32000, 4)):
         s = optuna.create_study(

@@ -33,8 +33,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 from analysis.table import RESULTS_FILE  # noqa: E402
-from scaling.records import RunLock, _check_same_study, finish_table, recorded_trials  # noqa: E402
-from scaling.run_record import finish_sweep, new_uid, start_sweep  # noqa: E402
+from scaling.records import RunLock, finish_table, recorded_trials  # noqa: E402
+from scaling.run_record import _check_same_study, finish_sweep, new_uid, start_sweep  # noqa: E402
 from scaling.spec import SpecError, StudySpec  # noqa: E402
 from scaling.sweep.identity import open_checked, study_names  # noqa: E402
 from scaling.sweep.lease import Lease  # noqa: E402

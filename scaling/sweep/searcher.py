@@ -30,9 +30,9 @@ from analysis.table import SELECT_METRIC
 from scaling.lr_sampler import BracketSampler, cell_attrs, summarise_trials
 from scaling.records import _trial_status
 from scaling.spec import Cell, StudySpec
-from scaling.sweep.identity import UID_ATTR, cell_study_name, open_storage
+from scaling.sweep.identity import UID_ATTR, cell_study_name
 
-__all__ = ["CellSearcher", "StorageBacked", "open_storage"]
+__all__ = ["CellSearcher", "StorageBacked"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
