@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import gpt2_style_tokenizer
 from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
@@ -39,7 +40,9 @@ from scaling.models import (
     linear_module_names,
     resolve_target_modules,
 )
+from scaling.tasks import ChatExample, Example, TaskError
 from scaling.tiny import TINY_TARGET_MODULES, tiny_tokenizer
+from scaling.tokens import tokenize_split
 
 VOCAB = 48
 LLAMA_LEAVES = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -246,6 +249,24 @@ def test_answer_matches_stops_at_any_end_token():
     assert not answer_matches([5, 4, eos], [5, 6, eos], stop_ids=stops)
     assert not answer_matches([5, 6], [5, 6, eos], stop_ids=stops)  # too short to have stopped
     assert not answer_matches([5, 6, im_end], [5, 6, eos], stop_ids=(eos,))
+
+
+def test_a_tokenizer_whose_eos_is_also_unk_tokenizes_and_still_names_unknown_characters():
+    # GPT-2's tokenizer: one <|endoftext|> is bos, eos and unk. Every answer ends with eos, which
+    # used to read as an unknown character: every trial on GPT-2 failed with an empty character list
+    tok = gpt2_style_tokenizer()
+    end = tok.eos_token_id
+    assert (tok.bos_token_id, tok.unk_token_id, tok.pad_token_id) == (end, end, None)
+    ((p, a),) = tokenize_split([Example("12+34=", "46")], tok, split="training", max_len=64).items
+    assert tok.convert_ids_to_tokens(p) == list("12+34=") and tok.convert_ids_to_tokens(a) == ["4", "6", "<|endoftext|>"]
+    with pytest.raises(TaskError) as err:
+        tokenize_split([Example("1+1=", "2"), Example("1+1=", "ÉÉ"), Example("A+1=", "2")], tok, split="test", max_len=64)
+    assert str(err.value) == "test example 1 ('1+1=' -> 'ÉÉ') has characters the model's tokenizer does not know: 'É'"
+    chat = ChatExample((("user", "1+1="), ("assistant", "2")))
+    ((p, a),) = tokenize_split([chat], tok, split="test", max_len=64).items  # role-prefixed (no newline in this vocabulary: " "), eos after the reply
+    assert tok.decode(p) == "user: 1+1= assistant: " and tok.convert_ids_to_tokens(a) == ["2", "<|endoftext|>"]
+    with pytest.raises(TaskError, match=r"test example 0 \(None\) has characters .* not know: 'É'"):
+        tokenize_split([ChatExample((("user", "É"), ("assistant", "2")))], tok, split="test", max_len=64)
 
 
 # 4. GGUF import ----------------------------------------------------------------------
