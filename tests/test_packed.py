@@ -167,6 +167,7 @@ def gpt2_dir(tmp_path_factory):
     return save_tiny_checkpoint("gpt2", tmp_path_factory.mktemp("gpt2") / "model")
 
 
+@pytest.mark.slow
 def test_the_frozen_bases_own_dropout_is_off_so_a_packed_gpt2_trial_equals_it_alone(gpt2_dir):
     # the pack used to train with the base in train mode: GPT-2's dropout drew masks over the
     # whole packed batch, so a member's result depended on its pack (0.008 val loss apart here)
