@@ -75,12 +75,12 @@ def validate(spec: Annotated[Path, typer.Argument(help="study spec (YAML)")]) ->
         mlflow_uri = s.mlflow_uri()
     except SpecError as err:
         _fail(str(err))
-    from scaling.models import TargetModulesError, check_target_modules
+    from scaling.models import ModelUnavailableError, TargetModulesError, prepare_base_models
 
-    try:  # every LoRA target must match a module of the base model (built on the meta device)
-        for model in s.models():
-            check_target_modules(model, s.lora.target_modules, source=str(spec))
-    except TargetModulesError as err:
+    try:  # every base model loadable (a hub id: cached or served), every LoRA target a module of it
+        prepare_base_models(s.models(), s.lora.target_modules, source=str(spec),
+                            field="axes.model" if s.axes.model is not None else "model")  # fmt: skip
+    except (ModelUnavailableError, TargetModulesError) as err:
         _fail(str(err))
     _warn_data(s)
     on = [n for n in ("mlflow", "tensorboard", "wandb") if getattr(s.tracking, n)]
@@ -165,6 +165,11 @@ def sweep(
     if res.adapters:
         console.print(f"  adapters        {res.run_dir / 'adapters'}  ({len(res.adapters)} cells' selected "
                       f"trials, peft format; `scaling export {res.run_dir}` writes one out)")  # fmt: skip
+    if res.all_failed:  # the rows stay (`scaling show` lists them); the exit code says the work failed
+        first = " ".join((res.first_error or "no error recorded").split())
+        _fail(f"{spec}: all {res.trials_run} trials of this sweep failed; the first: "
+              f"{first[:500] + ' ...' if len(first) > 500 else first} (every failed row: `scaling show {res.run_dir}`)",
+              code=1)  # fmt: skip
 
 
 def _searched_range(where: Path):

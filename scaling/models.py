@@ -36,7 +36,9 @@ _hf_logging.disable_progress_bar()
 
 __all__ = [
     "ALL_LINEAR",
+    "ModelUnavailableError",
     "TargetModulesError",
+    "check_model_available",
     "check_target_modules",
     "default_cache_dir",
     "ensure_base_model",
@@ -93,6 +95,65 @@ def ensure_base_model(
             "a model directory, nor a hub id"
         )
     return name_or_path
+
+
+class ModelUnavailableError(ValueError):
+    """A hub id that is not in the local Hugging Face cache and that the hub cannot serve; the
+    message names the spec file, the field, the id and the ways to fix it."""
+
+
+_HUB_TIMEOUT_S = 5.0  # the one online check before a sweep; from_pretrained would retry for ~25 s per file
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    on = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return constants.HF_HUB_OFFLINE or on.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def check_model_available(name_or_path: str, *, source: str | None = None, field: str = "model",
+                          timeout: float = _HUB_TIMEOUT_S) -> None:  # fmt: skip
+    """Refuse, before any trial, a base model that no worker could load.
+
+    An embedded name or a local checkpoint directory passes (a malformed one raises
+    FileNotFoundError, as ensure_base_model does). A hub id passes when its config.json is in the
+    local Hugging Face cache, else after one request to the hub (``timeout`` seconds, no retries)
+    that finds the repository. HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) skips that request. A
+    missing local path or a directory without config.json is refused the same way.
+    Raises ModelUnavailableError naming source, field, the id, why, and the fixes."""
+    where = f"{source}: " if source else ""
+    try:
+        path = ensure_base_model(name_or_path)
+    except FileNotFoundError as err:  # a directory without config.json, a path that is not there
+        raise ModelUnavailableError(f"{where}{field}: {err}") from None
+    if tiny_width(name_or_path) is not None or Path(path).is_dir():
+        return
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json", cache_dir=cache), str):
+        return
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    if _hub_offline():
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            HfApi(endpoint=endpoint).model_info(name_or_path, timeout=timeout)
+            return  # the hub has it: each worker downloads it into the cache
+        except GatedRepoError:
+            why = f"it is gated on {endpoint}: accept its terms there and log in (`hf auth login`)"
+        except RepositoryNotFoundError:
+            why = f"{endpoint} has no such model (or it is private: log in with `hf auth login`)"
+        except Exception as err:  # no network, DNS, proxy, timeout: any failure to get an answer
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            why = f"{endpoint} cannot be reached ({type(err).__name__}: {first})"
+    raise ModelUnavailableError(
+        f"{where}{field}: hub model {name_or_path!r} is not in the local Hugging Face cache ({cache}) and "
+        f"{why}; download it into the cache where the hub is reachable (`hf download {name_or_path}`), "
+        f"give a local checkpoint directory instead, or convert a GGUF file with `scaling models import-gguf`"
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -330,10 +391,13 @@ def check_target_modules(name_or_path: str, target_modules: str | list[str] | tu
     return resolve_target_modules(model, target_modules, model_name=name_or_path, source=source)
 
 
-def prepare_base_models(models: tuple[str, ...] | list[str], target_modules: object, *, source: str) -> None:
-    """Before a sweep: lora.target_modules checked against every base model's modules (built on
-    the meta device: no weights; TargetModulesError naming them), then each base model built once
-    here (the embedded ones, cached), not in every worker at once. A hub model not on this
-    machine yet is left to its trials."""
+def prepare_base_models(models: tuple[str, ...] | list[str], target_modules: object, *, source: str,
+                        field: str = "model") -> None:  # fmt: skip
+    """Before a sweep: every base model loadable (check_model_available: a hub id must be cached
+    or served by the hub; ModelUnavailableError), lora.target_modules checked against its modules
+    (built on the meta device: no weights; TargetModulesError naming them), and each base model
+    built once here (the embedded ones, cached), not in every worker at once. A hub model the hub
+    serves but this machine has not downloaded is left to its trials."""
     for model in models:
+        check_model_available(model, source=source, field=field)
         check_target_modules(model, target_modules, source=source)  # builds it first (ensure_base_model)

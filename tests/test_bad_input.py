@@ -192,6 +192,60 @@ def test_unreachable_storage_is_refused_before_anything_runs(existing_run, tmp_p
     assert fingerprint(existing_run) == before
 
 
+NOT_CACHED = "scaling-test/not-a-cached-model"  # a hub id no Hugging Face cache here holds
+
+
+@pytest.mark.parametrize("how", ["hub unreachable", "HF_HUB_OFFLINE"])
+def test_a_hub_model_that_cannot_be_loaded_is_refused_at_once(how, existing_run, tmp_path, monkeypatch):
+    # not in the cache (an empty HF_HUB_CACHE) and no hub: before, validate said ok and the sweep
+    # spent ~25 s of retries per file in every trial, then recorded failed rows and exited 0
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        spec, field, why = changed("axes.model", [NOT_CACHED]), "axes.model", "HF_HUB_OFFLINE is set"
+    else:
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")  # port 1: nothing listens there
+        spec, field, why = {**GOOD, "model": NOT_CACHED}, "model", "http://127.0.0.1:1 cannot be reached"
+    spec_file = tmp_path / "study.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    frags = [f"{spec_file}: {field}: hub model {NOT_CACHED!r} is not in the local Hugging Face cache "
+             f"({tmp_path / 'hf-cache'}) and {why}", f"`hf download {NOT_CACHED}`",
+             "give a local checkpoint directory", "`scaling models import-gguf`"]  # fmt: skip
+    before = fingerprint(existing_run)
+    MESSAGES.append(one_clear_error(runner.invoke(app, ["validate", str(spec_file)]), frags))
+    MESSAGES.append(one_clear_error(runner.invoke(app, ["sweep", str(spec_file), "--out", str(existing_run),
+                                                        "--max-trials", "1"]), frags))  # fmt: skip
+    assert fingerprint(existing_run) == before
+
+
+def test_a_hub_model_in_the_local_cache_needs_no_hub(tmp_path, monkeypatch):
+    from transformers import GPT2Config
+
+    # the Hugging Face cache's own layout: models--org--name/{refs/main, snapshots/<commit>/}
+    commit = "0" * 40
+    repo = tmp_path / "hf-cache" / ("models--" + NOT_CACHED.replace("/", "--"))
+    GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec_file = tmp_path / "study.yaml"
+    spec_file.write_text(yaml.safe_dump({**GOOD, "model": NOT_CACHED}))
+    result = runner.invoke(app, ["validate", str(spec_file)])
+    assert result.exit_code == 0 and result.output.startswith(f"ok {spec_file}"), result.output
+
+
+def test_a_model_directory_without_config_is_refused(existing_run, tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    spec_file = tmp_path / "study.yaml"
+    spec_file.write_text(yaml.safe_dump({**GOOD, "model": str(tmp_path / "empty-model")}))
+    frags = [f"{spec_file}: model: model directory {str(tmp_path / 'empty-model')!r} has no config.json"]
+    before = fingerprint(existing_run)
+    MESSAGES.append(one_clear_error(runner.invoke(app, ["validate", str(spec_file)]), frags))
+    MESSAGES.append(one_clear_error(runner.invoke(app, ["sweep", str(spec_file), "--out", str(existing_run)]), frags))
+    assert fingerprint(existing_run) == before
+
+
 def test_a_different_study_in_the_run_dir_is_refused(existing_run, tmp_path):
     spec_file = tmp_path / "study.yaml"
     spec_file.write_text(yaml.safe_dump(changed("learning_rate", {"low": 1e-5, "high": 1e-4})))

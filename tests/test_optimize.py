@@ -75,6 +75,11 @@ def test_the_shipped_example_validates():
     ({"sampler": {"mode": "optimise"}}, "sampler.mode: Input should be 'cells' or 'optimize' (got 'optimise')"),
     ({"packing": {"adapters_per_worker": 4}}, "packing.adapters_per_worker: must be 1 with sampler.mode 'optimize'"),
     ({"seeds": {"repeat_best": 1}}, "seeds.repeat_best: must be 0 with sampler.mode 'optimize' (got 1)"),
+    # it used to train the axis's first model only, silently
+    ({"axes": {**OPT["axes"], "model": ["tiny-llama-w64", "tiny-llama"]}},
+     "axes.model: must be unset with sampler.mode 'optimize', which searches D, epochs, LoRA rank and "
+     "LR for one base model: give it as the top-level model and run one optimize study per model, or use "
+     "sampler.mode 'cells' to compare models (got ['tiny-llama-w64', 'tiny-llama'])"),
 ])  # fmt: skip
 def test_bad_budgets_are_refused_naming_file_field_rule_and_value(over, expect):
     with pytest.raises(SpecError) as err:

@@ -157,6 +157,37 @@ def test_adapters_join_and_leave_mid_run(worker, alone):
     _assert_same(stopped.history, alone[3][:1])
 
 
+# 5. a base with dropout of its own (GPT-2: 0.1 on embeddings, residuals and attention) ---------
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    from conftest import save_tiny_checkpoint
+
+    return save_tiny_checkpoint("gpt2", tmp_path_factory.mktemp("gpt2") / "model")
+
+
+@pytest.mark.slow
+def test_the_frozen_bases_own_dropout_is_off_so_a_packed_gpt2_trial_equals_it_alone(gpt2_dir):
+    # the pack used to train with the base in train mode: GPT-2's dropout drew masks over the
+    # whole packed batch, so a member's result depended on its pack (0.008 val loss apart here)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(gpt2_dir)
+    assert (config.embd_pdrop, config.resid_pdrop, config.attn_pdrop) == (0.1, 0.1, 0.1)
+    cfgs = [_cfg(model=gpt2_dir, target_modules="all-linear", dataset_size=128, learning_rate=1e-2),
+            _cfg(model=gpt2_dir, target_modules="all-linear", dataset_size=96, learning_rate=3e-3, seed=1, epochs=1)]  # fmt: skip
+    cache: dict = {}
+    alone = [run_trial(c, cache=cache) for c in cfgs]
+    for packed, solo in zip(run_packed(cfgs, cache=cache), alone, strict=True):
+        _assert_same(packed, solo)
+    _assert_same(run_trial(cfgs[0], cache={}), alone[0])  # a fresh worker: the same trial
+    assert alone[0][-1]["val_eval_loss"] < alone[0][0]["train_loss"]  # it learned
+    # LoRA's own dropout is still lora_dropout's: a solo trial with it trains differently
+    dropped = run_trial(_cfg(**{**cfgs[1].as_dict(), "lora_dropout": 0.2}), cache=cache)
+    assert dropped[0]["train_loss"] != alone[1][0]["train_loss"]  # the masks changed training
+
+
 def test_configs_a_pack_cannot_hold_are_refused():
     pack = Pack(cache={})
     with pytest.raises(ValueError, match=r"lora_dropout must be 0 to pack a trial, got 0.05"):

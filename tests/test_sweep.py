@@ -117,6 +117,32 @@ def test_a_diverging_trial_is_a_failed_row_and_the_sweep_goes_on(ray_local, tmp_
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
 
 
+def test_a_sweep_whose_every_trial_failed_exits_1_and_keeps_the_rows(ray_local, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from scaling.cli import app
+
+    # every trial diverges: the command must not report success (exit 1: the work failed), must
+    # say in one line what the first trial died of, and the failed rows must stay in the table
+    spec = small_spec("allfail", axes={"dataset_size": [64], "epochs": [1]}, learning_rate={"low": 1e29, "high": 1e30})
+    spec_file = tmp_path / "allfail.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.to_record()))
+    result = CliRunner().invoke(app, ["sweep", str(spec_file), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert "ran 2 trials" in result.stdout and "0 ok, 2 failed, 0 pruned" in result.stdout
+    err = " ".join(result.stderr.split())
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.output, result.output
+    head = f"error: {spec_file}: all 2 trials of this sweep failed; the first: "
+    tail = f" (every failed row: `scaling show {tmp_path / 'run'}`)"
+    assert err.startswith(head) and err.endswith(tail), err
+    first = err[len(head):-len(tail)]
+    assert first.startswith("TrialDiverged: training diverged at epoch 1"), first
+    df = read_results(tmp_path / "run")
+    assert df["trial_id"].nunique() == 2 and (df["status"] == "failed").all()
+    assert first in {" ".join(e.split()) for e in df["error"]}  # the recorded error of one of the rows
+
+
 def test_an_unbracketed_cell_gets_its_extra_trial_through_ray_and_a_resume_adds_none(ray_local, tmp_path):
     from scaling.sweep import run_sweep
 

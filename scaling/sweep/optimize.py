@@ -5,7 +5,8 @@ The cells mode treats dataset size and epochs as the axes of a scaling study and
 every cell. Optimize asks a different question: with this much compute, which (D, epochs, LR)
 fine-tune is best? One Optuna study, ``<study>/optimize``, samples D and epochs from the spec's
 axes values (categorical), the LoRA rank from ``axes.lora_r`` when it is an axis, and the LR
-log-uniform over ``learning_rate``:
+log-uniform over ``learning_rate``, all on the spec's one base ``model`` (``axes.model`` is refused
+at spec time: spec.py):
 
 - ``objective: single``: minimise the final validation loss, TPE (multivariate, constant liar for
   parallel trials). ``objective: multi``: minimise (final validation loss, train FLOPs), NSGA-II.

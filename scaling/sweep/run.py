@@ -60,6 +60,12 @@ class SweepResult:
     wall_seconds: float
     adapters: list[Path] = field(default_factory=list)  # adapters/<cell>/ folders kept
     lease_taken_over: str | None = None  # a dead driver's stale lease this sweep took over, described
+    first_error: str | None = None  # the error of this sweep's first failed trial, as its row records it
+
+    @property
+    def all_failed(self) -> bool:
+        """Every trial this sweep ran failed (none ok, none pruned): the study learned nothing."""
+        return self.trials_run > 0 and self.counts.get("failed", 0) == self.trials_run
 
 
 # 2. The sweep ---------------------------------------------------------------------
@@ -85,13 +91,15 @@ def run_sweep(
     t0 = time.perf_counter()
     plan = spec.sweep_plan(out)  # an unset ${VAR} fails here
     from scaling.models import (  # torch: imported when a sweep runs
+        ModelUnavailableError,
         TargetModulesError,
         prepare_base_models,
     )
 
-    try:  # a LoRA target that matches no module: refused before anything is written
-        prepare_base_models(plan.models, plan.safe.lora.target_modules, source=plan.source)
-    except TargetModulesError as err:
+    try:  # a model no worker could load, a LoRA target that matches no module: refused before anything is written
+        prepare_base_models(plan.models, plan.safe.lora.target_modules, source=plan.source,
+                            field="axes.model" if spec.axes.model is not None else "model")  # fmt: skip
+    except (ModelUnavailableError, TargetModulesError) as err:
         raise SpecError(str(err)) from None
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +122,15 @@ def run_sweep(
             samples, todo = searcher.most_remaining(), searcher.remaining()
             if on_start:
                 on_start(todo, searcher.planned_trials())
-            counts = tune_trials(plan, searcher, todo=todo, samples=samples, uid=uid, on_trial_done=on_trial_done,
+            errors: list[str] = []
+
+            def done(status: str, row: dict) -> None:
+                if status == "failed" and not errors:
+                    errors.append(str(row.get("error") or "trial failed (no error recorded)"))
+                if on_trial_done:
+                    on_trial_done(status, row)
+
+            counts = tune_trials(plan, searcher, todo=todo, samples=samples, uid=uid, on_trial_done=done,
                                  on_epoch=on_epoch, ray_address=ray_address)  # fmt: skip
             finish_sweep(spec, run_dir, record, counts=counts, trials_to_run=todo)
             adapters = finish_table(run_dir, keep=spec.storage.keep_adapters, model=spec.model)
@@ -128,4 +144,5 @@ def run_sweep(
                 wall_seconds=time.perf_counter() - t0,
                 adapters=adapters,
                 lease_taken_over=lease.taken_over,
+                first_error=errors[0] if errors else None,
             )

@@ -297,7 +297,7 @@ class Pack:
 
         # 2. one forward of the base; every adapter's mean loss over its own target tokens
         # from one cross-entropy over the whole pack (one host sync for all G values)
-        base.model.train()
+        self._train_mode()
         scaler = self._scaler
         _bind(self._layout, adapters, self._names)
         try:  # bound until backward ends: gradient checkpointing runs the layers again there
@@ -395,6 +395,19 @@ class Pack:
                     self._leave(a)
                     left.append(a.handle)
         return left
+
+    def _train_mode(self) -> None:
+        """The frozen base runs as at inference while its adapters train: eval mode, so its own
+        dropout (GPT-2's 0.1 on embeddings, residuals and attention, nn.Dropout or the attention's
+        functional dropout) is off and a trial's result depends on its config alone, packed or
+        solo. Training mode goes only where it means something for LoRA: the wrappers (their flag
+        gates lora_dropout) and, with gradient checkpointing, the modules that checkpoint (they
+        recompute only in training mode). Set on each module alone, never on its children."""
+        model = self._base.model
+        model.eval()
+        for m in model.modules():
+            if isinstance(m, MultiLoRALinear) or (self._ckpt_on and getattr(m, "gradient_checkpointing", False) is True):
+                m.training = True
 
     def _evaluate(self, ending: list[_Adapter]) -> dict[int, tuple[dict, dict]]:
         base = self._base
