@@ -33,7 +33,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 from analysis.table import RESULTS_FILE  # noqa: E402
-from scaling.records import RunLock, _check_same_study, finish_table, recorded_trials  # noqa: E402
+from scaling.records import RunLock, _check_same_study, finish_table, fold_pending, recorded_trials  # noqa: E402
 from scaling.run_record import finish_sweep, new_uid, start_sweep  # noqa: E402
 from scaling.spec import SpecError, StudySpec  # noqa: E402
 from scaling.sweep.identity import open_checked, study_names  # noqa: E402
@@ -79,9 +79,11 @@ def run_sweep(
     its cell, optuna_trial, learning_rate, epoch and epochs.
 
     In order: what the spec implies (one plan), the base model, the run directory (its lock,
-    its table, its spec.yaml), the storage (the run's own?), the lease on the study, this
-    sweep's entry in spec.yaml, the searcher, Ray Tune, and the table compacted. Every refusal
-    comes before anything is written."""
+    its table, its spec.yaml), the storage (the run's own?), the lease on the study, the rows a
+    stopped sweep kept aside folded into the table (records.fold_pending), this sweep's entry in
+    spec.yaml, the searcher, Ray Tune, and the table compacted. Every refusal comes before
+    anything is written. A sweep that has to stop (the table would not take a trial's rows, the
+    lease was lost) raises RecordsError, its rows recorded so far kept."""
     t0 = time.perf_counter()
     plan = spec.sweep_plan(out)  # an unset ${VAR} fails here
     from scaling.models import (  # torch: imported when a sweep runs
@@ -105,6 +107,8 @@ def run_sweep(
         # leftover trial is claimed (CellSearcher) and before anything of this sweep is written
         with Lease(names, storage, url_shown=plan.url_shown, run_dir=run_dir, study=spec.name,
                    settle=not plan.own_storage, objectives=plan.objectives) as lease:  # fmt: skip
+            if fold_pending(run_dir):  # rows a stopped sweep could not append (recorder.py): recorded now
+                rows, recorded = recorded_trials(run_dir)
             uid = uid or new_uid()  # the first run (or one from before study uids): the run gets one now
             # written before any cell study carries it, so a crash between leaves no stranger's uid
             record = start_sweep(spec, run_dir, record, uid=uid, optuna=plan.url_shown,
