@@ -106,7 +106,7 @@ def run_sweep(
         # one driver per study, across run directories and machines (lease.py): before any
         # leftover trial is claimed (CellSearcher) and before anything of this sweep is written
         with Lease(names, storage, url_shown=plan.url_shown, run_dir=run_dir, study=spec.name,
-                   settle=not plan.own_storage, objectives=plan.objectives) as lease:  # fmt: skip
+                   settle=not plan.own_storage, objectives=plan.objectives, url=plan.url) as lease:  # fmt: skip
             if fold_pending(run_dir):  # rows a stopped sweep could not append (recorder.py): recorded now
                 rows, recorded = recorded_trials(run_dir)
             uid = uid or new_uid()  # the first run (or one from before study uids): the run gets one now
@@ -119,7 +119,7 @@ def run_sweep(
             if on_start:
                 on_start(todo, searcher.planned_trials())
             counts = tune_trials(plan, searcher, todo=todo, samples=samples, uid=uid, on_trial_done=on_trial_done,
-                                 on_epoch=on_epoch, ray_address=ray_address)  # fmt: skip
+                                 on_epoch=on_epoch, ray_address=ray_address, halt=lease.halt_reason)  # fmt: skip
             finish_sweep(spec, run_dir, record, counts=counts, trials_to_run=todo)
             adapters = finish_table(run_dir, keep=spec.storage.keep_adapters, model=spec.model)
             return SweepResult(
