@@ -197,9 +197,12 @@ def test_a_live_lease_refuses_and_a_short_timeout_from_the_env_frees_it(ray_loca
 
 
 def test_a_second_driver_on_a_real_postgresql_storage_is_refused(postgres_url, ray_local, tmp_path):  # noqa: F811
-    from scaling.sweep import run_sweep
-
-    spec = parse_spec(_data("pglease", postgres_url, trials=6))
+    """Two processes, as on a cluster: this one drives the study; a separate `scaling sweep` on a
+    copy of its run directory, against the same PostgreSQL server, is refused with exit 2."""
+    data = _data("pglease", postgres_url, trials=8)
+    spec_file = tmp_path / "pglease.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    spec = parse_spec(data)
     run, copy = tmp_path / "run", tmp_path / "copy"
     first = _Sweep(spec, run)
     first.start()
@@ -216,22 +219,24 @@ def test_a_second_driver_on_a_real_postgresql_storage_is_refused(postgres_url, r
         wait_for(_while_alive(first, lambda: _has_uid(run) and running()), timeout=240, what="a running trial on PostgreSQL")
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".sweep.lock", "ray"))
         before = _files(copy)
-        with pytest.raises(RecordsError) as err:
-            run_sweep(spec, out=copy)  # a second driver (its own holder id) on a copy of the run
+        second = subprocess.run([str(SCALING), "sweep", str(spec_file), "--out", str(copy), "--resume"],
+                                cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
         running_after = first.is_alive()
     finally:
         first.join(timeout=600)
         storage.engine.dispose()
-    msg = str(err.value)
-    assert running_after
+    msg = (second.stdout + second.stderr).replace("\n", "")
+    assert second.returncode == 2, msg[-3000:]
+    assert running_after, "the first sweep ended before the second driver was refused: the test proved nothing"
     assert f"driver {socket.gethostname()}:{os.getpid()}:" in msg and f"run directory {run.resolve()}" in msg, msg
-    assert postgres_url in msg and "last heartbeat" in msg
-    assert _files(copy) == before
+    assert postgres_url in msg and "last heartbeat" in msg and "Wait for that sweep to finish" in msg, msg
+    assert "Traceback" not in msg
+    assert _files(copy) == before  # the second driver wrote nothing to its run directory
     assert "err" not in first.box, first.box.get("err")
-    assert first.box["res"].counts == {"ok": 6, "failed": 0, "pruned": 0}
+    assert first.box["res"].counts == {"ok": 8, "failed": 0, "pruned": 0} and first.box["res"].orphans_resumed == 0
     df = check_complete(run, spec)
     check_optuna(postgres_url, spec, df)
-    assert not read_results(run).duplicated(["trial_id", "epoch"]).any()
+    assert all(lease["holder"] is None for lease in _leases(postgres_url).values())  # released at the end
 
 
 def test_a_lease_held_by_a_process_of_this_host_that_is_gone_is_stale_at_once(tmp_path):
