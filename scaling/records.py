@@ -41,7 +41,7 @@ from scaling.records_io import (
     _write_atomic,
     _writer,
 )
-from scaling.run_record import RUN_KEY, _check_same_study, _spec_yaml
+from scaling.run_record import RUN_KEY, _check_same_study, _spec_yaml, as_last_swept
 from scaling.spec import StudySpec
 
 __all__ = [
@@ -273,14 +273,17 @@ class RunLock:
 
 
 def _load_spec(run_dir: Path | None) -> tuple[dict[str, Any], Any]:
-    """(raw spec dict, validated StudySpec or None) from run_dir/spec.yaml."""
+    """(raw spec dict, validated StudySpec or None) from run_dir/spec.yaml, its trial budget
+    (trials_per_cell, sampler.extra_trials, budget) the last sweep's (run_record.as_last_swept)."""
     if run_dir is None or not (run_dir / "spec.yaml").exists():
         return {}, None
     raw = _spec_yaml(run_dir / "spec.yaml")
+    study = as_last_swept(raw)  # the run's own section is no spec field
+    if RUN_KEY in raw:
+        raw = {**study, RUN_KEY: raw[RUN_KEY]}
     try:
         from scaling.spec import parse_spec
 
-        study = {k: v for k, v in raw.items() if k != RUN_KEY}  # the run's own section is no spec field
         return raw, parse_spec(study, source=str(run_dir / "spec.yaml"))
     except Exception:  # a moved task file or an older spec: the raw dict still describes it
         return raw, None
