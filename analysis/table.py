@@ -108,7 +108,8 @@ COLUMNS: dict[str, str] = {
 class Run:
     """What analysis is handed: the results table plus plain facts about the study (no file I/O here).
 
-    ``spec`` is the study spec as a plain dict (spec.yaml as written), ``facts`` the values derived
+    ``spec`` is the study spec as a plain dict (spec.yaml as written, but trials_per_cell,
+    sampler.extra_trials and budget as its last sweep ran them: a resume may raise them), ``facts`` the values derived
     from it (StudySpec.facts(): dataset_sizes, epochs, planned_trials), ``run_dir`` where it came
     from (a label and the default report folder, never read here), ``spec_file`` the spec copy's
     path, ``optuna_url`` the Optuna storage and ``optuna_exists`` whether a sqlite one is on disk.

@@ -33,12 +33,15 @@ from scaling.records_io import (
     ROW_OWNER,
     RecordsError,
     _columns,
+    _fsync_dir,
     _keys,
+    _read_file,
     _read_run_table,
     _scan,
+    _write_atomic,
     _writer,
 )
-from scaling.run_record import RUN_KEY, _spec_yaml
+from scaling.run_record import RUN_KEY, _spec_yaml, as_last_swept
 from scaling.spec import StudySpec
 
 __all__ = [
@@ -52,7 +55,13 @@ __all__ = [
     "read_run",
     "compact",
     "check_run_dir",
+    "PENDING_FILE",
+    "spool_rows",
+    "read_pending",
+    "fold_pending",
 ]
+
+PENDING_FILE = "pending-rows.parquet"  # rows of finished trials the table could not take (spool_rows)
 
 
 class RunLocked(RuntimeError):
@@ -182,6 +191,49 @@ def append_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
     return w.rows
 
 
+def spool_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Keep rows the results table could not take (an append that kept failing: a disk error, a
+    damaged results/ folder) in run_dir/PENDING_FILE, in the table's columns and types; all of
+    them, the file rewritten whole and atomically (tmp, fsync, rename, directory fsync), so it
+    holds either the old or the new set. The next sweep on the run directory folds them into the
+    table (fold_pending) before it reads what is recorded. Returns the file's path."""
+    run_dir = Path(run_dir)
+    cols = _columns(list(rows), run_dir)
+    path = run_dir / PENDING_FILE
+    _write_atomic(pa.Table.from_pydict(cols, schema=_SCHEMA), path)
+    return path
+
+
+def read_pending(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows spool_rows kept ([] when there are none); RecordsError naming the file when unreadable."""
+    path = Path(run_dir) / PENDING_FILE
+    if not path.exists():
+        return []
+    return _read_file(path).to_pylist()
+
+
+def fold_pending(run_dir: str | Path) -> int:
+    """Append the rows spool_rows kept to the table (a row already there is a replay and dropped),
+    then remove the spool; returns how many rows it held. When the table still cannot take them,
+    RecordsError names the spool and the cause, and the spool stays."""
+    run_dir = Path(run_dir)
+    path = run_dir / PENDING_FILE
+    rows = read_pending(run_dir)
+    if not path.exists():
+        return 0
+    try:
+        append_rows(run_dir, rows)
+    except (RecordsError, OSError) as err:
+        raise RecordsError(
+            f"{path}: holds {len(rows)} rows of finished trials that a stopped sweep could not append; the "
+            f"results table still cannot take them ({type(err).__name__}: {err}). Fix that, then run the sweep "
+            "again: it adds them first (they stay in this file until then)"
+        ) from None
+    path.unlink()
+    _fsync_dir(run_dir)
+    return len(rows)
+
+
 class RunLock:
     """An exclusive, process-held lock on a run directory (released if the process dies)."""
 
@@ -220,14 +272,17 @@ class RunLock:
 
 
 def _load_spec(run_dir: Path | None) -> tuple[dict[str, Any], Any]:
-    """(raw spec dict, validated StudySpec or None) from run_dir/spec.yaml."""
+    """(raw spec dict, validated StudySpec or None) from run_dir/spec.yaml, its trial budget
+    (trials_per_cell, sampler.extra_trials, budget) the last sweep's (run_record.as_last_swept)."""
     if run_dir is None or not (run_dir / "spec.yaml").exists():
         return {}, None
     raw = _spec_yaml(run_dir / "spec.yaml")
+    study = as_last_swept(raw)  # the run's own section is no spec field
+    if RUN_KEY in raw:
+        raw = {**study, RUN_KEY: raw[RUN_KEY]}
     try:
         from scaling.spec import parse_spec
 
-        study = {k: v for k, v in raw.items() if k != RUN_KEY}  # the run's own section is no spec field
         return raw, parse_spec(study, source=str(run_dir / "spec.yaml"))
     except Exception:  # a moved task file or an older spec: the raw dict still describes it
         return raw, None
@@ -297,8 +352,8 @@ def finish_table(run_dir: str | Path, *, keep: str, model: str) -> list[Path]:
 
 def check_run_dir(run_dir: str | Path) -> None:
     """Raise RecordsError (one line naming the file and the problem) unless run_dir can hold a run:
-    a directory or nothing yet, its spec.yaml (if any) readable YAML, its results table (if any)
-    readable. Reads only; a sweep calls it before it writes anything."""
+    a directory or nothing yet, its spec.yaml (if any) readable YAML, its results table and its
+    spool of unappended rows (PENDING_FILE; if any) readable. Reads only; a sweep calls it before it writes anything."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RecordsError(f"{run_dir}: the run directory is a file, not a directory; choose another --out")
@@ -309,6 +364,7 @@ def check_run_dir(run_dir: str | Path) -> None:
     base, _, live, _ = _scan(run_dir)
     if base is not None or live:
         read_results(run_dir)
+    read_pending(run_dir)  # a stopped sweep's unappended rows: the resume folds them in first
 
 
 def _held(run_dir: Path) -> bool:

@@ -8,8 +8,13 @@ spec.yaml is the spec of the run's first sweep (``StudySpec.to_record``: no pass
                                     # storage carries it too (user attr scaling.study_uid)
       task_sha256: 9a0b...          # task.kind jsonl / chat: the task file's bytes at the first run
       sweeps:                       # one entry per `scaling sweep` on this directory
-        - {started_at, optuna, adapters_per_worker, max_trials, trials_recorded,
-           trials_to_run, finished_at, trials_run, counts}
+        - {started_at, optuna, adapters_per_worker, trials_per_cell, extra_trials, budget,
+           max_trials, trials_recorded, trials_to_run, finished_at, trials_run, counts}
+
+A resume may change the trial budget (trials_per_cell, sampler.extra_trials, budget; budget is
+written only when the spec has one): each sweep's entry records the values it ran with, and
+`as_last_swept` gives the study with the last sweep's, which analysis and `scaling status` read
+(the spec copy above the run section stays the first sweep's).
 
 A resume must match it (`_check_same_study`): the study's fields (name, model, task, axes,
 learning_rate, lora, eval, train, sampler, seeds, early_stopping, packing but its
@@ -30,7 +35,7 @@ import yaml
 from scaling.records_io import RecordsError, _fsync_dir
 from scaling.spec import SpecError, StudySpec, redact_url
 
-__all__ = ["RUN_KEY", "_check_same_study", "_spec_yaml", "new_uid", "task_sha256", "write_run"]
+__all__ = ["RUN_KEY", "_check_same_study", "_spec_yaml", "as_last_swept", "new_uid", "task_sha256", "write_run"]
 
 RUN_KEY = "run"  # spec.yaml's section that is the run's, not the spec's
 # compared as a whole (a different value is named by the section)
@@ -166,6 +171,33 @@ def write_run(spec: StudySpec, run_dir: Path, run: dict[str, Any]) -> None:
         raise RecordsError(f"{path}: cannot write the run's spec copy: {type(err).__name__}: {err}") from None
 
 
+def _trial_budget(spec: StudySpec) -> dict[str, Any]:
+    """What a resume may raise, as this sweep runs it: trials_per_cell, extra_trials, budget."""
+    out: dict[str, Any] = {"trials_per_cell": spec.trials_per_cell, "extra_trials": spec.sampler.extra_trials}
+    if spec.budget is not None:
+        out["budget"] = spec.budget.model_dump(mode="json", exclude_none=True)
+    return out
+
+
+def as_last_swept(raw: dict[str, Any]) -> dict[str, Any]:
+    """spec.yaml's study (without the run section) with trials_per_cell, sampler.extra_trials and
+    budget as the last sweep that recorded them ran them: the study as it stands now. A sweep
+    entry from before they were recorded changes nothing."""
+    study = {k: v for k, v in raw.items() if k != RUN_KEY}
+    run = raw.get(RUN_KEY) if isinstance(raw.get(RUN_KEY), dict) else {}
+    for entry in run.get("sweeps") or []:  # in order: the last one to record a value wins
+        if not isinstance(entry, dict):
+            continue
+        if "trials_per_cell" in entry:
+            study["trials_per_cell"] = entry["trials_per_cell"]
+        if "extra_trials" in entry:
+            sampler = study.get("sampler") if isinstance(study.get("sampler"), dict) else {}
+            study["sampler"] = {**sampler, "extra_trials": entry["extra_trials"]}
+        if "budget" in entry:
+            study["budget"] = entry["budget"]
+    return study
+
+
 def start_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], *, uid: str, optuna: str,
                 max_trials: int | None, trials_recorded: int) -> dict[str, Any]:  # fmt: skip
     """The run section with this sweep begun (``optuna``: the storage URL, redacted), written."""
@@ -174,7 +206,7 @@ def start_sweep(spec: StudySpec, run_dir: Path, run: dict[str, Any], *, uid: str
     if sha and not run.get("task_sha256"):
         run["task_sha256"] = sha
     entry = {"started_at": _now(), "optuna": optuna, "adapters_per_worker": spec.packing.adapters_per_worker,
-             "max_trials": max_trials, "trials_recorded": trials_recorded}  # fmt: skip
+             **_trial_budget(spec), "max_trials": max_trials, "trials_recorded": trials_recorded}  # fmt: skip
     run["sweeps"] = [*(run.get("sweeps") or []), entry]
     write_run(spec, run_dir, run)
     return run

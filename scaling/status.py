@@ -54,7 +54,7 @@ def _open(url: str):
 
 
 def _spec(run_dir: Path) -> StudySpec:
-    from scaling.run_record import RUN_KEY, _spec_yaml
+    from scaling.run_record import _spec_yaml, as_last_swept
     from scaling.spec import parse_spec
 
     path = run_dir / "spec.yaml"
@@ -63,7 +63,7 @@ def _spec(run_dir: Path) -> StudySpec:
     if not path.exists():
         raise StatusError(f"{path}: file does not exist: {run_dir} holds no study yet")
     try:
-        study = {k: v for k, v in _spec_yaml(path).items() if k != RUN_KEY}  # the run's section is no spec field
+        study = as_last_swept(_spec_yaml(path))  # the trial budget its last sweep ran with
         return parse_spec(study, source=str(path))
     except SpecError as err:
         raise StatusError(str(err)) from None

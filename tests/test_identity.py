@@ -170,7 +170,7 @@ def test_a_resume_may_change_adapters_per_worker_and_spec_yaml_lists_every_sweep
     assert all(s["started_at"] <= s["finished_at"] for s in sweeps)
     assert sweeps[0]["optuna"] == f"sqlite:///{run / 'optuna.db'}"
     assert "packing" not in saved  # the spec copy is the first sweep's
-    assert read_run(run).facts["planned_trials"] == 3  # analysis still reads the spec copy
+    assert read_run(run).facts["planned_trials"] == 3  # the last sweep's trials_per_cell (unchanged here)
     df = read_results(run)
     assert df["optuna_trial"].nunique() == 3 and set(df["study_uid"]) == {saved["run"]["study_uid"]}
     assert run_sweep(packed, out=run).trials_run == 0  # a third sweep: listed too

@@ -9,27 +9,39 @@ driver is refused now, naming the holder; a dead driver's stale lease is taken o
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from conftest import live_trials
 from test_postgres import postgres_url  # noqa: F401  (fixture)
-from test_reliability import SCALING, check_complete, check_optuna, cli_env, wait_for
+from test_reliability import (
+    SCALING,
+    check_complete,
+    check_optuna,
+    cli_env,
+    optuna_trials,
+    trials_in_table,
+    wait_for,
+)
 from test_sweep import ray_local  # noqa: F401  (fixture)
 
 from scaling.records import read_results
 from scaling.records_io import RecordsError
 from scaling.spec import parse_spec
 from scaling.sweep.identity import open_storage
-from scaling.sweep.lease import LEASE_ATTR
+from scaling.sweep.lease import LEASE_ATTR, Lease
 
 pytestmark = pytest.mark.slow
 
@@ -185,9 +197,12 @@ def test_a_live_lease_refuses_and_a_short_timeout_from_the_env_frees_it(ray_loca
 
 
 def test_a_second_driver_on_a_real_postgresql_storage_is_refused(postgres_url, ray_local, tmp_path):  # noqa: F811
-    from scaling.sweep import run_sweep
-
-    spec = parse_spec(_data("pglease", postgres_url, trials=6))
+    """Two processes, as on a cluster: this one drives the study; a separate `scaling sweep` on a
+    copy of its run directory, against the same PostgreSQL server, is refused with exit 2."""
+    data = _data("pglease", postgres_url, trials=8)
+    spec_file = tmp_path / "pglease.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    spec = parse_spec(data)
     run, copy = tmp_path / "run", tmp_path / "copy"
     first = _Sweep(spec, run)
     first.start()
@@ -204,29 +219,29 @@ def test_a_second_driver_on_a_real_postgresql_storage_is_refused(postgres_url, r
         wait_for(_while_alive(first, lambda: _has_uid(run) and running()), timeout=240, what="a running trial on PostgreSQL")
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".sweep.lock", "ray"))
         before = _files(copy)
-        with pytest.raises(RecordsError) as err:
-            run_sweep(spec, out=copy)  # a second driver (its own holder id) on a copy of the run
+        second = subprocess.run([str(SCALING), "sweep", str(spec_file), "--out", str(copy), "--resume"],
+                                cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
         running_after = first.is_alive()
     finally:
         first.join(timeout=600)
         storage.engine.dispose()
-    msg = str(err.value)
-    assert running_after
+    msg = (second.stdout + second.stderr).replace("\n", "")
+    assert second.returncode == 2, msg[-3000:]
+    assert running_after, "the first sweep ended before the second driver was refused: the test proved nothing"
     assert f"driver {socket.gethostname()}:{os.getpid()}:" in msg and f"run directory {run.resolve()}" in msg, msg
-    assert postgres_url in msg and "last heartbeat" in msg
-    assert _files(copy) == before
+    assert postgres_url in msg and "last heartbeat" in msg and "Wait for that sweep to finish" in msg, msg
+    assert "Traceback" not in msg
+    assert _files(copy) == before  # the second driver wrote nothing to its run directory
     assert "err" not in first.box, first.box.get("err")
-    assert first.box["res"].counts == {"ok": 6, "failed": 0, "pruned": 0}
+    assert first.box["res"].counts == {"ok": 8, "failed": 0, "pruned": 0} and first.box["res"].orphans_resumed == 0
     df = check_complete(run, spec)
     check_optuna(postgres_url, spec, df)
-    assert not read_results(run).duplicated(["trial_id", "epoch"]).any()
+    assert all(lease["holder"] is None for lease in _leases(postgres_url).values())  # released at the end
 
 
 def test_a_lease_held_by_a_process_of_this_host_that_is_gone_is_stale_at_once(tmp_path):
     """A driver SIGKILLed on this host resumes at once, without waiting out the 60 s timeout;
     a live process's fresh lease still refuses."""
-    from scaling.sweep.lease import Lease
-
     storage = optuna.storages.InMemoryStorage()
     names = ["s/D=64,E=2,r=8"]
     gone = subprocess.Popen(["true"])
@@ -246,3 +261,85 @@ def test_a_lease_held_by_a_process_of_this_host_that_is_gone_is_stale_at_once(tm
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_driver_whose_lease_is_taken_mid_sweep_stops_naming_the_new_holder(ray_local, tmp_path, monkeypatch):  # noqa: F811
+    """A second driver takes the lease over while the first still runs (the first stalled past the
+    timeout, say): the first stops at once, naming the new holder, keeps the rows it recorded and
+    asks no more trials; once the new holder is gone, a resume completes the plan, nothing lost."""
+    from scaling.sweep import run_sweep
+
+    monkeypatch.setenv("SCALING_LEASE_TIMEOUT_S", "3")  # a heartbeat every 0.5 s
+    run = tmp_path / "run"
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    spec = parse_spec(_data("stolen", url, trials=8))
+    first = _Sweep(spec, run)
+    first.start()
+    try:
+        wait_for(_while_alive(first, lambda: trials_in_table(run) >= 1), timeout=300, what="the first trial's rows")
+        storage = optuna.storages.RDBStorage(url)
+        (sid,) = [storage.get_study_id_from_name(n) for n in _leases(url)]
+        rows_then = len(read_results(run))
+        stolen_at = time.time()
+        thief = {"holder": "thief-host:77:beef", "heartbeat": stolen_at, "run_dir": "/thief/run", "taken_at": stolen_at}
+        storage.set_study_user_attr(sid, LEASE_ATTR, thief)
+    finally:
+        first.join(timeout=600)
+    stopped_s = time.time() - stolen_at
+    err = first.box.get("err")
+    assert isinstance(err, RecordsError), first.box
+    msg = str(err)
+    assert "lost its lease on study 'stolen'" in msg, msg
+    assert "taken by driver thief-host:77:beef (run directory /thief/run, last heartbeat" in msg, msg
+    assert str(run) in msg and "rows recorded so far are kept" in msg
+    assert storage.get_study_user_attrs(sid)[LEASE_ATTR] == thief  # neither renewed over nor released
+    storage.engine.dispose()
+    # what it recorded is kept, whole; it asked no trial once the lease was gone
+    df = read_results(run)
+    trials = next(iter(optuna_trials(url, spec).values()))
+    assert rows_then <= len(df) < 8 * 2 and set(df["status"]) == {"ok"}, df
+    assert not df.duplicated(["trial_id", "epoch"]).any()
+    assert (df.groupby("trial_id")["epoch"].apply(sorted) == pd.Series([[1, 2]] * df.trial_id.nunique(),
+                                                                       index=sorted(df.trial_id.unique()))).all()  # fmt: skip
+    late = [t.number for t in trials if t.datetime_start > dt.datetime.fromtimestamp(stolen_at + 3)]
+    assert late == [] and len(trials) < 8, (late, len(trials))
+    # the new holder is gone (its heartbeat 3 s old is stale): the study resumes and completes
+    time.sleep(max(0.0, stolen_at + 3.5 - time.time()))
+    res = run_sweep(spec, out=run)
+    assert "thief-host:77:beef" in (res.lease_taken_over or "")
+    df = check_complete(run, spec)
+    check_optuna(url, spec, df)
+    print(f"\nlease taken mid-sweep: stopped {stopped_s:.1f} s later with {len(trials)} trials asked; the resume "
+          f"ran {res.trials_run} ({res.orphans_resumed} left running): {len(df)} rows, 0 lost, 0 duplicated")
+
+
+def test_heartbeats_failing_past_the_timeout_lose_the_lease_and_do_not_hide_the_error(tmp_path, monkeypatch, caplog):
+    """The storage stops answering (a real SQLite file held by another connection's exclusive
+    lock): heartbeats fail, and past the timeout the lease counts as lost (another driver may take
+    the study over by then). The error the sweep raised meanwhile is the one that comes out of the
+    ``with Lease``: the release, which cannot reach the storage, only warns."""
+    monkeypatch.setenv("SCALING_LEASE_TIMEOUT_S", "1")
+    db = tmp_path / "optuna.db"
+    url = f"sqlite:///{db}"
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 2}})  # busy: 2 s, not 60
+    names = ["s/D=64,E=2,r=8"]
+    lease = Lease(names, storage, url_shown=url, run_dir=tmp_path, study="s", settle=False)
+    locker = sqlite3.connect(db, isolation_level=None, timeout=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="scaling.sweep.lease"), pytest.raises(ZeroDivisionError):
+            with lease:
+                (sid,) = lease._ids
+                assert lease.halt_reason() is None
+                locker.execute("BEGIN EXCLUSIVE")  # the database stops answering
+                wait_for(lambda: lease.lost, timeout=120, what="the lease to count as lost")
+                raise ZeroDivisionError("the sweep's own error, on its way out while the storage is still down")
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    msg = str(lease.halt_reason())
+    assert "lost its lease on study 's'" in msg and "its heartbeat has failed for" in msg, msg
+    assert "past the 1 s timeout" in msg and "database is locked" in msg, msg
+    assert "could not release the lease on study 's'" in caplog.text and "database is locked" in caplog.text
+    # the storage is back: the lease still names this driver, its heartbeat from before the outage
+    held = storage.get_study_user_attrs(sid)[LEASE_ATTR]
+    assert held["holder"] == lease.holder and time.time() - held["heartbeat"] > 1

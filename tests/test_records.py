@@ -393,3 +393,45 @@ def test_a_key_recorded_by_another_study_raises_even_with_the_same_config(tmp_pa
     assert append_rows(tmp_path, mine) == 4  # the same study's replay is still dropped
     assert append_rows(tmp_path, _trial(0)) == 4  # a row without a uid (an old writer's) matches any
     assert read_results(tmp_path)["study_uid"].tolist() == ["a" * 32] * 4
+
+
+def test_each_sweep_records_its_trial_budget_and_analysis_and_status_plan_by_the_last(tmp_path):
+    """A resume may raise trials_per_cell, sampler.extra_trials and the budget: spec.yaml's sweep
+    entries record what each sweep ran with, and the report's planned trials (read_run's facts)
+    and `scaling status` take the last sweep's, not the first spec copy's."""
+    import yaml
+
+    from scaling.run_record import _check_same_study, start_sweep
+    from scaling.status import run_status
+
+    base = {"name": "s", "axes": {"dataset_size": [64, 128], "epochs": [1]},
+            "learning_rate": {"low": 1e-3, "high": 1e-2}, "trials_per_cell": 2, "sampler": {"extra_trials": 0}}  # fmt: skip
+    run_dir = tmp_path / "cells"
+    run_dir.mkdir()
+    run = start_sweep(parse_spec(base), run_dir, {}, uid="u", optuna="sqlite://", max_trials=None, trials_recorded=0)
+    raised = parse_spec({**base, "trials_per_cell": 5, "sampler": {"extra_trials": 2}})
+    assert _check_same_study(raised, run_dir) is not None  # a resume may raise them
+    start_sweep(raised, run_dir, run, uid="u", optuna="sqlite://", max_trials=None, trials_recorded=2)
+    saved = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    sweeps = saved["run"]["sweeps"]
+    assert [(s["trials_per_cell"], s["extra_trials"]) for s in sweeps] == [(2, 0), (5, 2)]
+    assert all("budget" not in s for s in sweeps)  # cells mode has none
+    assert saved["trials_per_cell"] == 2  # the spec copy stays the first sweep's
+    append_rows(run_dir, [_row("a", 1)])
+    r = read_run(run_dir)
+    assert r.facts["planned_trials"] == 2 * 5
+    assert r.spec["trials_per_cell"] == 5 and r.spec["sampler"]["extra_trials"] == 2 and "run" in r.spec
+    assert [c["planned"] for c in run_status(run_dir)["per_cell"]] == [5, 5]
+    # sampler.mode optimize: the budget a resume raised is the one the run now has
+    opt = {"name": "o", "axes": {"dataset_size": [64, 128], "epochs": [1]}, "learning_rate": {"low": 1e-3, "high": 1e-2},
+           "sampler": {"mode": "optimize"}, "budget": {"flops": 1e12}}  # fmt: skip
+    run_dir = tmp_path / "optimize"
+    run_dir.mkdir()
+    run = start_sweep(parse_spec(opt), run_dir, {}, uid="v", optuna="sqlite://", max_trials=None, trials_recorded=0)
+    start_sweep(parse_spec({**opt, "budget": {"flops": 4e12}}), run_dir, run, uid="v", optuna="sqlite://",
+                max_trials=None, trials_recorded=1)  # fmt: skip
+    sweeps = yaml.safe_load((run_dir / "spec.yaml").read_text())["run"]["sweeps"]
+    assert [s["budget"] for s in sweeps] == [{"flops": 1e12, "max_trial_share": 0.1}, {"flops": 4e12, "max_trial_share": 0.1}]
+    append_rows(run_dir, [_row("b", 1)])
+    assert read_run(run_dir).spec["budget"]["flops"] == 4e12
+    assert run_status(run_dir)["budget"]["total"] == 4e12

@@ -26,6 +26,15 @@ longer than the other's settle delay (a storage stalled for over a second betwee
 calls) can still write after the other verified; then both run. Optuna's storage API has no
 compare-and-swap to close it; starting one driver per study, as documented, does.
 
+A driver that loses its lease stops: when a heartbeat finds another holder on a cell study (a
+second driver took it over after this one stalled past the timeout), or when heartbeats have
+failed for longer than the timeout (a storage outage: by then another driver may take it over),
+``lost`` says how, ``halt_reason`` turns into a RecordsError naming the new holder, and the sweep
+ends at once (tuner.py's stopper; the searcher suggests nothing more), keeping the rows already
+recorded. Its trials in flight stay RUNNING in the storage, for the new holder to run. The lease
+is not renewed again, and not released: it is not ours. Leaving the ``with`` block on an error,
+the release is best effort (a warning when the storage is down), so the error is the one raised.
+
 Read top to bottom: the timeout, the holder id, Lease (take, renew thread, release).
 """
 
@@ -42,6 +51,7 @@ from typing import Any
 
 import optuna
 
+from analysis.redact import scrub
 from scaling.records_io import RecordsError
 
 __all__ = ["LEASE_ATTR", "LEASE_TIMEOUT_S", "Lease", "lease_timeout"]
@@ -96,18 +106,22 @@ class Lease:
     """The lease on one study's cell studies in ``storage``; ``take`` then ``release``."""
 
     def __init__(self, names: list[str], storage: optuna.storages.BaseStorage, *, url_shown: str,
-                 run_dir: Path, study: str, settle: bool = True, objectives: int = 1):  # fmt: skip
+                 run_dir: Path, study: str, settle: bool = True, objectives: int = 1,
+                 url: str | None = None):  # fmt: skip
         # names: the cell studies (identity.study_names); url_shown: the storage URL, redacted;
+        # url: the URL itself, whose password is scrubbed from the storage errors this logs;
         # settle=False: the run directory's own optuna.db, which no other run directory shares
         # (RunLock already keeps a second driver out), so take-and-verify needs no wait
         self.storage, self.url_shown, self.run_dir, self.study = storage, url_shown, run_dir, study
+        self._url = url
         self.names = list(names)
         self.objectives = objectives  # the studies' directions, all minimize, when the lease creates them
         self.settle_s = LEASE_SETTLE_S if settle else 0.0
         self.holder = new_holder()
         self.timeout = lease_timeout()
         self.taken_over: str | None = None  # the stale lease taken over, described
-        self.lost: str | None = None  # set when another driver took the lease while we held it
+        self.lost: str | None = None  # how this driver lost the lease while it held it (taken, heartbeats failing)
+        self._last_ok = 0.0  # when a heartbeat last reached every cell study (time.time())
         self._ids: list[int] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -185,32 +199,65 @@ class Lease:
                                "changed while it was being taken: another driver is starting; run one at a time")
         if self.taken_over:
             log.warning("took over the stale lease of %s", self.taken_over)
+        self._last_ok = time.time()
         self._thread = threading.Thread(target=self._renew_loop, name="scaling-lease", daemon=True)
         self._thread.start()
         return self
 
     # -- renewing -------------------------------------------------------------------
     def renew(self) -> None:
-        """One heartbeat on every cell study still ours; a lease another driver took is
-        recorded in ``lost`` and left to it."""
+        """One heartbeat on every cell study still ours; a lease another driver took (or freed) is
+        left to it and recorded in ``lost``: this driver must stop."""
         now = time.time()
         for sid in self._ids:
             lease = self.storage.get_study_user_attrs(sid).get(LEASE_ATTR)
             if not isinstance(lease, dict) or lease.get("holder") != self.holder:
                 if self.lost is None:
-                    self.lost = _describe(lease or {}, now)
-                    log.error("%s: the lease on the study was taken by %s: this driver's heartbeat lapsed "
-                              "for over %.0f s", self.run_dir, self.lost, self.timeout)  # fmt: skip
+                    taken = isinstance(lease, dict) and lease.get("holder")
+                    self._lose(f"it was taken by {_describe(lease, now)}" if taken else
+                               "it was released by another driver (the lease user attr no longer names this one)")
                 continue
             self.storage.set_study_user_attr(sid, LEASE_ATTR, self._mine(now, self._taken_at))
+        if self.lost is None:
+            self._last_ok = now
+
+    def _error(self, err: BaseException) -> str:
+        """A storage error in one line, with its cause (Optuna's StorageInternalError hides the
+        driver's "database is locked" there), without the storage password."""
+        text = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        cause = err.__cause__ or err.__context__
+        if cause is not None:
+            text += f" (cause: {type(cause).__name__}: {' '.join(str(cause).split())})"
+        return scrub(text, self._url)[:500]
+
+    def _lose(self, how: str) -> None:
+        self.lost = how
+        log.error("%s", self.halt_reason())
+
+    def halt_reason(self) -> RecordsError | None:
+        """Why this driver must stop (it lost the lease), else None."""
+        if self.lost is None:
+            return None
+        return RecordsError(
+            f"{self.run_dir}: this driver (holder {self.holder}) lost its lease on study {self.study!r} in the "
+            f"Optuna storage {self.url_shown!r}: {self.lost}. The sweep stopped: two drivers would run the same "
+            "trials twice. The rows recorded so far are kept; its trials still running are left to the "
+            f"lease's holder. Resume once that driver is done (or gone: {self.timeout:.0f} s after its last "
+            f"heartbeat; user attr {LEASE_ATTR!r} of the cell studies)"
+        )
 
     def _renew_loop(self) -> None:
         every = self.timeout / 6
-        while not self._stop.wait(every):
+        while self.lost is None and not self._stop.wait(every):
             try:
                 self.renew()
-            except Exception as err:  # a storage hiccup: the next heartbeat tries again
-                log.warning("lease heartbeat failed (next try in %.0f s): %s: %s", every, type(err).__name__, err)
+            except Exception as err:  # a storage hiccup: the next heartbeat tries again, up to the timeout
+                failing = time.time() - self._last_ok
+                if failing <= self.timeout:
+                    log.warning("lease heartbeat failed (next try in %.0f s): %s", every, self._error(err))
+                    continue
+                self._lose(f"its heartbeat has failed for {failing:.0f} s, past the {self.timeout:.0f} s timeout "
+                           f"after which another driver may take the study over (last error: {self._error(err)})")
 
     # -- releasing ------------------------------------------------------------------
     def release(self) -> None:
@@ -228,5 +275,12 @@ class Lease:
     def __enter__(self) -> Lease:
         return self.take()
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.release()
+            return
+        try:  # the error on its way out is the one to see; a storage that is down must not hide it
+            self.release()
+        except Exception as err:
+            log.warning("%s: could not release the lease on study %r (%s); it frees itself %.0f s after its "
+                        "last heartbeat", self.run_dir, self.study, self._error(err), self.timeout)  # fmt: skip

@@ -258,7 +258,7 @@ class OptimizeSearcher(StorageBacked, Searcher):
         return None
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self.max_trials is not None and self.started >= self.max_trials:
+        if self.halted() or (self.max_trials is not None and self.started >= self.max_trials):
             return Searcher.FINISHED
         # (a) trials a dead driver left: re-run them (a leftover now over the cap is told so)
         while self.orphans:

@@ -9,18 +9,27 @@ a packed trial's members each their own; a tracker never stops the recording.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from scaling.records import _trial_rows, _trial_status, append_rows
+from analysis.table import RESULTS_FILE
+from scaling.records import PENDING_FILE, _trial_rows, _trial_status, append_rows, spool_rows
+from scaling.records_io import RecordsError
 from scaling.spec import StudySpec
 from scaling.tracking import Trackers
 
 __all__: list[str] = []
+
+APPEND_TRIES = 4  # an append is tried this often before its rows are spooled and the sweep stops
+APPEND_BACKOFF_S = 0.5  # the wait after the first failed try, doubled after each (0.5 + 1 + 2 s)
+
+log = logging.getLogger(__name__)
 
 
 class _Recorder(Callback):
@@ -35,10 +44,69 @@ class _Recorder(Callback):
         self.buffers: dict[str, list[dict]] = {}
         self.on_done = on_done
         self.counts = {"ok": 0, "failed": 0, "pruned": 0}
+        self.pending: list[dict] = []  # rows the table would not take, oldest first (spooled)
+        self.pending_trials = 0
+        self.cause: str | None = None  # the append error that stopped the recording
+        self.spooled: str | None = None  # where the pending rows are kept, or why they could not be
 
     def __getstate__(self) -> dict:  # Tuner pickles callbacks; ours is rebuilt on resume
         return {"spec": self.spec, "run_dir": self.run_dir, "buffers": {}, "on_done": None, "counts": {},
-                "study_uid": self.study_uid, "trackers": None, "on_epoch": None}  # fmt: skip
+                "study_uid": self.study_uid, "trackers": None, "on_epoch": None, "pending": [],
+                "pending_trials": 0, "cause": None, "spooled": None}  # fmt: skip
+
+    def halt_reason(self) -> RecordsError | None:
+        """Why the sweep must stop (the table would not take a finished trial's rows), else None."""
+        if self.cause is None:
+            return None
+        return RecordsError(
+            f"{self.run_dir / RESULTS_FILE}: the results table would not take the rows of a finished trial "
+            f"after {APPEND_TRIES} tries ({self.cause}); the sweep stopped. The {len(self.pending)} rows of "
+            f"{self.pending_trials} finished trial(s) it could not append are {self.spooled}. Fix the cause, "
+            "then run the same `scaling sweep` again: it adds them to the table first and resumes the rest"
+        )
+
+    def _append(self, rows: list[dict]) -> str | None:
+        """Append with retries; None when the rows are in the table, else the last error, described."""
+        for attempt in range(1, APPEND_TRIES + 1):
+            try:
+                append_rows(self.run_dir, rows)
+                return None
+            except Exception as err:  # a disk error, a damaged table: tried again, then kept
+                cause = f"{type(err).__name__}: {err}"
+            if attempt < APPEND_TRIES:
+                wait = APPEND_BACKOFF_S * 2 ** (attempt - 1)
+                log.warning("%s: appending %d rows to the results table failed (try %d of %d; again in %.1f s): %s",
+                            self.run_dir, len(rows), attempt, APPEND_TRIES, wait, cause)  # fmt: skip
+                time.sleep(wait)
+        return cause
+
+    def _keep(self, rows: list[dict], trials: int, cause: str | None) -> None:
+        """Rows the table would not take: kept in memory and in the spool (rewritten whole)."""
+        self.pending += rows
+        self.pending_trials += trials
+        self.cause = self.cause or cause
+        try:
+            path = spool_rows(self.run_dir, self.pending)
+            self.spooled = f"kept in {path}"
+        except Exception as err:  # the run directory itself is unwritable: the rows live in memory only
+            self.spooled = (f"NOT kept: {self.run_dir / PENDING_FILE} could not be written either "
+                            f"({type(err).__name__}: {err}); Optuna holds those trials as finished without "
+                            "rows, so the next sweep runs them again")  # fmt: skip
+        log.error("%s", self.halt_reason())
+
+    def _record(self, rows: list[dict], done: list[tuple[str, dict]]) -> None:
+        """One trial's rows (a pack's members' together) into the table, then its trackers and counts;
+        once an append has failed for good, straight to the spool (the sweep is stopping)."""
+        cause = None if self.cause is None else "stopping"
+        if cause is None:
+            cause = self._append(rows)
+        if cause is not None:
+            return self._keep(rows, len(done), cause)
+        self._track(rows)
+        for status, base in done:
+            self.counts[status] += 1
+            if self.on_done:
+                self.on_done(status, base)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.buffers.setdefault(trial.trial_id, []).append(dict(result))
@@ -59,11 +127,7 @@ class _Recorder(Callback):
     def _flush(self, trial: Any, status: str, error: str = "") -> None:
         rows, base = _trial_rows(self.spec, trial.config, self.buffers.pop(trial.trial_id, []), status=status,
                                  error=error, study_uid=self.study_uid)
-        append_rows(self.run_dir, rows)
-        self._track(rows)
-        self.counts[status] += 1
-        if self.on_done:
-            self.on_done(status, base)
+        self._record(rows, [(status, base)])
 
     def _flush_pack(self, trial: Any, error: str | None = None) -> None:
         """A pack's members become the rows a solo trial each would have written, in one append;
@@ -82,12 +146,7 @@ class _Recorder(Callback):
                                         study_uid=self.study_uid)
             rows += member_rows
             done.append((status, base))
-        append_rows(self.run_dir, rows)
-        self._track(rows)
-        for status, base in done:
-            self.counts[status] += 1
-            if self.on_done:
-                self.on_done(status, base)
+        self._record(rows, done)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if "members" in trial.config:

@@ -33,7 +33,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 from analysis.table import RESULTS_FILE  # noqa: E402
-from scaling.records import RunLock, finish_table, recorded_trials  # noqa: E402
+from scaling.records import RunLock, finish_table, fold_pending, recorded_trials  # noqa: E402
 from scaling.run_record import _check_same_study, finish_sweep, new_uid, start_sweep  # noqa: E402
 from scaling.spec import SpecError, StudySpec  # noqa: E402
 from scaling.sweep.identity import open_checked, study_names  # noqa: E402
@@ -85,9 +85,11 @@ def run_sweep(
     its cell, optuna_trial, learning_rate, epoch and epochs.
 
     In order: what the spec implies (one plan), the base model, the run directory (its lock,
-    its table, its spec.yaml), the storage (the run's own?), the lease on the study, this
-    sweep's entry in spec.yaml, the searcher, Ray Tune, and the table compacted. Every refusal
-    comes before anything is written."""
+    its table, its spec.yaml), the storage (the run's own?), the lease on the study, the rows a
+    stopped sweep kept aside folded into the table (records.fold_pending), this sweep's entry in
+    spec.yaml, the searcher, Ray Tune, and the table compacted. Every refusal comes before
+    anything is written. A sweep that has to stop (the table would not take a trial's rows, the
+    lease was lost) raises RecordsError, its rows recorded so far kept."""
     t0 = time.perf_counter()
     plan = spec.sweep_plan(out)  # an unset ${VAR} fails here
     from scaling.models import (  # torch: imported when a sweep runs
@@ -112,7 +114,9 @@ def run_sweep(
         # one driver per study, across run directories and machines (lease.py): before any
         # leftover trial is claimed (CellSearcher) and before anything of this sweep is written
         with Lease(names, storage, url_shown=plan.url_shown, run_dir=run_dir, study=spec.name,
-                   settle=not plan.own_storage, objectives=plan.objectives) as lease:  # fmt: skip
+                   settle=not plan.own_storage, objectives=plan.objectives, url=plan.url) as lease:  # fmt: skip
+            if fold_pending(run_dir):  # rows a stopped sweep could not append (recorder.py): recorded now
+                rows, recorded = recorded_trials(run_dir)
             uid = uid or new_uid()  # the first run (or one from before study uids): the run gets one now
             # written before any cell study carries it, so a crash between leaves no stranger's uid
             record = start_sweep(spec, run_dir, record, uid=uid, optuna=plan.url_shown,
@@ -131,7 +135,7 @@ def run_sweep(
                     on_trial_done(status, row)
 
             counts = tune_trials(plan, searcher, todo=todo, samples=samples, uid=uid, on_trial_done=done,
-                                 on_epoch=on_epoch, ray_address=ray_address)  # fmt: skip
+                                 on_epoch=on_epoch, ray_address=ray_address, halt=lease.halt_reason)  # fmt: skip
             finish_sweep(spec, run_dir, record, counts=counts, trials_to_run=todo)
             adapters = finish_table(run_dir, keep=spec.storage.keep_adapters, model=spec.model)
             return SweepResult(

@@ -19,6 +19,7 @@ Read top to bottom:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,11 @@ class StorageBacked:
 
     spec: StudySpec
     max_trials: int | None
+    # set by tune_trials: returns why the sweep is stopping (then suggest hands out nothing), else None
+    halt: Callable[[], Exception | None] | None = None
+
+    def halted(self) -> bool:
+        return self.halt is not None and self.halt() is not None
 
     def __getstate__(self) -> dict:
         return {"spec": self.spec, "max_trials": self.max_trials}
@@ -195,7 +201,7 @@ class CellSearcher(StorageBacked, Searcher):
         }
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self.max_trials is not None and self.started >= self.max_trials:
+        if self.halted() or (self.max_trials is not None and self.started >= self.max_trials):
             return Searcher.FINISHED
         # (a) trials a dead driver left RUNNING: re-run them under their own number
         for st in self.cells:

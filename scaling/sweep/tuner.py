@@ -5,7 +5,13 @@ out trials, the trainable (worker.py) runs them solo or packed in reused workers
 (recorder.py) writes their rows and _PerCellScheduler (schedule.py) stops trials early
 within their own cell.
 
-Read top to bottom: _init_ray, the adapter sink, tune_trials.
+A sweep that must not go on (the table would not take a trial's rows, recorder.py; the lease on
+the study was lost, lease.py) stops at once: _Halt, a Tune Stopper asked after every event, ends
+the experiment (the trials in flight are stopped without being told to Optuna, so they stay
+RUNNING there and a resume runs them again) and the searcher suggests nothing more; tune_trials
+then raises the reason.
+
+Read top to bottom: _init_ray, the adapter sink, _Halt, tune_trials.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import datetime as _dt
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray import tune
+from ray.tune import Stopper
 
 from scaling.spec import SweepPlan
 from scaling.sweep.recorder import _Recorder
@@ -66,11 +74,36 @@ def _start_sink(run_dir: Path):
     ).remote(str(run_dir))
 
 
+class _Halt(Stopper):
+    """Stops the whole experiment once one of ``checks`` returns a reason (an exception) to."""
+
+    def __init__(self, *checks: Callable[[], Exception | None]):
+        self.checks = checks
+
+    def reason(self) -> Exception | None:
+        for check in self.checks:
+            why = check()
+            if why is not None:
+                return why
+        return None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False  # the trials' own stopping is the scheduler's (schedule.py)
+
+    def stop_all(self) -> bool:
+        return self.reason() is not None
+
+    def __getstate__(self) -> dict:  # Ray Tune pickles the run config (tuner.pkl); the checks stay here
+        return {"checks": ()}
+
+
 def tune_trials(plan: SweepPlan, searcher: CellSearcher, *, todo: int, samples: int, uid: str,
           on_trial_done: Callable[[str, dict], None] | None, on_epoch: Callable[[dict], None] | None,
-          ray_address: str | None) -> dict[str, int]:  # fmt: skip
+          ray_address: str | None, halt: Callable[[], Exception | None] | None = None) -> dict[str, int]:  # fmt: skip
     """Ray Tune runs the ``todo`` trials the searcher hands out; returns the counts by status.
-    Everything here gets the spec without secrets: Ray Tune pickles it to disk (tuner.pkl)."""
+    ``halt``: asked after every event; a reason it returns stops the sweep and is raised (besides
+    the recorder's own: the table would not take a trial's rows). Everything here gets the spec
+    without secrets: Ray Tune pickles it to disk (tuner.pkl)."""
     safe = plan.safe
     if todo <= 0:
         return {"ok": 0, "failed": 0, "pruned": 0}
@@ -82,6 +115,8 @@ def tune_trials(plan: SweepPlan, searcher: CellSearcher, *, todo: int, samples: 
 
         trackers = Trackers(safe, plan.run_dir, mlflow_uri=plan.mlflow_uri)
     recorder = _Recorder(safe, plan.run_dir, on_trial_done, study_uid=uid, trackers=trackers, on_epoch=on_epoch)
+    stop = _Halt(recorder.halt_reason, *([halt] if halt is not None else []))
+    searcher.halt = stop.reason  # no new trial once the sweep is stopping
     tuner = tune.Tuner(
         tune.with_resources(_make_trainable(plan.worker_spec),
                             {"cpu": safe.resources.cpus, "gpu": safe.resources.gpus}),  # fmt: skip
@@ -97,6 +132,7 @@ def tune_trials(plan: SweepPlan, searcher: CellSearcher, *, todo: int, samples: 
             storage_path=str(plan.run_dir / "ray"),
             failure_config=tune.FailureConfig(max_failures=safe.resources.max_failures),
             callbacks=[recorder],
+            stop=stop,
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -108,4 +144,8 @@ def tune_trials(plan: SweepPlan, searcher: CellSearcher, *, todo: int, samples: 
             ray.kill(sink)
         if trackers is not None:
             trackers.close()
+        searcher.halt = None
+    why = stop.reason()
+    if why is not None:
+        raise why
     return dict(recorder.counts)
