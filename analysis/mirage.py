@@ -5,8 +5,9 @@ Language Models a Mirage?"): aggregate the table to one value per x, run
 `analysis.jumps.detect_jumps` on the discontinuous metric and on each continuous one
 measured on the same runs (loss, per-token accuracy; a metric whose name contains "loss",
 "perplexity" or "ppl" is lower-is-better). Verdicts: "no jump" (the discontinuous metric does
-not jump), "insufficient" (too few x values), "genuine jump" (a continuous metric jumps too,
-over an overlapping interval of x), "metric artefact" (the discontinuous metric jumps but no
+not jump, or jumps and gives the gain back: a "transient" jump verdict), "insufficient" (too
+few x values), "genuine jump" (a continuous metric jumps too, over an overlapping interval of
+x), "metric artefact" (the discontinuous metric jumps but no
 tested continuous metric does), "inconclusive" (no continuous metric could be tested),
 "uncertain" (with ``seeds``: no verdict holds in ``agree`` of the seed resamples, drawn as in
 `analysis.jump_seeds`).
@@ -203,7 +204,8 @@ def _mirage_verdict(
         reason = f"{discontinuous} has too few x values to judge: {disc.reason}"
     elif disc.verdict != "jump":
         verdict = "no jump"
-        reason = f"{discontinuous} shows no jump against {x}: {disc.reason}"
+        lasting = "lasting " if disc.verdict == "transient" else ""
+        reason = f"{discontinuous} shows no {lasting}jump against {x}: {disc.reason}"
     elif not tested:
         verdict = "inconclusive"
         reason = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +57,11 @@ def test_pythia_lambada_is_smooth():
     ("mid", "seed"),
     [(10**3.3, 0), (10**4.0, 1), (10**2.9, 2), (X10[5], 3)],  # between samples and on a sample
 )
-def test_noisy_sharp_sigmoid_is_a_jump_at_the_right_place(mid, seed):
+@pytest.mark.parametrize("se", [None, 0.02, 0.005], ids=["no-se", "se-true", "se-too-small"])
+def test_noisy_sharp_sigmoid_is_a_jump_at_the_right_place(mid, seed, se):
     rng = np.random.default_rng(seed)
     y = sharp_sigmoid(X10, mid=mid) + rng.normal(0, 0.02, X10.size)
-    r = detect_jumps(X10, y)
+    r = detect_jumps(X10, y, se=se)
     assert r.verdict == "jump", r.reason
     lo, hi = r.interval
     assert lo <= mid <= hi
@@ -86,11 +88,46 @@ def test_sharp_drop_in_loss_is_a_jump_when_lower_is_better():
     ],
     ids=["power-0.5", "saturating", "loss-power-law", "log-linear"],
 )
-def test_power_laws_and_lines_are_smooth(y, hib):
+@pytest.mark.parametrize("se_rel", [None, 0.01, 0.001], ids=["no-se", "se-true", "se-too-small"])
+def test_power_laws_and_lines_are_smooth(y, hib, se_rel):
     rng = np.random.default_rng(7)
     y = y * (1 + rng.normal(0, 0.01, y.size))
-    r = detect_jumps(X10, y, higher_is_better=hib)
+    se = None if se_rel is None else se_rel * np.abs(y)  # 0.001: errors 10x below the noise
+    r = detect_jumps(X10, y, higher_is_better=hib, se=se)
     assert r.verdict == "smooth", r.reason
+
+
+# smooth proportions measured on 500 or 5,000 problems: with binomial errors (the report's
+# default path) these once read as jumps, "in the last interval", as the sigmoid misfit them
+# least under chi-square with tiny errors (without errors they read smooth)
+SMOOTH_PROPORTIONS = {
+    "linear-in-x-2-decades": (np.geomspace(1, 100, 8), lambda x: 0.01 + 0.9 * x / 100),
+    "linear-in-x-3-decades": (np.geomspace(1, 1000, 6), lambda x: 0.01 + 0.6 * x / 1000),
+    "sqrt-4-decades": (X10, lambda x: 0.01 + 0.89 * np.sqrt(x / 1e6)),
+    "sqrt-3-decades-5-points": (np.geomspace(1, 1000, 5), lambda x: 0.6 * np.sqrt(x / 1000)),
+    # 0.0003 .. 0.3: the weighted fits all misfit it alike; a rise of ~45 errors is not "flat"
+    "linear-in-x-from-0-5-points": (np.geomspace(1, 1000, 5), lambda x: 0.3 * x / 1000),
+    "log-linear": (X10, lambda x: 0.1 + 0.15 * np.log10(x)),
+    "saturating": (X10, lambda x: 0.9 - 0.8 * x**-0.3),
+}
+
+
+@pytest.mark.parametrize("n_problems", [500, 5000])
+@pytest.mark.parametrize("name", list(SMOOTH_PROPORTIONS))
+def test_smooth_proportions_stay_smooth_with_binomial_errors(name, n_problems):
+    x, law = SMOOTH_PROPORTIONS[name]
+    y = law(x)
+    assert detect_jumps(x, y, bounds=(0, 1)).verdict == "smooth"
+    r = detect_jumps(x, y, bounds=(0, 1), se=binomial_se(y, n_problems))
+    assert r.verdict == "smooth", r.reason
+    assert "last interval" not in r.reason
+
+
+def test_a_jump_with_binomial_errors_stays_a_jump():
+    y = np.asarray(GPT3_Y) / 100  # GPT-3 3-digit addition on 2,000 problems
+    r = detect_jumps(GPT3_X, y, bounds=(0, 1), se=binomial_se(y, 2000))
+    assert r.verdict == "jump", r.reason
+    assert r.interval == (13.0, 175.0)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -363,6 +400,57 @@ def test_whole_rise_in_the_last_interval_is_a_jump_there():
         assert "last interval" in r.reason
 
 
+def test_the_last_interval_text_needs_nearly_the_whole_rise_there():
+    # the largest step is the last (0.34 -> 0.72) but 0.03 -> 0.34 before it is almost as big
+    r = detect_jumps([300, 600, 1200, 2400, 4800], [0, 0.004, 0.03, 0.34, 0.72], bounds=(0, 1))
+    assert r.verdict == "jump" and r.interval == (2400.0, 4800.0), r.reason
+    assert "last interval" not in r.reason
+
+
+SPIKE_X = [1, 2, 4, 8, 16, 32, 64, 128]
+SPIKE_Y = [0.01, 0.02, 0.01, 0.02, 0.70, 0.72, 0.10, 0.12]  # up at 16-32, back near 0.1 after
+
+
+@pytest.mark.parametrize("with_se", [False, True])
+def test_a_rise_given_back_is_transient_and_its_reason_names_the_fall(with_se):
+    se = binomial_se(SPIKE_Y, 500) if with_se else None
+    r = detect_jumps(SPIKE_X, SPIKE_Y, bounds=(0, 1), se=se)
+    assert r.verdict == "transient", r.reason
+    assert r.interval == (8.0, 16.0)
+    assert "falls back to 0.12 at x=128" in r.reason and "0.72" in r.reason
+    json.dumps(r.to_dict(), allow_nan=False)
+
+
+def test_a_fall_after_a_kept_jump_is_named():
+    y = [0.01, 0.02, 0.01, 0.02, 0.70, 0.72, 0.50, 0.45]  # gives back 0.27 of 0.7: still a jump
+    for se in (None, binomial_se(y, 500)):
+        r = detect_jumps(SPIKE_X, y, bounds=(0, 1), se=se)
+        assert r.verdict == "jump" and r.interval == (8.0, 16.0), r.reason
+        assert "falls back to 0.45 at x=128" in r.reason
+
+
+def test_one_high_point_is_transient_only_with_standard_errors():
+    y = [0.01, 0.02, 0.01, 0.02, 0.70, 0.10, 0.12, 0.11]
+    assert detect_jumps(SPIKE_X, y, bounds=(0, 1)).verdict == "flat"  # an outlier, for all we know
+    r = detect_jumps(SPIKE_X, y, bounds=(0, 1), se=binomial_se(y, 500))  # 0.70 +- 0.02: no outlier
+    assert r.verdict == "transient" and "seen at one x only" in r.reason, r.reason
+
+
+def test_a_transient_exact_match_is_no_jump_for_the_mirage_check():
+    t = pd.DataFrame({"x": SPIKE_X, "exact_match": SPIKE_Y,
+                      "eval_loss": 1.0 + 2.0 * np.asarray(SPIKE_X, float) ** -0.3})  # fmt: skip
+    m = check_mirage(t, "x", agg="mean", n_problems=500)
+    assert m.results["exact_match"].verdict == "transient"
+    assert m.verdict == "no jump" and "no lasting jump" in m.reason and "falls back" in m.reason
+
+
+def test_no_overflow_warning_from_the_sigmoid_fit():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "overflow encountered" once leaked from scipy
+        r = detect_jumps(SPIKE_X, [1, 1, 1, 1, 3, 3, 3, 3], higher_is_better=False)
+    assert r.verdict == "smooth", r.reason  # the loss gets worse with x: no improvement to jump
+
+
 def test_four_points_are_too_few_for_the_sigmoid():
     t = ladder("pythia_deduped_addition_16shot")
     four = t[(t["params_b"] >= 0.41) & (t["params_b"] <= 2.8)]  # spans the jump
@@ -496,3 +584,4 @@ def test_seed_arguments_are_checked():
         jumps_across_seeds(x, y, agree=0.4)
     with pytest.raises(ValueError, match="seeds column 'run_seed'"):
         check_mirage(seeded_mirage_table(sd=0.01), "dataset_size", agg="mean", seeds="run_seed")
+
