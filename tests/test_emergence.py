@@ -9,11 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy.special import expit
+from typer.testing import CliRunner
 
+from analysis.findings import analyse
 from analysis.jump_seeds import SeedJumpResult, _rescaled_mean, jumps_across_seeds
 from analysis.jumps import JumpResult, binomial_se, breakthroughness, detect_jumps
 from analysis.mirage import MirageResult, _seed_fractions, check_mirage
+from scaling.cli import app
+from scaling.records import append_rows, read_run
 
 # GPT-3 few-shot 3-digit addition, Brown et al. 2020 (params in billions, accuracy %)
 GPT3_X = [0.125, 0.35, 0.76, 1.3, 2.7, 6.7, 13, 175]
@@ -625,3 +630,71 @@ def test_the_mirage_seed_resamples_spread_as_the_seed_mean():
     assert n == 400 and fr == {"no jump": 1.0}
     assert np.var(np.concatenate(means)) == pytest.approx(0.01, rel=0.1)  # 0.005 unscaled
 
+
+# ---- `scaling emergence` gives the report's verdicts ----------------------------------------------
+
+
+def planted_run(run: Path) -> Path:
+    """Two series of 5 sizes x 2 seeds, a spec with 500 test problems. epochs=1: exact match
+    0 -> 0.002 (a tiny rise of a bounded metric); epochs=2: a step of 0.7 between 1,200 and 2,400
+    with seed noise, while loss and token accuracy change smoothly."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for i, d in enumerate((300, 600, 1200, 2400, 4800)):
+        for e in (1, 2):
+            for seed in (0, 1):
+                step = 0.7 * (d > 1700) + rng.normal(0, 0.01)
+                em = [0, 0, 0, 0, 0.002][i] if e == 1 else float(np.clip(0.02 + step, 0, 1))
+                loss = 1.0 + 2.0 * d**-0.3 + rng.normal(0, 0.003)
+                rows.append({"study": "em", "trial_id": f"em/{d}-{e}#{seed}", "cell": f"D={d},E={e},r=8",
+                             "phase": "search", "dataset_size": d, "epochs": e, "lora_r": 8, "learning_rate": 1e-3,
+                             "seed": seed, "epoch": e, "status": "ok", "val_eval_loss": loss,
+                             "test_eval_loss": loss, "test_token_accuracy": 0.9 - 0.5 * d**-0.2,
+                             "test_exact_match": em})  # fmt: skip
+    run.mkdir(parents=True)
+    (run / "spec.yaml").write_text(yaml.safe_dump({"name": "em", "eval": {"test_size": 500}}))
+    append_rows(run, rows)
+    return run
+
+
+def test_cli_emergence_on_a_run_agrees_with_the_report(tmp_path):
+    run = planted_run(tmp_path / "run")
+    res = CliRunner().invoke(app, ["emergence", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    cli = {s["label"]: s for s in json.loads(res.output)["series"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        an = analyse(read_run(run), bootstrap=0, sections=("emergence",))
+    rep = {e["label"]: e for e in an.numbers["emergence"]["series"]}
+    assert set(cli) == set(rep) == {"epochs=1", "epochs=2"}
+    for label, e in rep.items():
+        c = cli[label]
+        assert (c["jump"]["verdict"], c["jump"]["interval"]) == (e["verdict"], e["interval"])
+        assert c["jump"]["reason"] == e["jump"]["reason"]
+        m = c["mirage"]
+        assert (m["verdict"], m["fractions"], m["n_boot"]) == (e["mirage"], e["fractions"], e["n_boot"])
+        assert c["n_problems"] == e["n_problems"] == 500 and c["seeds"] is e["seeds"] is True
+    # the known answers: a 0.002 rise of exact match is flat (the CLI once called it a jump) ...
+    assert cli["epochs=1"]["jump"]["verdict"] == "flat" and cli["epochs=1"]["mirage"]["verdict"] == "no jump"
+    # ... and the step is an artefact of the metric, in every seed resample
+    assert cli["epochs=2"]["jump"]["interval"] == [1200.0, 2400.0]
+    assert cli["epochs=2"]["mirage"]["verdict"] == "metric artefact"
+    assert cli["epochs=2"]["mirage"]["n_boot"] == 40
+
+
+def test_cli_emergence_on_a_plain_table_bounds_known_metrics(tmp_path):
+    plain = tmp_path / "plain.csv"
+    pd.DataFrame({"dataset_size": [300, 600, 1200, 2400, 4800],
+                  "test_exact_match": [0, 0, 0, 0, 0.002]}).to_csv(plain, index=False)  # fmt: skip
+    res = CliRunner().invoke(app, ["emergence", str(plain), "--json"])
+    assert res.exit_code == 0, res.output
+    [s] = json.loads(res.output)["series"]
+    assert s["jump"]["verdict"] == "flat" and s["bounds"] == [0.0, 1.0]  # was "jump" unbounded
+    # with the evaluation size in the table, the points get binomial errors
+    x, y = SPIKE_X, np.array(SPIKE_Y)
+    pd.DataFrame({"dataset_size": x, "exact_match": y, "n_problems": 500}).to_csv(plain, index=False)
+    res = CliRunner().invoke(app, ["emergence", str(plain), "--y", "exact_match", "--json"])
+    assert res.exit_code == 0, res.output
+    [s] = json.loads(res.output)["series"]
+    assert s["binomial_se"] is True
+    assert s["jump"] == detect_jumps(x, y, bounds=(0, 1), se=binomial_se(y, 500)).to_dict()
