@@ -5,8 +5,9 @@ Language Models a Mirage?"): aggregate the table to one value per x, run
 `analysis.jumps.detect_jumps` on the discontinuous metric and on each continuous one
 measured on the same runs (loss, per-token accuracy; a metric whose name contains "loss",
 "perplexity" or "ppl" is lower-is-better). Verdicts: "no jump" (the discontinuous metric does
-not jump), "insufficient" (too few x values), "genuine jump" (a continuous metric jumps too,
-over an overlapping interval of x), "metric artefact" (the discontinuous metric jumps but no
+not jump, or jumps and gives the gain back: a "transient" jump verdict), "insufficient" (too
+few x values), "genuine jump" (a continuous metric jumps too, over an overlapping interval of
+x), "metric artefact" (the discontinuous metric jumps but no
 tested continuous metric does), "inconclusive" (no continuous metric could be tested),
 "uncertain" (with ``seeds``: no verdict holds in ``agree`` of the seed resamples, drawn as in
 `analysis.jump_seeds`).
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.jump_seeds import AGREE, N_BOOT, _agreed, _fmt_fractions, _fractions
+from analysis.jump_seeds import AGREE, N_BOOT, _agreed, _fmt_fractions, _fractions, _inflation
 from analysis.jumps import JumpResult, _clean, _fmt, binomial_se, detect_jumps
 from analysis.table import trial_summary
 
@@ -137,9 +138,21 @@ def _series_se(
 
 
 def _seed_fractions(
-    df: pd.DataFrame, *, x: str, seeds: str, n_boot: int, random_state: int, call: Any
+    df: pd.DataFrame,
+    *,
+    x: str,
+    seeds: str,
+    n_boot: int,
+    random_state: int,
+    call: Any,
+    scale: Mapping[str, tuple[float, float] | None] | None = None,
 ) -> tuple[dict[str, float], int]:
-    """Fractions of mirage verdicts over bootstrap resamples of seeds within each x."""
+    """Fractions of mirage verdicts over bootstrap resamples of seeds within each x.
+
+    scale: columns (-> the range to clip them to, or None) whose values are moved away from
+    their mean at each x by `analysis.jump_seeds._inflation` of that x's seed count, so that the
+    mean over drawn seeds spreads as much as the seeds' mean (right for ``agg="mean"``).
+    """
     if seeds not in df.columns:
         raise ValueError(
             f"seeds column {seeds!r} is not in the table (columns: {list(df.columns)})"
@@ -147,10 +160,21 @@ def _seed_fractions(
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot!r}")
     df = df.assign(**{seeds: df[seeds].astype(object).where(df[seeds].notna(), "<no seed>")})
-    per_x = {
-        xv: {s: g.drop(columns="_x") for s, g in grp.groupby(seeds, sort=True)}
-        for xv, grp in df.groupby("_x", sort=True)
-    }
+    per_x = {}
+    for xv, grp in df.groupby("_x", sort=True):
+        by_seed = {key: g for key, g in grp.groupby(seeds, sort=True)}
+        c = _inflation(len(by_seed))
+        cols = [col for col in (scale or {}) if col in grp.columns] if c != 1.0 else []
+        centre = {col: float(pd.to_numeric(grp[col], errors="coerce").mean()) for col in cols}
+        scaled = {}
+        for key, g in by_seed.items():
+            moved = {}
+            for col in cols:
+                v = centre[col] + c * (pd.to_numeric(g[col], errors="coerce") - centre[col])
+                lim = (scale or {})[col]
+                moved[col] = v if lim is None else v.clip(lim[0], lim[1])
+            scaled[key] = g.assign(**moved).drop(columns="_x")
+        per_x[xv] = scaled
     if not any(len(v) > 1 for v in per_x.values()):
         return {}, 0
     rng = np.random.default_rng(random_state)
@@ -203,7 +227,8 @@ def _mirage_verdict(
         reason = f"{discontinuous} has too few x values to judge: {disc.reason}"
     elif disc.verdict != "jump":
         verdict = "no jump"
-        reason = f"{discontinuous} shows no jump against {x}: {disc.reason}"
+        lasting = "lasting " if disc.verdict == "transient" else ""
+        reason = f"{discontinuous} shows no {lasting}jump against {x}: {disc.reason}"
     elif not tested:
         verdict = "inconclusive"
         reason = (
@@ -278,9 +303,12 @@ def check_mirage(
     a rise below ``min_rise`` of that range is flat.
     seeds: the seed column. When given and some x has several seeds, the seeds are resampled
     with replacement within each x ``n_boot`` times (rows of the drawn seeds, then ``agg``
-    as above: with "mean" the mean over the drawn seeds) and the verdict stands only when
-    at least ``agree`` of the resamples give it; otherwise "uncertain". ``fractions`` holds
-    the fraction of resamples per verdict. Raises ValueError for a missing x or discontinuous column.
+    as above: with "mean" the mean over the drawn seeds, its distance from the seeds' mean
+    scaled by sqrt(k / (k - 1)) for k seeds, as in `analysis.jump_seeds`, so 2 seeds do not
+    halve the spread) and the verdict stands only when at least ``agree`` of the resamples
+    give it; otherwise "uncertain". ``fractions`` holds the fraction of resamples per verdict
+    (empty, with ``n_boot`` 0, when every x has one seed: the seed noise is unmeasured).
+    Raises ValueError for a missing x or discontinuous column.
     """
     # 1. validate
     if not isinstance(table, pd.DataFrame):
@@ -380,8 +408,10 @@ def check_mirage(
     fractions: dict[str, float] = {}
     boot = 0
     if seeds is not None:
+        # with agg="mean" the drawn seeds' mean spreads as the seeds' mean does (few seeds)
+        scale = {columns[m]: bnds.get(m) for m in columns} if agg == "mean" else None
         fractions, boot = _seed_fractions(
-            df, x=x, seeds=seeds, n_boot=n_boot, random_state=random_state,
+            df, x=x, seeds=seeds, n_boot=n_boot, random_state=random_state, scale=scale,
             call=lambda t: check_mirage(
                 t, x, discontinuous=discontinuous, continuous=continuous, split=split, agg=agg,
                 select_metric=select_metric, select_split=select_split,

@@ -379,41 +379,68 @@ def emergence(
     table: Annotated[Path, typer.Argument(help="CSV or Parquet table, or a run directory")],
     x: Annotated[str, typer.Option(help="x column")] = "dataset_size",
     y: Annotated[str, typer.Option(help="metric column")] = "test_exact_match",
+    seed: Annotated[int, typer.Option(help="seed of the seed resamples (as `scaling report --seed`)")] = 0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Is there a sudden jump in a metric? On a run: per series, on the configs chosen on validation
-    (mean over their seeds), with the continuous-metric check, as the report does."""
-    from analysis.jumps import detect_jumps
-    from analysis.mirage import check_mirage
+    (mean over their seeds), with the report's check (analysis.findings.emergence.series_check):
+    [0, 1] bounds for exact match and token accuracy, binomial errors from the spec's evaluation
+    size, the continuous-metric check and, where some size has several seeds, the verdict across
+    seed resamples. On a plain table: its rows (mean over repeated x), with [0, 1] bounds for a
+    known bounded metric and binomial errors from an n_problems column when it has one."""
+    import pandas as pd
+
+    from analysis.findings.emergence import eval_size, measured, metric_bounds, series_check
+    from analysis.jumps import binomial_se, detect_jumps
     from analysis.selection import higher_is_better, series, series_points
+    from scaling.records import read_run
+    from scaling.records_io import RecordsError
 
     df = _read_any(table)
     for col in (x, y):
         if col not in df.columns:
             _fail(f"{table}: column {col!r} not found (has {list(df.columns)})")
-    run = _is_run_table(df)
-    if run:
-        sel = _selection_or_fail(df, table)
-        groups = [(s["label"], series_points(sel.points, s["key"])) for s in series(sel.points, sel.series_cols)]
-    else:  # a plain table: its rows are the points (mean over repeated x)
-        groups = [("all", df)]
     out: dict[str, Any] = {"x": x, "y": y, "series": []}
-    for label, pts in groups:
-        g = pts.groupby(x)[y].mean().dropna()
+    if _is_run_table(df):
         try:
-            res = detect_jumps(g.index.to_numpy(float), g.to_numpy(float), higher_is_better=higher_is_better(y))
+            spec = read_run(table).spec  # the evaluation size is the spec's
+        except RecordsError as err:
+            _fail(str(err))
+        sel = _selection_or_fail(df, table)
+        split, metric = y.split("_", 1) if y.startswith(("val_", "test_")) else ("test", y)
+        disc, cont = measured(sel.points, split)
+        is_disc = metric in disc  # a discontinuous metric gets the mirage check, as in the report
+        n_problems = eval_size(spec, split)
+        for s in series(sel.points, sel.series_cols):
+            pts = series_points(sel.points, s["key"])
+            g = pts.groupby(x)[y].mean().dropna()
+            try:
+                res, seeded = series_check(pts, x, metric=metric, continuous=cont if is_disc else (), split=split,
+                                           n_problems=n_problems, seed=seed, across_seeds=is_disc)  # fmt: skip
+            except ValueError as err:
+                _fail(f"{table}: {s['label']}: {err}")
+            entry: dict[str, Any] = {"label": s["label"], "points": {"x": g.index.tolist(), "y": g.tolist()},
+                                     "jump": res.results[metric].to_dict(), "n_problems": n_problems,
+                                     "seeds": seeded}  # fmt: skip
+            if is_disc:
+                entry["mirage"] = res.to_dict()
+            out["series"].append(entry)
+    else:  # a plain table: its rows are the points (mean over repeated x)
+        g = df.groupby(x)[y].mean().dropna()
+        bounds = metric_bounds(y)
+        se = None
+        if bounds == (0.0, 1.0) and "n_problems" in df.columns:
+            n = pd.to_numeric(df["n_problems"], errors="coerce").groupby(df[x]).median().reindex(g.index)
+            if n.notna().all() and (n >= 1).all() and g.between(0.0, 1.0).all():
+                se = binomial_se(g.to_numpy(float), n.to_numpy(float))
+        try:
+            res = detect_jumps(g.index.to_numpy(float), g.to_numpy(float), higher_is_better=higher_is_better(y),
+                               bounds=bounds, se=se)  # fmt: skip
         except ValueError as err:
-            _fail(f"{table}: {label}: {err}")
-        entry: dict[str, Any] = {"label": label, "points": {"x": g.index.tolist(), "y": g.tolist()},
-                                 "jump": res.to_dict()}  # fmt: skip
-        if run and y.endswith("exact_match"):
-            split = y.split("_", 1)[0] if y.startswith(("val_", "test_")) else "test"
-            metric = y.split("_", 1)[1] if y.startswith(("val_", "test_")) else y
-            cont = [m for m in ("eval_loss", "token_accuracy", "answer_logprob")
-                    if f"{split}_{m}" in pts and pts[f"{split}_{m}"].notna().any()]  # fmt: skip
-            entry["mirage"] = check_mirage(pts, x, discontinuous=metric, continuous=cont, split=split,
-                                           agg="mean").to_dict()  # fmt: skip
-        out["series"].append(entry)
+            _fail(f"{table}: all: {err}")
+        out["series"].append({"label": "all", "points": {"x": g.index.tolist(), "y": g.tolist()},
+                              "jump": res.to_dict(), "bounds": list(bounds) if bounds else None,
+                              "binomial_se": se is not None})  # fmt: skip
     if as_json:
         typer.echo(json.dumps(out, default=float))
         return

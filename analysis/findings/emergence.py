@@ -1,35 +1,88 @@
 """Section 5, sudden abilities: the jump verdict and the mirage check per discontinuous metric,
-on the test points of the configs chosen on validation (mean over their seeds)."""
+on the test points of the configs chosen on validation (mean over their seeds).
+
+`series_check` is the check of one series, shared with `scaling emergence` so that the command
+and the report give one verdict: `analysis.mirage.check_mirage` on the mean over seeds, with
+[0, 1] bounds for bounded metrics, binomial errors from the spec's evaluation size and, where
+some x has two seeds or more, the verdict across seed resamples.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pandas as pd
+
 from analysis.findings.common import CONTINUOUS, DISCONTINUOUS, Analysis, Finding
-from analysis.mirage import check_mirage
+from analysis.jumps import MIN_POINTS
+from analysis.mirage import MirageResult, check_mirage
 from analysis.table import _py
 
-__all__ = ["emergence_finding"]
+__all__ = ["emergence_finding", "eval_size", "measured", "metric_bounds", "series_check"]
 
 
 _PLAIN = {
     "metric artefact": "the all-or-nothing metric jumps while the continuous metrics improve smoothly: the model "
                        "gets steadily better and only the exact-match threshold makes it look sudden",
     "genuine jump": "a continuous metric jumps at the same place: the model itself changes there",
-    "no jump": "no sudden jump: the metric changes gradually (or not at all) with data",
-    "insufficient": "too few dataset sizes to tell a jump from a trend (at least 4 are needed)",
+    "no jump": "no sudden jump that lasts: the metric changes gradually (or not at all) with data, or jumps and "
+               "falls back",
+    "insufficient": f"too few dataset sizes to tell a jump from a trend (at least {MIN_POINTS} are needed)",
     "inconclusive": "the metric jumps, but no continuous metric was measured to check it against",
     "uncertain": "the verdict does not hold across seeds: resampling the seeds gives different verdicts",
 }  # fmt: skip
 N_BOOT = 40  # seed resamples per check (~60 ms each): a fraction near AGREE known to about +-0.05
 BOUNDED = {"exact_match": (0.0, 1.0), "token_accuracy": (0.0, 1.0)}  # metrics in [0, 1]
+_SPLITS = {"test": "test_size", "val": "validation_size"}  # spec eval key of each split's size
 
 
-def _test_size(an: Analysis) -> int | None:
-    """How many problems each test evaluation had (spec eval.test_size), for binomial errors."""
-    ev = (an.spec or {}).get("eval") or {}
-    n = ev.get("test_size") if isinstance(ev, dict) else None
-    return int(n) if isinstance(n, int | float) and n > 0 else None
+def metric_bounds(metric: str) -> tuple[float, float] | None:
+    """The possible range of a bounded metric ([0, 1] for exact match and token accuracy), with
+    or without a ``val_``/``test_`` prefix; None for an unbounded one (a loss)."""
+    split, _, rest = metric.partition("_")
+    return BOUNDED.get(rest if split in _SPLITS else metric)
+
+
+def eval_size(spec: Mapping[str, Any] | None, split: str = "test") -> int | None:
+    """How many problems each evaluation of ``split`` had (spec eval.test_size or
+    eval.validation_size), for binomial errors; None when the spec does not say."""
+    ev = (spec or {}).get("eval") or {}
+    n = ev.get(_SPLITS.get(split, "")) if isinstance(ev, Mapping) else None
+    return int(n) if isinstance(n, int | float) and not isinstance(n, bool) and n > 0 else None
+
+
+def measured(points: pd.DataFrame, split: str = "test") -> tuple[list[str], list[str]]:
+    """(discontinuous, continuous) metrics with at least one value on ``split`` in ``points``."""
+    def has(m: str) -> bool:
+        col = f"{split}_{m}"
+        return col in points and bool(points[col].notna().any())
+
+    return [m for m in DISCONTINUOUS if has(m)], [m for m in CONTINUOUS if has(m)]
+
+
+def series_check(
+    points: pd.DataFrame,
+    x: str,
+    *,
+    metric: str,
+    continuous: Sequence[str],
+    split: str = "test",
+    n_problems: int | None = None,
+    seed: int = 0,
+    n_boot: int = N_BOOT,
+    across_seeds: bool = True,
+) -> tuple[MirageResult, bool]:
+    """The jump and mirage check of one series (its rows, mean over seeds per x) and whether
+    it was resampled over seeds (some x has two seeds or more, and ``across_seeds``)."""
+    has_seeds = across_seeds and "seed" in points and bool((points.groupby(x)["seed"].nunique() >= 2).any())
+    res = check_mirage(
+        points, x, discontinuous=metric, continuous=continuous, split=split, agg="mean",
+        n_problems=n_problems,
+        bounds={k: b for k in (metric, *continuous) if (b := metric_bounds(k)) is not None},
+        seeds="seed" if has_seeds else None, n_boot=n_boot, random_state=seed,
+    )  # fmt: skip
+    return res, has_seeds
 
 
 def emergence_finding(an: Analysis) -> Finding:
@@ -41,16 +94,12 @@ def emergence_finding(an: Analysis) -> Finding:
     if pts.empty:
         out["reason"] = "no completed trial with test metrics"
         return Finding(numbers=out, figures={"emergence": em})
-    present = [
-        m
-        for m in (*DISCONTINUOUS, *CONTINUOUS)
-        if f"test_{m}" in pts and pts[f"test_{m}"].notna().any()
-    ]
-    disc = [m for m in DISCONTINUOUS if m in present]
-    cont = [m for m in CONTINUOUS if m in present]
+    disc, cont = measured(pts, "test")
+    present = [*disc, *cont]
     em["metrics"] = present
     if not disc:
         out["reason"] = f"no discontinuous metric ({', '.join(DISCONTINUOUS)}) has test values"
+    n_problems = eval_size(an.spec, "test")
     for s in an.series():
         sp = an.series_points(s["key"])
         fig: dict[str, Any] = {"label": s["label"], "curves": {}, "jumps": {}}
@@ -58,14 +107,9 @@ def emergence_finding(an: Analysis) -> Finding:
         for m in present:
             g = sp.groupby("dataset_size")[f"test_{m}"].mean().dropna()
             fig["curves"][m] = (g.index.to_numpy(float), g.to_numpy(float))
-        has_seeds = "seed" in sp and bool((sp.groupby("dataset_size")["seed"].nunique() >= 2).any())
-        n_problems = _test_size(an)
         for m in disc:
-            res = check_mirage(
-                sp, "dataset_size", discontinuous=m, continuous=cont, split="test", agg="mean",
-                n_problems=n_problems, bounds={k: v for k, v in BOUNDED.items() if k in (m, *cont)},
-                seeds="seed" if has_seeds else None, n_boot=N_BOOT, random_state=an.seed,
-            )  # fmt: skip
+            res, has_seeds = series_check(sp, "dataset_size", metric=m, continuous=cont, n_problems=n_problems,
+                                          seed=an.seed)  # fmt: skip
             jump = res.results[m]
             entry = {
                 "label": s["label"], **{c: _py(v) for c, v in s["key"].items()}, "metric": m,

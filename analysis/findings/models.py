@@ -15,7 +15,7 @@ parameter count N), per epochs setting (and LoRA rank when it varies):
    (the study's ``target_dataset_size`` fact, else its largest D), each with its bootstrap
    interval and the share of bootstrap draws in which it is best;
 4. jump verdicts against N (analysis.mirage over the models at each D: a sigmoid in log N against
-   a line, checked against the continuous metrics; at least 4 models are needed to tell), and per
+   a line, checked against the continuous metrics; MIN_MODELS_JUMP (5) models are needed), and per
    model the smallest D whose test exact match reaches EM_LEVEL (measured, with its binomial SE).
 
 No torch, ray or scaling here: numbers only.

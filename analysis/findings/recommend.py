@@ -18,6 +18,7 @@ from analysis.findings.common import (
     _g,
     _pct,
 )
+from analysis.jumps import MIN_POINTS
 
 __all__ = ["recommend_finding"]
 
@@ -152,7 +153,7 @@ def recommend_finding(an: Analysis) -> Finding:
         elif e["mirage"] == "insufficient":
             add(
                 "emergence",
-                f"{e['label']}: add dataset sizes (at least 4) to judge whether {e['metric']} jumps.",
+                f"{e['label']}: add dataset sizes (at least {MIN_POINTS}) to judge whether {e['metric']} jumps.",
             )
     # the base model (section 6): which to fine-tune at the target D, and how sure the ranking is
     for s in N.get("models", {}).get("series", []):
