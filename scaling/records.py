@@ -323,6 +323,20 @@ def recorded_trials(run_dir: str | Path) -> tuple[int, set[str]]:
     return len(table), set(table["trial_id"].astype(str))
 
 
+def trial_outcomes(run_dir: str | Path) -> dict[str, tuple[str, float | None]]:
+    """Each recorded trial's end as its rows say: trial_id -> (status, its last epoch's validation
+    loss). A resume tells Optuna this for a trial whose rows reached the table while the storage
+    was down (sweep/searcher.py), instead of running it again."""
+    if not (Path(run_dir) / RESULTS_FILE).exists():
+        return {}
+    from analysis.table import SELECT_METRIC
+
+    table = read_results(run_dir)
+    last = table.sort_values("epoch").groupby("trial_id", sort=False).tail(1)
+    return {str(r.trial_id): (str(r.status), None if pd.isna(getattr(r, SELECT_METRIC)) else float(getattr(r, SELECT_METRIC)))
+            for r in last.itertuples(index=False)}  # fmt: skip
+
+
 def compact(run_dir: str | Path) -> int:
     """Fold run_dir's part files into results.parquet (one file, as old runs had); returns the row count.
 

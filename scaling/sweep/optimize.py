@@ -52,7 +52,9 @@ from ray.tune.search import Searcher
 
 from analysis.table import SELECT_METRIC
 from scaling.records import _trial_status
+from scaling.records_io import RecordsError
 from scaling.spec import Cell, StudySpec
+from scaling.sweep._retry import RetryingStorage, StorageDown
 from scaling.sweep.identity import UID_ATTR, optimize_study_name
 from scaling.sweep.searcher import CellSearcher, StorageBacked
 
@@ -70,9 +72,14 @@ def make_searcher(spec: StudySpec, storage: optuna.storages.BaseStorage, *, cell
                   **kwargs: Any) -> Searcher:  # fmt: skip
     """The spec's searcher: OptimizeSearcher for ``sampler.mode: optimize``, else CellSearcher over
     ``cells`` (spec.cells()); the same keyword arguments: max_trials, recorded, study_uid."""
-    if spec.sampler.mode == "optimize":
-        return OptimizeSearcher(spec, storage, **kwargs)
-    return CellSearcher(spec, storage, cells=cells, **kwargs)
+    # every storage call of the searchers rides out a brief outage (_retry.py); the lease keeps the raw one
+    storage = storage if isinstance(storage, RetryingStorage) else RetryingStorage(storage, getattr(storage, "url", ""))
+    try:
+        if spec.sampler.mode == "optimize":
+            return OptimizeSearcher(spec, storage, **kwargs)
+        return CellSearcher(spec, storage, cells=cells, **kwargs)
+    except StorageDown as err:
+        raise RecordsError(f"{err}; nothing was run: run the same `scaling sweep` again once it is back") from None
 
 
 # 2. Samplers and the constraint -----------------------------------------------------
@@ -260,6 +267,13 @@ class OptimizeSearcher(StorageBacked, Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.halted() or (self.max_trials is not None and self.started >= self.max_trials):
             return Searcher.FINISHED
+        try:
+            return self._suggest(trial_id)
+        except StorageDown as err:  # an ask half done leaves a RUNNING trial: a resume claims it
+            self._down(err)
+            return Searcher.FINISHED
+
+    def _suggest(self, trial_id: str) -> dict | str | None:
         # (a) trials a dead driver left: re-run them (a leftover now over the cap is told so)
         while self.orphans:
             number, params = self._claim_orphan(self.orphans.pop(0))
@@ -314,7 +328,7 @@ class OptimizeSearcher(StorageBacked, Searcher):
             return
         self._last[trial_id] = dict(result)
         value = result.get(SELECT_METRIC)
-        if value is None or not math.isfinite(value):
+        if value is None or not math.isfinite(value) or self.storage_down is not None:
             return
         try:  # intermediate values: the dashboard's learning curves, TPE's view of pruned trials
             self.study._storage.set_trial_intermediate_value(
@@ -332,10 +346,19 @@ class OptimizeSearcher(StorageBacked, Searcher):
         return float(x) if self.unit == "flops" else float(x) / 3600.0
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tell Optuna; with the storage down past the retry bound, never raise (Ray would then skip
+        the recorder and lose the trial's rows): the sweep stops with the rows recorded."""
         live = self._live.pop(trial_id, None)
         if live is None:
             return
-        number, est = live
+        if self.storage_down is None:
+            try:
+                return self._tell(trial_id, result, error, *live)
+            except StorageDown as err:
+                self._down(err)
+        self.untold += 1
+
+    def _tell(self, trial_id: str, result: dict | None, error: bool, number: int, est: float) -> None:
         last = self._last.pop(trial_id, None)
         status = _trial_status(result, error)
         cost = self._cost(last)
