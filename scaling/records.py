@@ -323,18 +323,16 @@ def recorded_trials(run_dir: str | Path) -> tuple[int, set[str]]:
     return len(table), set(table["trial_id"].astype(str))
 
 
-def trial_outcomes(run_dir: str | Path) -> dict[str, tuple[str, float | None]]:
-    """Each recorded trial's end as its rows say: trial_id -> (status, its last epoch's validation
-    loss). A resume tells Optuna this for a trial whose rows reached the table while the storage
+def trial_outcomes(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Each recorded trial's end as its rows say: trial_id -> its last row (status, epoch, epochs,
+    the validation loss, train_flops, ...; NaN as None). A resume tells Optuna this for a trial whose rows reached the table while the storage
     was down (sweep/searcher.py), instead of running it again."""
     if not (Path(run_dir) / RESULTS_FILE).exists():
         return {}
-    from analysis.table import SELECT_METRIC
-
     table = read_results(run_dir)
     last = table.sort_values("epoch").groupby("trial_id", sort=False).tail(1)
-    return {str(r.trial_id): (str(r.status), None if pd.isna(getattr(r, SELECT_METRIC)) else float(getattr(r, SELECT_METRIC)))
-            for r in last.itertuples(index=False)}  # fmt: skip
+    return {str(row["trial_id"]): {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in row.items()}
+            for row in last.to_dict("records")}  # fmt: skip
 
 
 def compact(run_dir: str | Path) -> int:

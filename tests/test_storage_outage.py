@@ -77,7 +77,7 @@ def test_the_searcher_never_raises_on_an_outage_and_a_resume_tells_what_the_rows
     study = optuna.load_study(study_name=a["optuna_study"], storage=inner)
     assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]
     # the resume: trial a's rows reached the table, b's did not (say the recorder was killed)
-    recorded = {f"{a['optuna_study']}#{a['optuna_trial']}": ("ok", 1.25)}
+    recorded = {f"{a['optuna_study']}#{a['optuna_trial']}": {"status": "ok", "val_eval_loss": 1.25, "epoch": 1}}
     again = make_searcher(spec, inner, cells=spec.cells(), recorded=recorded)
     t = {t.number: t for t in study.get_trials()}
     assert t[a["optuna_trial"]].state.name == "COMPLETE" and t[a["optuna_trial"]].value == 1.25
@@ -217,3 +217,24 @@ def test_a_postgres_outage_past_the_bound_stops_the_sweep_and_a_resume_finishes_
     assert len(kept) == n_before and (kept["val_eval_loss"] == kept["val_eval_loss_0"]).all()
     print(f"\nPostgreSQL down past the bound: exit {first.exit_code} with {n_before} rows kept \n  {errors[0]}\n ; "
           f"resume exit {second.exit_code}, {rows} rows, Optuna matches")
+
+
+def test_optimize_mode_also_halts_on_an_outage_and_a_resume_tells_what_the_rows_say(tmp_path):
+    from scaling.sweep.optimize import make_searcher
+
+    spec = parse_spec({"name": "o", "axes": {"dataset_size": [100, 200], "epochs": [1, 2]},
+                       "learning_rate": {"low": 1e-3, "high": 3e-2}, "sampler": {"mode": "optimize"},
+                       "budget": {"flops": 1e12}})  # fmt: skip
+    inner, other = _locked_sqlite(tmp_path / "o.db")
+    s = make_searcher(spec, RetryingStorage(inner, f"sqlite:///{tmp_path / 'o.db'}", bound=0.5), cells=spec.cells())
+    a = s.suggest("a")
+    last = {"val_eval_loss": 0.75, "epoch": a["epochs"], "epochs": a["epochs"], "status": "ok", "train_flops": 1e9}
+    s.on_trial_result("a", last)
+    other.execute("BEGIN EXCLUSIVE")
+    s.on_trial_complete("a", result=last)  # no exception: the sweep stops instead
+    assert s.storage_halt_reason() is not None and s.untold == 1 and s.suggest("b") == "FINISHED"
+    other.execute("COMMIT")
+    again = make_searcher(spec, inner, cells=spec.cells(), recorded={f"{a['optuna_study']}#{a['optuna_trial']}": last})
+    t = optuna.load_study(study_name=a["optuna_study"], storage=inner).get_trials()[a["optuna_trial"]]
+    assert t.state.name == "COMPLETE" and t.value == 0.75 and t.user_attrs["cost"] == 1e9
+    assert again.orphans_found == 0 and again.spent() == 1e9

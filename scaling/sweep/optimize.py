@@ -112,7 +112,7 @@ class OptimizeSearcher(StorageBacked, Searcher):
         storage: optuna.storages.BaseStorage,
         *,
         max_trials: int | None = None,
-        recorded: set[str] | None = None,
+        recorded: set[str] | dict[str, dict[str, Any]] | None = None,
         study_uid: str | None = None,
     ):
         super().__init__(metric=SELECT_METRIC, mode="min")
@@ -145,6 +145,10 @@ class OptimizeSearcher(StorageBacked, Searcher):
                 self.infeasible += 1  # never run, no rows: done
             elif t.state.is_finished() and (recorded is None or f"{name}#{t.number}" in recorded):
                 self.done += 1
+            elif isinstance(recorded, dict) and f"{name}#{t.number}" in recorded and "dataset_size" in t.params:
+                # its rows reached the table while the storage was down: tell Optuna what they say
+                row = recorded[f"{name}#{t.number}"]
+                self._tell(row, row, row.get("status") == "failed", t.number, 0.0)
             else:
                 # RUNNING/WAITING: a previous driver died holding it; or finished in Optuna but
                 # killed before its rows reached the table: re-run it (its own number if it can)
@@ -351,15 +355,16 @@ class OptimizeSearcher(StorageBacked, Searcher):
         live = self._live.pop(trial_id, None)
         if live is None:
             return
+        last = self._last.pop(trial_id, None)
         if self.storage_down is None:
             try:
-                return self._tell(trial_id, result, error, *live)
+                return self._tell(result, last, error, *live)
             except StorageDown as err:
                 self._down(err)
         self.untold += 1
 
-    def _tell(self, trial_id: str, result: dict | None, error: bool, number: int, est: float) -> None:
-        last = self._last.pop(trial_id, None)
+    def _tell(self, result: dict | None, last: dict | None, error: bool, number: int, est: float) -> None:
+        """Tell Optuna a trial's end: result (the last one Ray saw), last (its last evaluation)."""
         status = _trial_status(result, error)
         cost = self._cost(last)
         measured = cost is not None

@@ -119,7 +119,7 @@ class CellSearcher(StorageBacked, Searcher):
         storage: optuna.storages.BaseStorage,
         *,
         max_trials: int | None = None,
-        recorded: set[str] | dict[str, tuple[str, float | None]] | None = None,
+        recorded: set[str] | dict[str, dict[str, Any]] | None = None,
         study_uid: str | None = None,
         cells: list[Cell],
     ):
@@ -165,7 +165,7 @@ class CellSearcher(StorageBacked, Searcher):
                 in_table = recorded is None or key in recorded
                 if in_table and not t.state.is_finished() and isinstance(recorded, dict) and "learning_rate" in t.params:
                     # its rows reached the table while the storage was down: tell Optuna what they say
-                    t = self._tell_from_rows(study, t, *recorded[key])
+                    t = self._tell_from_rows(study, t, recorded[key])
                 if t.state.is_finished() and in_table:
                     if phase == "repeat":
                         st.done_repeat += 1
@@ -182,9 +182,10 @@ class CellSearcher(StorageBacked, Searcher):
             self.cells.append(st)
 
     @staticmethod
-    def _tell_from_rows(study: optuna.Study, t: optuna.trial.FrozenTrial, status: str,
-                        value: float | None) -> optuna.trial.FrozenTrial:  # fmt: skip
-        state = _STATES.get(status, optuna.trial.TrialState.FAIL)
+    def _tell_from_rows(study: optuna.Study, t: optuna.trial.FrozenTrial, row: dict[str, Any]) -> optuna.trial.FrozenTrial:
+        """What _tell would have told, from the trial's last row (records.trial_outcomes)."""
+        state = _STATES.get(str(row.get("status")), optuna.trial.TrialState.FAIL)
+        value = row.get(SELECT_METRIC)
         if state == optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
             state = optuna.trial.TrialState.FAIL
         study.tell(t.number, value if state == optuna.trial.TrialState.COMPLETE else None, state=state,
