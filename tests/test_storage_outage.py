@@ -188,7 +188,7 @@ def test_a_postgres_outage_past_the_bound_stops_the_sweep_and_a_resume_finishes_
     pw = "pw-outage-Zq81"
     url = pg["url"].replace("postgres@", f"postgres:{pw}@")  # the server trusts any password
     monkeypatch.setenv("SCALING_STORAGE_RETRY_S", "2")
-    monkeypatch.setenv("SCALING_LEASE_TIMEOUT_S", "6")
+    monkeypatch.setenv("SCALING_LEASE_TIMEOUT_S", "15")  # longer than the retry bound, as by default
     spec = _spec("outage", url)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({"name": "outage", "axes": {"dataset_size": [64], "epochs": [1, 2]},
@@ -209,7 +209,7 @@ def test_a_postgres_outage_past_the_bound_stops_the_sweep_and_a_resume_finishes_
     assert "'postgresql://postgres:***@127.0.0.1" in errors[0] and "unreachable" in errors[0]
     assert "re-runs only the trials without rows" in errors[0]
     assert before is not None and n_before >= 2 and not before.duplicated(["trial_id", "epoch"]).any()
-    time.sleep(6.5)  # our own dead lease (same pid) times out
+    time.sleep(15.5)  # our own lease (this pid: not dead) times out; a new process takes it at once
     second = CliRunner().invoke(app, ["sweep", str(path), "--out", str(run)])
     assert second.exit_code == 0, second.output
     rows = _check_exact(run, spec, pg["url"])

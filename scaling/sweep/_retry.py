@@ -5,7 +5,7 @@ raise while it lasts. The searchers call the storage inside Ray Tune's event loo
 exception would end the sweep (or lose the finished trial's rows: Ray tells the searcher before
 the recorder), so every call of the storage they use goes through ``RetryingStorage``: a
 transient database error (a lost or refused connection, a lock) is retried with backoff for up
-to ``retry_bound()`` seconds (SCALING_STORAGE_RETRY_S, default 60), one warning per outage
+to ``retry_bound()`` seconds (SCALING_STORAGE_RETRY_S, default 45), one warning per outage
 and the password scrubbed. Integrity, programming and data errors are not transient: they
 raise at once. The engine's pool_pre_ping (identity.open_storage) replaces the connections a
 restart killed. An outage that outlasts the bound raises ``StorageDown``; the searcher then
@@ -28,7 +28,9 @@ from analysis.redact import redact_url, scrub
 
 __all__ = ["RetryingStorage", "StorageDown", "is_transient", "retry_bound"]
 
-RETRY_S = 60.0
+# below the lease's 60 s heartbeat timeout (lease.py): an outage stops the sweep with this module's
+# message (what a resume will do) rather than the lease's
+RETRY_S = 45.0
 log = logging.getLogger(__name__)
 
 
@@ -74,11 +76,9 @@ def is_transient(err: BaseException) -> bool:
 
 def describe(err: BaseException, url: str) -> str:
     """One line: the error and the driver's cause (Optuna's StorageInternalError hides it), scrubbed."""
-    parts = []
-    for e in _chain(err)[:3]:
-        first = (str(e).strip().splitlines() or [""])[0]
-        parts.append(f"{type(e).__name__}: {first}")
-    return scrub(" <- ".join(parts), url)[:500]
+    chain = _chain(err)[:4]  # Optuna's wrapper, SQLAlchemy's, the driver's: the driver's says what happened
+    root = (str(chain[-1]).strip().splitlines() or [""])[0]
+    return scrub(" <- ".join(type(e).__name__ for e in chain) + f": {root}", url)[:500]
 
 
 class RetryingStorage(BaseStorage):

@@ -338,6 +338,8 @@ class OptimizeSearcher(StorageBacked, Searcher):
             self.study._storage.set_trial_intermediate_value(
                 self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, live[0]),
                 int(result.get("epoch", 0)), float(value))  # fmt: skip
+        except StorageDown as err:  # down past the bound: stop, rather than wait it out at every result
+            self._down(err)
         except Exception:
             pass
 

@@ -93,9 +93,10 @@ class StorageBacked:
         """Why the sweep must stop (the Optuna storage stayed unreachable), else None."""
         if self.storage_down is None:
             return None
+        untold = f" ({self.untold} of those trials not yet told to Optuna)" if self.untold else ""
         return RecordsError(
             f"{self.storage_down}; the sweep stopped. The rows of every finished trial are in the results "
-            f"table ({self.untold} of those trials not yet told to Optuna). Run the same `scaling sweep` "
+            f"table{untold}. Run the same `scaling sweep` "
             "again once the storage is back: it tells Optuna what those rows say and re-runs only the "
             "trials without rows"
         )
@@ -469,6 +470,8 @@ class CellSearcher(StorageBacked, Searcher):
                 int(result.get("epoch", 0)),
                 float(value),
             )
+        except StorageDown as err:  # down past the bound: stop, rather than wait it out at every result
+            self._down(err)
         except Exception:
             pass
 
