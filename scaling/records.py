@@ -323,6 +323,18 @@ def recorded_trials(run_dir: str | Path) -> tuple[int, set[str]]:
     return len(table), set(table["trial_id"].astype(str))
 
 
+def trial_outcomes(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Each recorded trial's end as its rows say: trial_id -> its last row (status, epoch, epochs,
+    the validation loss, train_flops, ...; NaN as None). A resume tells Optuna this for a trial whose rows reached the table while the storage
+    was down (sweep/searcher.py), instead of running it again."""
+    if not (Path(run_dir) / RESULTS_FILE).exists():
+        return {}
+    table = read_results(run_dir)
+    last = table.sort_values("epoch").groupby("trial_id", sort=False).tail(1)
+    return {str(row["trial_id"]): {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in row.items()}
+            for row in last.to_dict("records")}  # fmt: skip
+
+
 def compact(run_dir: str | Path) -> int:
     """Fold run_dir's part files into results.parquet (one file, as old runs had); returns the row count.
 

@@ -55,6 +55,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def postgres_url():
+    server = postgres_server()
+    yield next(server)["url"]
+    server.close()
+
+
+def postgres_server():
+    """A throw-away server (a generator: the first next() gives {"url", "pg_ctl"}, close() stops it);
+    pg_ctl(*args) runs pg_ctl on its data directory (tests/test_storage_outage.py restarts it)."""
     psycopg = pytest.importorskip("psycopg", reason="psycopg is the driver of postgresql:// URLs (pip install -e .[dev])")
     bindir = _pg_bin()
     if bindir is None:
@@ -88,7 +96,11 @@ def postgres_url():
     try:
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as con:
             con.execute("CREATE DATABASE optuna")
-        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+
+        def pg_ctl(*args: str) -> subprocess.CompletedProcess:
+            return run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", opts, *args)
+
+        yield {"url": f"postgresql://postgres@127.0.0.1:{port}/optuna", "pg_ctl": pg_ctl}
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)

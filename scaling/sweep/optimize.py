@@ -52,7 +52,9 @@ from ray.tune.search import Searcher
 
 from analysis.table import SELECT_METRIC
 from scaling.records import _trial_status
+from scaling.records_io import RecordsError
 from scaling.spec import Cell, StudySpec
+from scaling.sweep._retry import RetryingStorage, StorageDown
 from scaling.sweep.identity import UID_ATTR, optimize_study_name
 from scaling.sweep.searcher import CellSearcher, StorageBacked
 
@@ -70,9 +72,14 @@ def make_searcher(spec: StudySpec, storage: optuna.storages.BaseStorage, *, cell
                   **kwargs: Any) -> Searcher:  # fmt: skip
     """The spec's searcher: OptimizeSearcher for ``sampler.mode: optimize``, else CellSearcher over
     ``cells`` (spec.cells()); the same keyword arguments: max_trials, recorded, study_uid."""
-    if spec.sampler.mode == "optimize":
-        return OptimizeSearcher(spec, storage, **kwargs)
-    return CellSearcher(spec, storage, cells=cells, **kwargs)
+    # every storage call of the searchers rides out a brief outage (_retry.py); the lease keeps the raw one
+    storage = storage if isinstance(storage, RetryingStorage) else RetryingStorage(storage, getattr(storage, "url", ""))
+    try:
+        if spec.sampler.mode == "optimize":
+            return OptimizeSearcher(spec, storage, **kwargs)
+        return CellSearcher(spec, storage, cells=cells, **kwargs)
+    except StorageDown as err:
+        raise RecordsError(f"{err}; nothing was run: run the same `scaling sweep` again once it is back") from None
 
 
 # 2. Samplers and the constraint -----------------------------------------------------
@@ -105,7 +112,7 @@ class OptimizeSearcher(StorageBacked, Searcher):
         storage: optuna.storages.BaseStorage,
         *,
         max_trials: int | None = None,
-        recorded: set[str] | None = None,
+        recorded: set[str] | dict[str, dict[str, Any]] | None = None,
         study_uid: str | None = None,
     ):
         super().__init__(metric=SELECT_METRIC, mode="min")
@@ -138,6 +145,10 @@ class OptimizeSearcher(StorageBacked, Searcher):
                 self.infeasible += 1  # never run, no rows: done
             elif t.state.is_finished() and (recorded is None or f"{name}#{t.number}" in recorded):
                 self.done += 1
+            elif isinstance(recorded, dict) and f"{name}#{t.number}" in recorded and "dataset_size" in t.params:
+                # its rows reached the table while the storage was down: tell Optuna what they say
+                row = recorded[f"{name}#{t.number}"]
+                self._tell(row, row, row.get("status") == "failed", t.number, 0.0)
             else:
                 # RUNNING/WAITING: a previous driver died holding it; or finished in Optuna but
                 # killed before its rows reached the table: re-run it (its own number if it can)
@@ -260,6 +271,13 @@ class OptimizeSearcher(StorageBacked, Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.halted() or (self.max_trials is not None and self.started >= self.max_trials):
             return Searcher.FINISHED
+        try:
+            return self._suggest(trial_id)
+        except StorageDown as err:  # an ask half done leaves a RUNNING trial: a resume claims it
+            self._down(err)
+            return Searcher.FINISHED
+
+    def _suggest(self, trial_id: str) -> dict | str | None:
         # (a) trials a dead driver left: re-run them (a leftover now over the cap is told so)
         while self.orphans:
             number, params = self._claim_orphan(self.orphans.pop(0))
@@ -314,12 +332,14 @@ class OptimizeSearcher(StorageBacked, Searcher):
             return
         self._last[trial_id] = dict(result)
         value = result.get(SELECT_METRIC)
-        if value is None or not math.isfinite(value):
+        if value is None or not math.isfinite(value) or self.storage_down is not None:
             return
         try:  # intermediate values: the dashboard's learning curves, TPE's view of pruned trials
             self.study._storage.set_trial_intermediate_value(
                 self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, live[0]),
                 int(result.get("epoch", 0)), float(value))  # fmt: skip
+        except StorageDown as err:  # down past the bound: stop, rather than wait it out at every result
+            self._down(err)
         except Exception:
             pass
 
@@ -332,11 +352,21 @@ class OptimizeSearcher(StorageBacked, Searcher):
         return float(x) if self.unit == "flops" else float(x) / 3600.0
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tell Optuna; with the storage down past the retry bound, never raise (Ray would then skip
+        the recorder and lose the trial's rows): the sweep stops with the rows recorded."""
         live = self._live.pop(trial_id, None)
         if live is None:
             return
-        number, est = live
         last = self._last.pop(trial_id, None)
+        if self.storage_down is None:
+            try:
+                return self._tell(result, last, error, *live)
+            except StorageDown as err:
+                self._down(err)
+        self.untold += 1
+
+    def _tell(self, result: dict | None, last: dict | None, error: bool, number: int, est: float) -> None:
+        """Tell Optuna a trial's end: result (the last one Ray saw), last (its last evaluation)."""
         status = _trial_status(result, error)
         cost = self._cost(last)
         measured = cost is not None

@@ -33,7 +33,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 from analysis.table import RESULTS_FILE  # noqa: E402
-from scaling.records import RunLock, finish_table, fold_pending, recorded_trials  # noqa: E402
+from scaling.records import RunLock, finish_table, fold_pending, recorded_trials, trial_outcomes  # noqa: E402
 from scaling.run_record import _check_same_study, finish_sweep, new_uid, start_sweep  # noqa: E402
 from scaling.spec import SpecError, StudySpec  # noqa: E402
 from scaling.sweep.identity import open_checked, study_names  # noqa: E402
@@ -121,7 +121,9 @@ def run_sweep(
             # written before any cell study carries it, so a crash between leaves no stranger's uid
             record = start_sweep(spec, run_dir, record, uid=uid, optuna=plan.url_shown,
                                  max_trials=max_trials, trials_recorded=len(recorded))  # fmt: skip
-            searcher = make_searcher(plan.safe, storage, max_trials=max_trials, recorded=recorded, study_uid=uid,
+            # how each recorded trial ended: one recorded while the storage was down is told to Optuna now
+            outcomes = trial_outcomes(run_dir) if recorded else recorded
+            searcher = make_searcher(plan.safe, storage, max_trials=max_trials, recorded=outcomes, study_uid=uid,
                                      cells=plan.cells)  # fmt: skip
             samples, todo = searcher.most_remaining(), searcher.remaining()
             if on_start:

@@ -30,7 +30,9 @@ from ray.tune.search import Searcher
 from analysis.table import SELECT_METRIC
 from scaling.lr_sampler import BracketSampler, cell_attrs, summarise_trials
 from scaling.records import _trial_status
+from scaling.records_io import RecordsError
 from scaling.spec import Cell, StudySpec
+from scaling.sweep._retry import StorageDown
 from scaling.sweep.identity import UID_ATTR, cell_study_name
 
 __all__ = ["CellSearcher", "StorageBacked"]
@@ -53,6 +55,9 @@ def _sampler(spec: StudySpec, index: int) -> optuna.samplers.BaseSampler:
 
 
 # 2. The searcher -----------------------------------------------------------------
+_STATES = {"ok": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED}
+
+
 @dataclass
 class _CellState:
     cell: Cell
@@ -73,8 +78,28 @@ class StorageBacked:
     # set by tune_trials: returns why the sweep is stopping (then suggest hands out nothing), else None
     halt: Callable[[], Exception | None] | None = None
 
+    # set when the storage stayed unreachable past the retry bound (_retry.py): the sweep stops,
+    # the finished trials' rows still recorded (Ray tells the searcher first, then the recorder)
+    storage_down: str | None = None
+    untold: int = 0  # trials that finished while the storage was down: rows recorded, Optuna not told
+
     def halted(self) -> bool:
-        return self.halt is not None and self.halt() is not None
+        return self.storage_down is not None or (self.halt is not None and self.halt() is not None)
+
+    def _down(self, err: StorageDown) -> None:
+        self.storage_down = self.storage_down or str(err)
+
+    def storage_halt_reason(self) -> RecordsError | None:
+        """Why the sweep must stop (the Optuna storage stayed unreachable), else None."""
+        if self.storage_down is None:
+            return None
+        untold = f" ({self.untold} of those trials not yet told to Optuna)" if self.untold else ""
+        return RecordsError(
+            f"{self.storage_down}; the sweep stopped. The rows of every finished trial are in the results "
+            f"table{untold}. Run the same `scaling sweep` "
+            "again once the storage is back: it tells Optuna what those rows say and re-runs only the "
+            "trials without rows"
+        )
 
     def __getstate__(self) -> dict:
         return {"spec": self.spec, "max_trials": self.max_trials}
@@ -95,11 +120,13 @@ class CellSearcher(StorageBacked, Searcher):
         storage: optuna.storages.BaseStorage,
         *,
         max_trials: int | None = None,
-        recorded: set[str] | None = None,
+        recorded: set[str] | dict[str, dict[str, Any]] | None = None,
         study_uid: str | None = None,
         cells: list[Cell],
     ):
-        """``cells``: the spec's cells (``spec.cells()``; the sweep's plan holds them)."""
+        """``cells``: the spec's cells (``spec.cells()``; the sweep's plan holds them). ``recorded``:
+        the trial ids with rows in the table; a dict (records.trial_outcomes) also says how each
+        ended, so a trial whose rows were recorded while the storage was down is told now."""
         super().__init__(metric=SELECT_METRIC, mode="min")
         self.spec = spec
         self.max_trials = max_trials
@@ -135,7 +162,11 @@ class CellSearcher(StorageBacked, Searcher):
             st = _CellState(cell=cell, study=study)
             for t in study.get_trials(deepcopy=False):
                 phase = t.user_attrs.get("phase", "search")
-                in_table = recorded is None or f"{study.study_name}#{t.number}" in recorded
+                key = f"{study.study_name}#{t.number}"
+                in_table = recorded is None or key in recorded
+                if in_table and not t.state.is_finished() and isinstance(recorded, dict) and "learning_rate" in t.params:
+                    # its rows reached the table while the storage was down: tell Optuna what they say
+                    t = self._tell_from_rows(study, t, recorded[key])
                 if t.state.is_finished() and in_table:
                     if phase == "repeat":
                         st.done_repeat += 1
@@ -150,6 +181,17 @@ class CellSearcher(StorageBacked, Searcher):
             st.orphans.sort(key=lambda t: t.state != optuna.trial.TrialState.WAITING)
             self.orphans_found += len(st.orphans)
             self.cells.append(st)
+
+    @staticmethod
+    def _tell_from_rows(study: optuna.Study, t: optuna.trial.FrozenTrial, row: dict[str, Any]) -> optuna.trial.FrozenTrial:
+        """What _tell would have told, from the trial's last row (records.trial_outcomes)."""
+        state = _STATES.get(str(row.get("status")), optuna.trial.TrialState.FAIL)
+        value = row.get(SELECT_METRIC)
+        if state == optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+            state = optuna.trial.TrialState.FAIL
+        study.tell(t.number, value if state == optuna.trial.TrialState.COMPLETE else None, state=state,
+                   skip_if_finished=True)  # fmt: skip
+        return study._storage.get_trial(t._trial_id)
 
     # -- bookkeeping -------------------------------------------------------------
     def remaining(self) -> int:
@@ -203,6 +245,13 @@ class CellSearcher(StorageBacked, Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.halted() or (self.max_trials is not None and self.started >= self.max_trials):
             return Searcher.FINISHED
+        try:
+            return self._suggest(trial_id)
+        except StorageDown as err:  # an ask half done leaves a RUNNING trial: a resume claims it
+            self._down(err)
+            return Searcher.FINISHED
+
+    def _suggest(self, trial_id: str) -> dict | str | None:
         # (a) trials a dead driver left RUNNING: re-run them under their own number
         for st in self.cells:
             if not st.orphans:
@@ -413,12 +462,16 @@ class CellSearcher(StorageBacked, Searcher):
         if live is None or value is None or not math.isfinite(value):
             return
         st, number, _ = live
+        if self.storage_down is not None:
+            return
         try:  # intermediate values: the dashboard's learning curves and Optuna pruners
             st.study._storage.set_trial_intermediate_value(
                 st.study._storage.get_trial_id_from_study_id_trial_number(st.study._study_id, number),
                 int(result.get("epoch", 0)),
                 float(value),
             )
+        except StorageDown as err:  # down past the bound: stop, rather than wait it out at every result
+            self._down(err)
         except Exception:
             pass
 
@@ -427,21 +480,29 @@ class CellSearcher(StorageBacked, Searcher):
             st, members = self._packs.pop(trial_id)
             last = self._pack_last.pop(trial_id, {})
             for i, (number, phase) in enumerate(members):
-                self._tell(st, number, phase, last.get(i), error)
+                self._tell_or_halt(st, number, phase, last.get(i), error)
             return
         live = self._live.pop(trial_id, None)
         if live is None:
             return
         st, number, phase = live
-        self._tell(st, number, phase, result, error)
+        self._tell_or_halt(st, number, phase, result, error)
+
+    def _tell_or_halt(self, st: _CellState, number: int, phase: str, result: dict | None, error: bool) -> None:
+        """Tell Optuna; with the storage down past the retry bound, never raise here (Ray would then
+        skip the recorder and lose the trial's rows): stop the sweep, the rows recorded, and leave
+        the telling to the resume (it tells what the rows say)."""
+        if self.storage_down is None:
+            try:
+                return self._tell(st, number, phase, result, error)
+            except StorageDown as err:
+                self._down(err)
+        self.untold += 1
 
     def _tell(self, st: _CellState, number: int, phase: str, result: dict | None, error: bool) -> None:
         status = _trial_status(result, error)
         value = (result or {}).get(SELECT_METRIC)
-        state = {
-            "ok": optuna.trial.TrialState.COMPLETE,
-            "pruned": optuna.trial.TrialState.PRUNED,
-        }.get(status, optuna.trial.TrialState.FAIL)
+        state = _STATES.get(status, optuna.trial.TrialState.FAIL)
         if state == optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
             state = optuna.trial.TrialState.FAIL  # never hand Optuna a fake value
         st.study.tell(number, value if state == optuna.trial.TrialState.COMPLETE else None, state=state, skip_if_finished=True)

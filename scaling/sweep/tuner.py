@@ -6,7 +6,8 @@ out trials, the trainable (worker.py) runs them solo or packed in reused workers
 within their own cell.
 
 A sweep that must not go on (the table would not take a trial's rows, recorder.py; the lease on
-the study was lost, lease.py) stops at once: _Halt, a Tune Stopper asked after every event, ends
+the study was lost, lease.py; the Optuna storage stayed unreachable past the retry bound,
+_retry.py and searcher.py) stops at once: _Halt, a Tune Stopper asked after every event, ends
 the experiment (the trials in flight are stopped without being told to Optuna, so they stay
 RUNNING there and a resume runs them again) and the searcher suggests nothing more; tune_trials
 then raises the reason.
@@ -115,7 +116,8 @@ def tune_trials(plan: SweepPlan, searcher: CellSearcher, *, todo: int, samples: 
 
         trackers = Trackers(safe, plan.run_dir, mlflow_uri=plan.mlflow_uri)
     recorder = _Recorder(safe, plan.run_dir, on_trial_done, study_uid=uid, trackers=trackers, on_epoch=on_epoch)
-    stop = _Halt(recorder.halt_reason, *([halt] if halt is not None else []))
+    # the storage stayed down (the searcher's): the finished trial's rows are recorded, then it stops
+    stop = _Halt(recorder.halt_reason, searcher.storage_halt_reason, *([halt] if halt is not None else []))
     searcher.halt = stop.reason  # no new trial once the sweep is stopping
     tuner = tune.Tuner(
         tune.with_resources(_make_trainable(plan.worker_spec),
