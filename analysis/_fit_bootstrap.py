@@ -43,8 +43,8 @@ def _bootstrap(fit: Any, obj: _Objective, space: _Space, starts: np.ndarray, cod
     z0 = starts[0]
     L = _whitener(obj, space, z0)
     k = z0.size
-    if L is None:
-        L, lo, hi = np.eye(k), space.lo, space.hi
+    if L is None:  # u = z - z0 itself, so the bounds on z move by z0
+        L, lo, hi = np.eye(k), space.lo - z0, space.hi - z0
     else:
         lo, hi = np.full(k, -np.inf), np.full(k, np.inf)
     U0 = np.tile(np.linalg.solve(L, (starts - z0).T).T, (B, 1))
