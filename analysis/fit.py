@@ -19,9 +19,9 @@ How a fit runs (``LawFit.fit``), top to bottom, and where each step lives:
 4. starts are minimised by a batched projected L-BFGS written in numpy: all
    starts advance together, so the Python overhead is paid once per
    iteration, not once per start (scipy's L-BFGS-B start by start takes ~70 s
-   for Chinchilla's grid here). A grid of up to 256 starts is minimised
-   whole. A larger one (Chinchilla: Besiroglu et al.'s 4,500) is replaced by
-   variable projection: the law is linear in E, A, B once the exponents are
+   for Chinchilla's grid here). A grid of up to 16 starts is minimised
+   whole. A larger one (power: 150; Chinchilla: Besiroglu et al.'s 4,500) is
+   replaced by variable projection: the law is linear in E, A, B once the exponents are
    fixed, so over a finer grid of the nonlinear parameters the coefficients
    are solved by non-negative least squares, and the 16 best of those starts
    by the Huber objective are minimised (analysis/_fit_profile.py). The best
