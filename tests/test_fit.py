@@ -535,6 +535,57 @@ def test_auto_prefers_the_simpler_law_when_points_are_few():
     assert fit.law_name_ in ("power_nofloor", "power")
 
 
+def test_auto_splits_on_distinct_x_values_and_counts_them():
+    # repeat seeds of the largest size: the split holds out that size (all 3 rows), not
+    # the largest fifth of the rows (which trained on two of the 4,800 points)
+    x = np.array([300.0, 600, 1200, 2400, 4800, 4800, 4800])
+    y = 1.0 + 30 * x**-0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        sel = fit_law(law="auto", data={"x": x, "y": y}, x="x", y="y").selection_
+    assert sel["split_at"] == 4800.0
+    assert (sel["n_train"], sel["n_test"], sel["n_x_train"], sel["n_x_test"]) == (4, 3, 4, 1)
+    # 5 distinct sizes: 2.5 per parameter for power_nofloor, 1.67 for power, 1.25 for rectified
+    c = sel["candidates"]
+    assert [c[k]["eligible"] for k in ("power_nofloor", "power", "rectified", "bnsl")] == [
+        True, False, False, False
+    ]  # fmt: skip
+    assert c["power"]["note"] == "fewer than 2 distinct x values per parameter (5/3)"
+    assert c["rectified"]["note"] == "4 distinct x values below the split for 4 parameters"
+    # the demo's shape, 5 sizes x 2 seeds, 10 rows: rows would count 2.5 per parameter for
+    # rectified, distinct sizes 1.25
+    d = np.repeat([300.0, 600, 1200, 2400, 4800], 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        sel = fit_law(law="auto", data={"x": d, "y": 1.0 + 30 * d**-0.5}, x="x", y="y").selection_
+    assert (sel["n_train"], sel["n_test"], sel["split_at"]) == (8, 2, 4800.0)
+    assert not sel["candidates"]["rectified"]["eligible"]
+    assert sel["chosen"] == "power_nofloor"
+    # 10 distinct sizes: the largest 2 are held out
+    x = np.geomspace(1e2, 1e5, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        sel = fit_law(law="auto", data={"x": x, "y": 1.0 + 30 * x**-0.5}, x="x", y="y").selection_
+    assert sel["split_at"] == pytest.approx(x[8]) and sel["n_x_test"] == 2
+
+
+def test_auto_refuses_a_rising_y():
+    # accuracy-like: every candidate falls with x, so the no-floor law would sit at alpha = 0
+    x = np.geomspace(1e2, 1e5, 12)
+    acc = (0.2 + 0.05 * np.log(x)) * np.exp(np.random.default_rng(0).normal(0, 0.01, x.size))
+    with pytest.raises(FitError, match=r"y column 'acc' rises with x column 'x' \(log-log slope \+0\.0836, "):
+        fit_law(law="auto", data={"x": x, "acc": acc}, x="x", y="acc")
+    # a named law still fits it (and says alpha sits on its bound); a flat noisy curve that
+    # rises by less than its scatter is not refused
+    fit = _fit_recording(law="power", data={"x": x, "y": acc}, x="x", y="y")
+    assert any("alpha=0 is at its lower bound" in w for w in fit.warnings_)
+    flat = 2.0 * np.exp(np.random.default_rng(3).normal(0, 0.02, x.size))
+    assert np.polyfit(np.log(x), np.log(flat), 1)[0] > 0  # rises, within the noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        fit_law(law="auto", data={"x": x, "y": flat}, x="x", y="y")
+
+
 def test_auto_rejects_arguments_of_one_law_and_several_x():
     x = np.geomspace(1e2, 1e5, 20)
     data = {"x": x, "z": x, "y": 1 + x**-0.3}
