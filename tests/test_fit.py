@@ -683,8 +683,13 @@ def test_auto_bootstrap_chooses_the_law_again_in_every_resample():
     assert share["power_nofloor"] < 0.7 and share["power"] > 0.2  # the choice is not settled
     assert boot["n"] == sum(th.shape[0] for _, th in fit.mixture_) == 200
     assert {law.name for law, _ in fit.mixture_} == {k for k, v in share.items() if v > 0}
-    # the chosen law's parameter intervals stay its own (every resample refitted with it);
-    # the prediction band holds each resample's own law, so it is wider than that law's
+    # the chosen law's parameter intervals stay its own: every resample refitted with it, the
+    # same resamples as a fit of that law alone; the prediction band holds each resample's
+    # own law, so it is wider than that law's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        alone = fit_law(law=fit.law_name_, data={"x": x, "y": y}, x="x", y="y", bootstrap=200, seed=0)
+    assert alone.ci_ == fit.ci_
     q = {"x": [4e4]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)
