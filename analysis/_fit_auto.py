@@ -1,7 +1,8 @@
 """How analysis.fit searches (private): which law under law="auto", and from where.
 
-``_select_law`` is the leave-largest-out choice among AUTO_CANDIDATES;
-``_starts`` builds the grid of starting points and ``_multistart`` runs step 4
+``_select_law`` is the leave-largest-out choice among AUTO_CANDIDATES (on
+distinct x values; the rule itself is ``_pick``, which the bootstrap of
+analysis/_fit_bootstrap.py also runs per resample); ``_starts`` builds the grid of starting points and ``_multistart`` runs step 4
 of ``LawFit.fit``: every start minimised by the batched L-BFGS of
 analysis._solver, the competitive distinct end points taken further. See
 analysis/fit.py's docstring for how a fit runs.

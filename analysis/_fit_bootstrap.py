@@ -12,7 +12,9 @@ split and scored on the rest, the same rule as ``_fit_auto._pick`` picks one,
 and the resample's prediction comes from that law refitted on all its points.
 Prediction intervals then carry the uncertainty of the choice itself: with
 the law fixed at the one chosen on the data, 90% intervals at 4x beyond the
-data covered 0.40-0.78 of planted curves (bench/fit_speed.py).
+data covered 0.75 and 0.39 of 100 planted power laws (20 points, 1% and 5%
+noise; the no-floor law wins on 14 and 77 of them), each resample choosing
+again 0.92 and 0.85 (bench/fit_speed.py).
 """
 
 from __future__ import annotations
