@@ -26,6 +26,23 @@ __all__: list[str] = []  # private: analysis.fit imports the names it needs
 _VANISHED = 1e-4
 
 
+def _bound_sides(space: _Space, Z: np.ndarray, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """(at_lower, at_upper), each (S, k) bool: which free parameters of the rows Z
+    (S, k) rest on their lower (upper) bound, to ``tol`` relative."""
+    Z = np.atleast_2d(Z)
+    lo, hi = space.lo, space.hi
+    with np.errstate(invalid="ignore"):
+        at_lo = np.isfinite(lo) & (np.abs(Z - lo) <= tol * (1.0 + np.abs(lo)))
+        at_hi = np.isfinite(hi) & (np.abs(Z - hi) <= tol * (1.0 + np.abs(hi)))
+    return at_lo, at_hi
+
+
+def _on_bound(space: _Space, Z: np.ndarray) -> np.ndarray:
+    """(S, k) bool: the free parameters of the rows Z that rest on a bound."""
+    at_lo, at_hi = _bound_sides(space, Z)
+    return at_lo | at_hi
+
+
 def _metrics(obj: _Objective, theta, yv, w, delta: float, k: int) -> dict[str, Any]:
     """``metrics_`` of the fit ``theta`` on the training data ``yv``, weights ``w``."""
     r = obj.residuals(theta)
@@ -60,9 +77,10 @@ def _diagnose(fit: Any, law: Law, space: _Space, z, yv, k: int, n: int) -> None:
     Must be called from ``LawFit.fit`` itself (the warnings' stacklevel)."""
     names = law.param_names
     # parameters resting on a bound
+    at_lo, at_hi = _bound_sides(space, z)
     for i, j in enumerate(space.free):
-        for b, side in ((space.lo[i], "lower"), (space.hi[i], "upper")):
-            if np.isfinite(b) and abs(z[i] - b) <= 1e-6 * (1.0 + abs(b)):
+        for at, side in ((at_lo[0, i], "lower"), (at_hi[0, i], "upper")):
+            if at:
                 what = (
                     "its term vanished or dominates everything"
                     if law.params[j].lse
@@ -112,13 +130,14 @@ def _param_status(fit: Any, law: Law, space: _Space, z) -> tuple[dict[str, str],
     status = {nm: "fixed" for nm in fit.fixed_}
     at = {}
     tol = 1e-6
+    at_lo, at_hi = _bound_sides(space, z, tol)
     for i, j in enumerate(space.free):
         nm = names[j]
         lo_b, hi_b = space.lo[i], space.hi[i]
         side = None
-        if np.isfinite(lo_b) and abs(z[i] - lo_b) <= tol * (1.0 + abs(lo_b)):
+        if at_lo[0, i]:
             side = "lower_bound"
-        elif np.isfinite(hi_b) and abs(z[i] - hi_b) <= tol * (1.0 + abs(hi_b)):
+        elif at_hi[0, i]:
             side = "upper_bound"
         elif getattr(fit, "draw_thetas_", None) is not None and fit.draws_.shape[0]:
             zd = space.z(fit.draw_thetas_)[:, i]

@@ -193,10 +193,12 @@ def _blocks_data(an: Analysis) -> list[tuple]:
     blocks: list[tuple] = [("p", "Each point is the final test loss of the config chosen on validation in one cell (with "
                             "its repeat seeds). Per epochs setting the law is chosen among power without a floor, power "
                             "with a floor, rectified (pre-power phase) and BNSL by leave-largest-out error (fit on the "
-                            "smaller sizes, predict the largest fifth), then refitted on all points by a robust (Huber) "
+                            "smaller sizes, predict the largest fifth of the sizes), then refitted on all points by a robust (Huber) "
                             "fit in log space, each point weighted by 1/SD^2 over its seeds where there are repeats; "
-                            f"intervals are {an.level:.0%} bootstrap percentiles over {an.bootstrap} resamples. A "
-                            "parameter on its bound is shown as a bound, not a point.")]  # fmt: skip
+                            f"intervals are {an.level:.0%} bootstrap percentiles over {an.bootstrap} resamples (each "
+                            "resample chooses its own law, so predictions carry the choice's uncertainty). A "
+                            "parameter on its bound is shown as a bound, not a point. The hold-out check repeats the "
+                            "whole procedure, choice of law included, without the largest size and predicts it.")]  # fmt: skip
     rows = []
     for s in N.get("series", []):
         if "fit" not in s:
@@ -229,9 +231,11 @@ def _blocks_data(an: Analysis) -> list[tuple]:
                      + (f"; the last measured step (D={_d(m['from'])} to {_d(m['to'])}) gained {_g(m['change'])} "
                         f"({_g(m['ratio'], 2)}x)" if m else "") + f" (verdict: {g.get('verdict', 'n/a')}).")  # fmt: skip
         if "mape" in h:
-            items.append(f"{s['label']}: hold-out check: fitted on D={', '.join(_d(v) for v in h['train_sizes'])}, the law "
-                         f"predicts {_g(h['predicted'])} at D={_d(h['test_size'])} where {_g(h['observed'])} was measured "
-                         f"({_pct(h['mape'])} error).")  # fmt: skip
+            chosen = (f"the law was also chosen there ({h['law_train']}), never seeing D={_d(h['test_size'])}, and "
+                      if h.get("nested") else "the law ")  # fmt: skip
+            items.append(f"{s['label']}: hold-out check: fitted on D={', '.join(_d(v) for v in h['train_sizes'])}, "
+                         f"{chosen}predicts {_g(h['predicted'])} at D={_d(h['test_size'])} where {_g(h['observed'])} was "
+                         f"measured ({_pct(h['mape'])} error).")  # fmt: skip
         else:
             items.append(f"{s['label']}: no hold-out check: {h.get('reason', '')}.")
         for w in s["fit"].get("warnings", []):

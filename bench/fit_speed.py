@@ -1,6 +1,6 @@
 """Speed of analysis.fit against its goals; prints ratios (time / goal, < 1 is good).
 
-    .venv/bin/python bench/fit_speed.py [--repeat 7] [--coverage 200]
+    .venv/bin/python bench/fit_speed.py [--repeat 7] [--coverage 200] [--auto-coverage 100]
 
 1. Chinchilla replication (Besiroglu et al. 2024): 240 points, the full
    4,500-start grid. Goal (issue 16): <= 0.25 s, same optimum.
@@ -10,6 +10,12 @@
 5. Coverage of the 90% prediction interval at 4x beyond the data: power laws
    (the issue 16 check), and planted Chinchilla laws (a large grid, where the
    two searches differ).
+6. The same under law="auto" (planted power laws with a floor; 20 points at 1%
+   and 5% noise, and the demo's 5 sizes x 2 seeds at 5%): each resample
+   choosing its law again (today's intervals) side by side with the law fixed
+   at the one chosen on the data (the chosen law's own refits: how intervals
+   were made before issue 16's fix, on today's choice), from the same fits,
+   and the time per fit.
 
 Every item runs today's search ("profile": variable-projection starts, see
 analysis/_fit_profile.py) side by side with the one it replaced ("grid": the
@@ -114,6 +120,44 @@ def chinchilla_coverage(n_curves: int, search: str) -> tuple[float, float, float
     return hit / n_curves, float(np.mean(widths)), time.perf_counter() - t0
 
 
+AUTO_SCENARIOS = {  # name: (x values, noise SD)
+    "20 points, 1% noise": (np.geomspace(1e2, 1e4, 20), 0.01),
+    "20 points, 5% noise": (np.geomspace(1e2, 1e4, 20), 0.05),
+    "demo: 5 sizes x 2 seeds, 5% noise": (np.repeat([300.0, 600, 1200, 2400, 4800], 2), 0.05),
+}
+
+
+def auto_coverage(n_curves: int, x: np.ndarray, noise: float) -> dict:
+    """law="auto" on planted power laws (E in [0.3, 1.5], A in [e, e^4], alpha in
+    [0.2, 0.6]), 100 resamples: the share of curves whose 90% interval at 4x the
+    largest x covers the truth, with each resample choosing its law ("rechosen")
+    and with the law fixed at the one chosen on the data ("fixed": the chosen
+    law's own refits, draw_thetas_), the median wall and CPU seconds per fit and
+    how often each law was chosen."""
+    rng = np.random.default_rng(0)
+    xq = np.array([[4 * x.max()]])
+    hit = {"rechosen": 0, "fixed": 0}
+    walls, cpus, chosen = [], [], {}
+    for i in range(n_curves):
+        E, A, al = rng.uniform(0.3, 1.5), np.exp(rng.uniform(1, 4)), rng.uniform(0.2, 0.6)
+        y = (E + A * x**-al) * np.exp(rng.normal(0, noise, x.size))
+        w0, c0 = time.perf_counter(), time.process_time()
+        f = fit_with("profile", "auto", {"x": x, "y": y}, "x", "y", bootstrap=100, seed=i)
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+        truth = E + A * xq[0, 0] ** -al
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lo, hi = f.predict_interval({"x": xq[:, 0]}, level=0.9)
+        own = np.exp(f.law_.log_predict(f.draw_thetas_, xq))[:, 0]
+        o_lo, o_hi = np.quantile(own, [0.05, 0.95])
+        hit["rechosen"] += bool(lo[0] <= truth <= hi[0])
+        hit["fixed"] += bool(o_lo <= truth <= o_hi)
+        chosen[f.law_name_] = chosen.get(f.law_name_, 0) + 1
+    return {**{k: v / n_curves for k, v in hit.items()}, "wall": float(np.median(walls)),
+            "cpu": float(np.median(cpus)), "chosen": chosen}  # fmt: skip
+
+
 def paired(fn, repeat: int):
     """{search: (median wall, median CPU, last result)}: fn(search) run
     ``repeat`` times per search, the searches interleaved, after one warm-up each."""
@@ -174,6 +218,8 @@ def main() -> None:
     ap.add_argument("--coverage", type=int, default=200, help="power-law curves for coverage")
     ap.add_argument("--chinchilla-coverage", type=int, default=40,
                     help="planted Chinchilla curves for coverage")  # fmt: skip
+    ap.add_argument("--auto-coverage", type=int, default=100,
+                    help="planted power-law curves per law='auto' coverage scenario")  # fmt: skip
     args = ap.parse_args()
     load = os.getloadavg()[0]
     print(f"cores: {os.cpu_count()}, load average (1 min): {load:.2f}, "
@@ -227,6 +273,16 @@ def main() -> None:
         for s in SEARCHES:
             share, width, secs = chinchilla_coverage(n, s)
             print(f"  {s:8s} {share:.3f}  mean width {width:.4f} of the prediction  ({secs:.1f} s)")
+
+    if args.auto_coverage:
+        n = args.auto_coverage
+        print(f"\nlaw='auto': coverage of the 90% interval at 4x beyond the data, {n} planted power laws "
+              "with a floor per line, 100 resamples (goal 0.85-0.95); 'rechosen': each resample chooses "
+              "its law again (today); 'fixed': the law chosen on the data, its own refits (the method before)")  # fmt: skip
+        for name, (xs, noise) in AUTO_SCENARIOS.items():
+            r = auto_coverage(n, xs, noise)
+            print(f"  {name:36s} rechosen {r['rechosen']:.3f}  fixed {r['fixed']:.3f}  "
+                  f"per fit: wall {r['wall']:.2f} s  cpu {r['cpu']:.2f} s  chosen {r['chosen']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -646,6 +646,30 @@ def test_planted_rectified_curve_is_chosen_by_auto(tmp_path):
     assert s["fit"]["selection"]["chosen"] == "rectified"
 
 
+def test_holdout_check_chooses_the_law_without_the_largest_size(tmp_path):
+    # nested: the hold-out runs the whole procedure, choice of law included, on the smaller sizes;
+    # re-fitting the law chosen on all sizes would score it on the split its choice minimised
+    from analysis.findings.data import _noise_weights
+    from analysis.fit import holdout
+
+    an = _planted_run(tmp_path, "nested", lambda d: 0.3 + 40.0 / (60.0 + d**0.5))
+    s = an.numbers["data"]["series"][0]
+    h = s["holdout"]
+    assert h["nested"] is True and h["test_size"] == SIZES[-1] and h["train_sizes"] == list(SIZES[:-1])
+    pts = pd.DataFrame(s["points"])
+    data = {"dataset_size": pts["dataset_size"].to_numpy(float), "test_eval_loss": pts["test_eval_loss"].to_numpy()}
+    w = _noise_weights(pts, "test_eval_loss", s["seed_noise"]["sd"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_hand = holdout(law="auto", data=data, x="dataset_size", y="test_eval_loss", split_on="dataset_size",
+                          threshold=float(SIZES[-1]), weights=list(w), seed=0)  # fmt: skip
+    assert by_hand.fit.selection_["split_at"] < SIZES[-1]  # the choice never saw the largest size
+    assert h["law_train"] == by_hand.fit.law_name_
+    assert h["mape"] == pytest.approx(by_hand.mape, rel=1e-12)
+    md = build_report(an).to_markdown()
+    assert f"the law was also chosen there ({h['law_train']}), never seeing D={SIZES[-1]:,}" in md
+
+
 def test_seed_noisy_jump_is_uncertain_with_fractions(tmp_path):
     an = _planted_run(tmp_path, "noisy", lambda d: true_loss(d, 1), em_sd=0.25)
     e = an.numbers["emergence"]["series"][0]
