@@ -105,8 +105,12 @@ def recommend_finding(an: Analysis) -> Finding:
         pred = (f"doubling D from {_d(g.get('from'))} to {_d(g.get('to'))} is predicted to lower test loss by "
                 f"{_g(g.get('gain'))} {_ci(g.get('lo'), g.get('hi'))}, {_g(z, 2)}x the {g.get('noise_kind')} "
                 f"({_g(g.get('noise'))})")  # fmt: skip
+        # the measured step beside the noise it must beat, so "1.8x" is never read as a gain the law denies
+        step_z = _f(m.get("change")) / _f(g.get("noise")) if m and _f(g.get("noise")) > 0 else math.nan
         last = (f"the last measured step (D={_d(m.get('from'))} to {_d(m.get('to'))}) took test loss from "
-                f"{_g(m.get('loss_from'))} to {_g(m.get('loss_to'))} ({_g(m.get('ratio'), 2)}x)") if m else ""
+                f"{_g(m.get('loss_from'))} to {_g(m.get('loss_to'))} ({_g(m.get('ratio'), 2)}x"
+                + (f", a change of {_g(step_z, 2)}x the {g.get('noise_kind')}" if math.isfinite(step_z) else "")
+                + ")") if m else ""  # fmt: skip
         if v == "pays":
             add("more_data", f"{s['label']}: more data still pays: {pred}" + (f"; {last}" if last else "") + ".",
                 series=s["label"], gain_over_noise=z, verdict=v)  # fmt: skip
