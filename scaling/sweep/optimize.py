@@ -268,15 +268,6 @@ class OptimizeSearcher(StorageBacked, Searcher):
         self.infeasible += 1
         return None
 
-    def suggest(self, trial_id: str) -> dict | str | None:
-        if self.halted() or (self.max_trials is not None and self.started >= self.max_trials):
-            return Searcher.FINISHED
-        try:
-            return self._suggest(trial_id)
-        except StorageDown as err:  # an ask half done leaves a RUNNING trial: a resume claims it
-            self._down(err)
-            return Searcher.FINISHED
-
     def _suggest(self, trial_id: str) -> dict | str | None:
         # (a) trials a dead driver left: re-run them (a leftover now over the cap is told so)
         while self.orphans:

@@ -83,6 +83,22 @@ class StorageBacked:
     storage_down: str | None = None
     untold: int = 0  # trials that finished while the storage was down: rows recorded, Optuna not told
 
+    started: int = 0  # Optuna trials this sweep has asked for (members of a pack count one each)
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """Ray's ask: the next config (``_suggest``, per searcher), or FINISHED once the sweep
+        must stop or max_trials is spent."""
+        if self.halted() or (self.max_trials is not None and self.started >= self.max_trials):
+            return Searcher.FINISHED
+        try:
+            return self._suggest(trial_id)
+        except StorageDown as err:  # an ask half done leaves a RUNNING trial: a resume claims it
+            self._down(err)
+            return Searcher.FINISHED
+
+    def _suggest(self, trial_id: str) -> dict | str | None:
+        raise NotImplementedError
+
     def halted(self) -> bool:
         return self.storage_down is not None or (self.halt is not None and self.halt() is not None)
 
@@ -241,15 +257,6 @@ class CellSearcher(StorageBacked, Searcher):
             "optuna_study": st.study.study_name,
             "optuna_trial": int(number),
         }
-
-    def suggest(self, trial_id: str) -> dict | str | None:
-        if self.halted() or (self.max_trials is not None and self.started >= self.max_trials):
-            return Searcher.FINISHED
-        try:
-            return self._suggest(trial_id)
-        except StorageDown as err:  # an ask half done leaves a RUNNING trial: a resume claims it
-            self._down(err)
-            return Searcher.FINISHED
 
     def _suggest(self, trial_id: str) -> dict | str | None:
         # (a) trials a dead driver left RUNNING: re-run them under their own number
