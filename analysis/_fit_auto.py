@@ -247,8 +247,9 @@ def _starts(
     _check_params(law, user, "init_grid")
     axes = []
     for prm in law.params:
-        if prm.name in fixed:
-            axes.append(np.array([fixed[prm.name]], dtype=np.float64))
+        if prm.name in fixed:  # in fitting space, like every column (log for a log param)
+            v = float(fixed[prm.name])
+            axes.append(np.array([math.log(v) if prm.log else v]))
             continue
         vals = np.asarray(
             list(user[prm.name]) if prm.name in user else prm.grid_values(X), dtype=np.float64
