@@ -110,7 +110,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis._jump_test import _before_last, _fmt, _jump_test, _Rule, _transient
+from analysis._jump_rules import _before_last, _fmt, _jump_test, _Rule, _transient
 from analysis._sigmoid import (
     _largest_step,
 )

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis._jump_test import _fmt
+from analysis._jump_rules import _fmt
 from analysis.jump_seeds import AGREE, N_BOOT, _agreed, _fmt_fractions, _fractions, _inflation
 from analysis.jumps import JumpResult, _clean, binomial_se, detect_jumps
 from analysis.table import trial_summary
