@@ -115,16 +115,24 @@ def _bootstrap(fit: Any, obj: _Objective, space: _Space, starts: np.ndarray, cod
     the LawFit ``fit``'s draws_, draw_thetas_, ci_ and mixture_. Warns through
     ``fit._warn``, so it must be called from ``LawFit.fit`` itself (the
     warnings' stacklevel)."""
+    _, thetas, ok, messages = _resample(fit, obj, space, starts, codes)
+    for msg in messages:
+        fit._warn(msg)
+    if ok.any():
+        fit.mixture_ = [(fit.law_, thetas[ok])]
+
+
+def _resample(fit: Any, obj: _Objective, space: _Space, starts: np.ndarray, codes):
+    """The draws both bootstraps share: ``fit.bootstrap`` resamples (seeded by ``fit.seed``)
+    refitted from ``starts``, the fit's ci_ / draws_ set from the ok ones. Returns (counts, thetas,
+    ok, warnings to give): the callers warn themselves, so the warnings' stacklevel stays theirs."""
     B = int(fit.bootstrap)
     counts = _counts(np.random.default_rng(fit.seed), B, obj.n, codes)
     thetas, ok = _refit(obj, space, starts, counts)
-    for msg in _failed(B, ok):
-        fit._warn(msg)
-    if not ok.any():
-        return
-    for msg in _intervals(fit, thetas[ok]):
-        fit._warn(msg)
-    fit.mixture_ = [(fit.law_, thetas[ok])]
+    messages = list(_failed(B, ok))
+    if ok.any():
+        messages += list(_intervals(fit, thetas[ok]))
+    return counts, thetas, ok, messages
 
 
 def _bootstrap_auto(
@@ -145,14 +153,11 @@ def _bootstrap_auto(
     """
     B = int(fit.bootstrap)
     test = state.test
-    counts = _counts(np.random.default_rng(fit.seed), B, obj.n, codes)
-    thetas, ok = _refit(obj, space, starts, counts)
-    for msg in _failed(B, ok):
+    counts, thetas, ok, messages = _resample(fit, obj, space, starts, codes)
+    for msg in messages:
         fit._warn(msg)
     if not ok.any():
         return
-    for msg in _intervals(fit, thetas[ok]):
-        fit._warn(msg)
     names = list(state.cands)
     M = len(names)
     err, fit_err = np.full((B, M), np.nan), np.full((B, M), np.nan)
