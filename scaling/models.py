@@ -127,7 +127,7 @@ def check_model_available(name_or_path: str, *, source: str | None = None, field
         path = ensure_base_model(name_or_path)
     except FileNotFoundError as err:  # a directory without config.json, a path that is not there
         raise ModelUnavailableError(f"{where}{field}: {err}") from None
-    if tiny_width(name_or_path) is not None or Path(path).is_dir():
+    if Path(path).is_dir():  # an embedded model (built into the cache) or a checkpoint directory
         return
     from huggingface_hub import HfApi, constants, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError

@@ -19,6 +19,7 @@ import datetime as _dt
 import fcntl
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ from scaling.spec import StudySpec
 
 __all__ = [
     "finish_table",
-    "recorded_trials",
+    "open_table",
+    "TableState",
     "RunLock",
     "RunLocked",
     "append_rows",
@@ -212,15 +214,16 @@ def read_pending(run_dir: str | Path) -> list[dict[str, Any]]:
     return _read_file(path).to_pylist()
 
 
-def fold_pending(run_dir: str | Path) -> int:
+def fold_pending(run_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> int:
     """Append the rows spool_rows kept to the table (a row already there is a replay and dropped),
     then remove the spool; returns how many rows it held. When the table still cannot take them,
-    RecordsError names the spool and the cause, and the spool stays."""
+    RecordsError names the spool and the cause, and the spool stays. ``rows``: the spool's rows
+    when the caller has read them already (read_pending)."""
     run_dir = Path(run_dir)
     path = run_dir / PENDING_FILE
-    rows = read_pending(run_dir)
     if not path.exists():
         return 0
+    rows = read_pending(run_dir) if rows is None else rows
     try:
         append_rows(run_dir, rows)
     except (RecordsError, OSError) as err:
@@ -315,24 +318,40 @@ def read_run(path: str | Path) -> Run:
     )
 
 
-def recorded_trials(run_dir: str | Path) -> tuple[int, set[str]]:
-    """The table's row count and the trial ids that have rows ((0, set()) with no table yet)."""
-    if not (Path(run_dir) / RESULTS_FILE).exists():
-        return 0, set()
-    table = read_results(run_dir)
-    return len(table), set(table["trial_id"].astype(str))
+@dataclass(frozen=True)
+class TableState:
+    """What a run directory's table holds when a sweep starts (open_table)."""
+
+    rows: int  # the table's row count
+    outcomes: dict[str, dict[str, Any]]  # trial_id -> its last row (status, epoch, validation loss, ...; NaN as None)
+    folded: int = 0  # rows a stopped sweep had spooled, appended to the table now
+
+    @property
+    def recorded(self) -> set[str]:
+        """The trial ids that have rows."""
+        return set(self.outcomes)
 
 
-def trial_outcomes(run_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Each recorded trial's end as its rows say: trial_id -> its last row (status, epoch, epochs,
-    the validation loss, train_flops, ...; NaN as None). A resume tells Optuna this for a trial whose rows reached the table while the storage
-    was down (sweep/searcher.py), instead of running it again."""
-    if not (Path(run_dir) / RESULTS_FILE).exists():
-        return {}
-    table = read_results(run_dir)
-    last = table.sort_values("epoch").groupby("trial_id", sort=False).tail(1)
-    return {str(row["trial_id"]): {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in row.items()}
-            for row in last.to_dict("records")}  # fmt: skip
+def open_table(run_dir: str | Path) -> TableState:
+    """At a sweep's start, under its RunLock: the table read once, with the rows a stopped sweep
+    spooled (spool_rows) counted in and then appended to it (fold_pending: a row already there
+    is a replay and dropped). A resume tells Optuna each trial's end from its last row
+    (sweep/searcher.py) when its rows reached the table while the storage was down, instead of
+    running it again. RecordsError names the spool when the table still cannot take its rows."""
+    run_dir = Path(run_dir)
+    table = read_results(run_dir) if (run_dir / RESULTS_FILE).exists() else empty_table()
+    pending = read_pending(run_dir)
+    if pending:  # a replay of a row the table holds is dropped, as append_rows drops it
+        held = set(zip(*(table[k].astype(str) for k in ROW_KEY), strict=True))
+        spooled = pd.DataFrame(pending)
+        fresh = ~pd.Series(list(zip(*(spooled[k].astype(str) for k in ROW_KEY), strict=True))).isin(held)
+        spooled = spooled[fresh.to_numpy()].drop_duplicates(subset=list(ROW_KEY))
+        table = pd.concat([table, spooled], ignore_index=True) if len(table) else spooled
+    last = table.sort_values("epoch", kind="stable").groupby("trial_id", sort=False).tail(1)
+    outcomes = {str(row["trial_id"]): {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in row.items()}
+                for row in last.to_dict("records")}  # fmt: skip
+    folded = fold_pending(run_dir, pending)  # last: the table's files are written only now
+    return TableState(len(table), outcomes, folded)
 
 
 def compact(run_dir: str | Path) -> int:
@@ -349,14 +368,15 @@ def compact(run_dir: str | Path) -> int:
 
 
 def finish_table(run_dir: str | Path, *, keep: str, model: str) -> list[Path]:
-    """At a sweep's end: its appends compacted into one results.parquet, read back (failing
-    loudly now if what was written cannot be read), and the adapters ``keep`` asks for kept
-    (scaling/adapters.py); returns the adapter folders kept."""
+    """At a sweep's end: the table read whole (failing loudly now if what was written cannot be
+    read), its appends compacted into one results.parquet (the same rows), and the adapters
+    ``keep`` asks for kept (scaling/adapters.py); returns the adapter folders kept."""
     run_dir = Path(run_dir)
     if not (run_dir / RESULTS_FILE).exists():
         return []
-    compact(run_dir)
     table = read_results(run_dir)
+    if _writer(run_dir).compact() != len(table):
+        raise RecordsError(f"{run_dir / RESULTS_FILE}: compacting changed the row count from {len(table)}")
     from scaling.adapters import keep_selected
 
     return keep_selected(run_dir, table, keep=keep, model=model)

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from scaling.records_io import RecordsError, _fsync_dir
+from scaling.records_io import RecordsError
 from scaling.spec import SpecError, StudySpec, redact_url
 
 __all__ = ["RUN_KEY", "_check_same_study", "_spec_yaml", "as_last_swept", "new_uid", "task_sha256", "write_run"]
@@ -165,7 +165,11 @@ def write_run(spec: StudySpec, run_dir: Path, run: dict[str, Any]) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(run_dir)  # the rename itself survives a power cut
+        fd = os.open(run_dir, os.O_RDONLY)  # the rename itself survives a power cut
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise RecordsError(f"{path}: cannot write the run's spec copy: {type(err).__name__}: {err}") from None

@@ -25,8 +25,10 @@ from test_sweep import ray_local  # noqa: F401  (fixture)
 
 from scaling.records import (
     PENDING_FILE,
+    TableState,
     append_rows,
     fold_pending,
+    open_table,
     read_pending,
     read_results,
     spool_rows,
@@ -61,6 +63,19 @@ def test_spooled_rows_stay_while_the_table_refuses_them_then_fold_in_once(tmp_pa
     (tmp_path / PENDING_FILE).write_bytes(b"not parquet")
     with pytest.raises(RecordsError, match=rf"{PENDING_FILE}: cannot read"):
         fold_pending(tmp_path)
+
+
+def test_open_table_counts_spooled_rows_once_and_says_how_each_trial_ended(tmp_path):
+    assert open_table(tmp_path).rows == 0 and not any(tmp_path.iterdir())  # a new run directory: nothing written
+    append_rows(tmp_path, [_row("a", 1), _row("a", 2, status="pruned")])
+    # "a"'s last row again (a replay: killed between the append and the unlink), then "b"'s two rows
+    spool_rows(tmp_path, [_row("a", 2, status="pruned"), _row("b", 2, val_eval_loss=0.3), _row("b", 1)])
+    state = open_table(tmp_path)
+    assert (state.rows, state.folded, state.recorded) == (4, 3, {"a", "b"})
+    assert state.outcomes["a"]["status"] == "pruned" and state.outcomes["b"]["epoch"] == 2
+    assert state.outcomes["b"]["val_eval_loss"] == 0.3  # the last epoch's row, whatever the spool's order
+    assert not (tmp_path / PENDING_FILE).exists() and len(read_results(tmp_path)) == 4  # what it counted
+    assert open_table(tmp_path) == TableState(4, state.outcomes, 0)  # nothing more to fold
 
 
 def _spec(name: str, trials: int):

@@ -33,7 +33,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 from analysis.table import RESULTS_FILE  # noqa: E402
-from scaling.records import RunLock, finish_table, fold_pending, recorded_trials, trial_outcomes  # noqa: E402
+from scaling.records import RunLock, finish_table, open_table  # noqa: E402
 from scaling.run_record import _check_same_study, finish_sweep, new_uid, start_sweep  # noqa: E402
 from scaling.spec import SpecError, StudySpec  # noqa: E402
 from scaling.sweep.identity import open_checked, study_names  # noqa: E402
@@ -84,11 +84,11 @@ def run_sweep(
     ``on_epoch``: called in the driver after each epoch of a trial (a pack's members each) with
     its cell, optuna_trial, learning_rate, epoch and epochs.
 
-    In order: what the spec implies (one plan), the base model, the run directory (its lock,
-    its table, its spec.yaml), the storage (the run's own?), the lease on the study, the rows a
-    stopped sweep kept aside folded into the table (records.fold_pending), this sweep's entry in
-    spec.yaml, the searcher, Ray Tune, and the table compacted. Every refusal comes before
-    anything is written. A sweep that has to stop (the table would not take a trial's rows, the
+    In order: what the spec implies (one plan), the base model, the run directory (its lock, its
+    table with the rows a stopped sweep kept aside folded in (records.open_table), its
+    spec.yaml), the storage (the run's own?), the lease on the study, this sweep's entry in
+    spec.yaml, the searcher, Ray Tune, and the table compacted. Every refusal comes before this
+    sweep writes anything of its own (folding a stopped sweep's spool only completes its appends). A sweep that has to stop (the table would not take a trial's rows, the
     lease was lost) raises RecordsError, its rows recorded so far kept."""
     t0 = time.perf_counter()
     plan = spec.sweep_plan(out)  # an unset ${VAR} fails here
@@ -106,24 +106,23 @@ def run_sweep(
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        rows, recorded = recorded_trials(run_dir)  # trials whose rows reached the table
+        # rows a stopped sweep could not append (recorder.py) folded in first: they are this run
+        # directory's own, under its lock; then the table read once
+        table = open_table(run_dir)
         record = dict(_check_same_study(spec, run_dir) or {})  # {}: a new run directory
         uid = record.get("study_uid") or None
         names = study_names(spec.name, plan.cells, mode=plan.safe.sampler.mode)
-        storage = open_checked(names, run_dir, plan.url, uid=uid, table_rows=rows, source=spec.source)
+        storage = open_checked(names, run_dir, plan.url, uid=uid, table_rows=table.rows, source=spec.source)
         # one driver per study, across run directories and machines (lease.py): before any
-        # leftover trial is claimed (CellSearcher) and before anything of this sweep is written
+        # leftover trial is claimed (CellSearcher) and before this sweep writes anything of its own
         with Lease(names, storage, url_shown=plan.url_shown, run_dir=run_dir, study=spec.name,
                    settle=not plan.own_storage, objectives=plan.objectives, url=plan.url) as lease:  # fmt: skip
-            if fold_pending(run_dir):  # rows a stopped sweep could not append (recorder.py): recorded now
-                rows, recorded = recorded_trials(run_dir)
             uid = uid or new_uid()  # the first run (or one from before study uids): the run gets one now
             # written before any cell study carries it, so a crash between leaves no stranger's uid
             record = start_sweep(spec, run_dir, record, uid=uid, optuna=plan.url_shown,
-                                 max_trials=max_trials, trials_recorded=len(recorded))  # fmt: skip
+                                 max_trials=max_trials, trials_recorded=len(table.outcomes))  # fmt: skip
             # how each recorded trial ended: one recorded while the storage was down is told to Optuna now
-            outcomes = trial_outcomes(run_dir) if recorded else recorded
-            searcher = make_searcher(plan.safe, storage, max_trials=max_trials, recorded=outcomes, study_uid=uid,
+            searcher = make_searcher(plan.safe, storage, max_trials=max_trials, recorded=table.outcomes, study_uid=uid,
                                      cells=plan.cells)  # fmt: skip
             samples, todo = searcher.most_remaining(), searcher.remaining()
             if on_start:

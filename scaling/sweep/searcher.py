@@ -141,7 +141,7 @@ class CellSearcher(StorageBacked, Searcher):
         cells: list[Cell],
     ):
         """``cells``: the spec's cells (``spec.cells()``; the sweep's plan holds them). ``recorded``:
-        the trial ids with rows in the table; a dict (records.trial_outcomes) also says how each
+        the trial ids with rows in the table; a dict (records.open_table) also says how each
         ended, so a trial whose rows were recorded while the storage was down is told now."""
         super().__init__(metric=SELECT_METRIC, mode="min")
         self.spec = spec
@@ -200,7 +200,7 @@ class CellSearcher(StorageBacked, Searcher):
 
     @staticmethod
     def _tell_from_rows(study: optuna.Study, t: optuna.trial.FrozenTrial, row: dict[str, Any]) -> optuna.trial.FrozenTrial:
-        """What _tell would have told, from the trial's last row (records.trial_outcomes)."""
+        """What _tell would have told, from the trial's last row (records.open_table)."""
         state = _STATES.get(str(row.get("status")), optuna.trial.TrialState.FAIL)
         value = row.get(SELECT_METRIC)
         if state == optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
