@@ -342,11 +342,11 @@ def open_table(run_dir: str | Path) -> TableState:
     table = read_results(run_dir) if (run_dir / RESULTS_FILE).exists() else empty_table()
     pending = read_pending(run_dir)
     if pending:  # a replay of a row the table holds is dropped, as append_rows drops it
-        held = set(zip(*(table[k].astype(str) for k in ROW_KEY), strict=True))
         spooled = pd.DataFrame(pending)
-        fresh = ~pd.Series(list(zip(*(spooled[k].astype(str) for k in ROW_KEY), strict=True))).isin(held)
-        spooled = spooled[fresh.to_numpy()].drop_duplicates(subset=list(ROW_KEY))
-        table = pd.concat([table, spooled], ignore_index=True) if len(table) else spooled
+        keys = pd.MultiIndex.from_frame(spooled[list(ROW_KEY)])
+        fresh = ~(keys.isin(pd.MultiIndex.from_frame(table[list(ROW_KEY)])) | keys.duplicated())
+        if fresh.any():
+            table = pd.concat([table, spooled[fresh]], ignore_index=True) if len(table) else spooled[fresh]
     last = table.sort_values("epoch", kind="stable").groupby("trial_id", sort=False).tail(1)
     outcomes = {str(row["trial_id"]): {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in row.items()}
                 for row in last.to_dict("records")}  # fmt: skip
