@@ -304,6 +304,7 @@ def _smollm2_or_skip():
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 def test_smollm2_gguf_converts_to_a_checkpoint_with_the_same_logits(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
