@@ -43,6 +43,9 @@ def status(
     console.print(f"study '{st['study']}' in {st['run_dir']} (Optuna {st['optuna'] or 'not created yet'})")
     console.print(f"cells: {c['done']} done, {c['running']} running, {c['waiting']} waiting; trials: {t['ok']} ok, "
                   f"{t['failed']} failed, {t['pruned']} pruned; {_fmt(st['trials_left'])} left")  # fmt: skip
+    if st["spooled_rows"]:
+        console.print(f"[yellow]{st['spooled_rows']} rows of finished trials wait in {st['spool']}[/] (a stopped sweep "
+                      "could not append them; the next `scaling sweep` on this run directory appends them first)")
     if st.get("budget"):  # sampler.mode optimize
         b = st["budget"]
         console.print(f"budget: {_fmt(b['spent'])} of {_fmt(b['total'])} {b['unit']} spent (measured)")

@@ -101,7 +101,7 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
 
     from analysis.table import SELECT_METRIC, trial_summary
     from scaling.lr_sampler import wants_extra
-    from scaling.records import read_results
+    from scaling.records import PENDING_FILE, read_pending, read_results
     from scaling.records_io import RecordsError
     from scaling.sweep.identity import cell_study_name
 
@@ -117,6 +117,10 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
             table = read_results(run_dir)
         except RecordsError as err:
             raise StatusError(str(err)) from None
+    try:  # rows a stopped sweep could not append: the next sweep appends them first (records.open_table)
+        spooled = len(read_pending(run_dir))
+    except RecordsError as err:
+        raise StatusError(str(err)) from None
     summary = trial_summary(table, value=SELECT_METRIC) if table is not None and len(table) else None
     storage = _open(url) if url else None
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -201,6 +205,8 @@ def run_status(run_dir: str | Path, *, optuna_url: str | None = None) -> dict[st
         "optuna": redact_url(url) if url else None,
         "cells": {s: sum(c["state"] == s for c in cells) for s in ("done", "running", "waiting")},
         "trials": counts,
+        "spooled_rows": spooled,  # rows in PENDING_FILE, not in the table yet
+        **({"spool": str(run_dir / PENDING_FILE)} if spooled else {}),
         "trials_left": left,  # optimize: budget left / median trial cost (None before one is measured)
         **({"budget": budget} if budget is not None else {}),
         "per_cell": cells,

@@ -126,6 +126,31 @@ def test_the_sweep_progress_moves_per_epoch_and_shows_running_trials():
     bar.stop()
 
 
+def test_status_names_the_rows_a_stopped_sweep_spooled(tmp_path):
+    """Rows a stopped sweep could not append (records.spool_rows) are not in the table yet: status
+    counts them and names the spool, and says the next sweep appends them; it writes nothing."""
+    from scaling.records import PENDING_FILE, append_rows, spool_rows
+    from scaling.run_record import new_uid, write_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run(small_spec("spooled"), run, {"study_uid": new_uid()})
+    row = {"study": "spooled", "trial_id": "t", "status": "ok", "phase": "search", "learning_rate": 0.01,
+           "dataset_size": 64, "epochs": 1, "lora_r": 8, "seed": 0}  # fmt: skip
+    append_rows(run, [{**row, "epoch": 1}])
+    assert run_status(run)["spooled_rows"] == 0 and "spool" not in run_status(run)
+    spool_rows(run, [{**row, "trial_id": "u", "epoch": 1}, {**row, "trial_id": "u", "epoch": 2}])
+    st = run_status(run)
+    assert st["spooled_rows"] == 2 and st["spool"] == str(run / PENDING_FILE) and st["trials"]["ok"] == 1
+    text = CliRunner().invoke(app, ["status", str(run)])
+    assert text.exit_code == 0, text.output
+    said = " ".join(text.output.split())  # as rich wraps it
+    assert "2 rows of finished trials wait in" in said and "appends them first" in said
+    (run / PENDING_FILE).write_bytes(b"not parquet")
+    bad = CliRunner().invoke(app, ["status", str(run)])
+    assert bad.exit_code == 2 and f"{PENDING_FILE}: cannot read" in " ".join(bad.output.split())
+
+
 def test_a_cell_that_takes_extra_lr_trials_is_waiting_until_bracketed_then_done(tmp_path):
     """sampler.extra_trials: a cell whose planned LR trials did not bracket its best is not done
     (the searcher will ask for one more); once the extra trial brackets it, it is done."""
