@@ -5,7 +5,8 @@ through this module, so a name means the same model on both sides.
 
     tiny-llama          today's embedded model: hidden 128 (bit-identical to every earlier build)
     tiny-llama-w<W>     the same recipe at hidden width W (W in TINY_WIDTHS): 4 layers, 4 heads,
-                        MLP 3W, the same pretraining text, steps and seed; tiny-llama-w128 is
+                        MLP 3W, the same pretraining text and seed, steps 900 x W/128 (tiny.py);
+                        tiny-llama-w128 is
                         tiny-llama itself (same build, same cache folder)
 
 Only the widths a spec names are ever built (models.ensure_base_model), each once per machine.
