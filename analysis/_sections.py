@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from analysis.findings import Analysis
-from analysis.findings.common import _ci, _d, _g, _pct
+from analysis.findings.common import _ci, _d, _g, _measured, _pct
 from analysis.selection import n_text
 
 __all__ = ["_blocks_emergence", "_blocks_models", "_blocks_pareto"]
@@ -149,10 +149,9 @@ def _blocks_models(an: Analysis) -> list[tuple]:
                            "Both laws keep alpha >= 0, so they always rank a larger N first: whether that holds is for the "
                            "intervals, the measured losses and the hold-out check above to say."))  # fmt: skip
             blocks.append(("table", ["rank", "model", "N", "predicted test loss", f"{an.level:.0%} CI", "best in draws",
-                                     "clearly ahead of the next", "measured there (no interval: one config)"],
+                                     "clearly ahead of the next", "measured there (± SE over seeds)"],
                            [[str(r["rank"]), r["model"], n_text(r["model_params_n"]), _g(r["loss"], 4), _ci(r["lo"], r["hi"]),
-                             _pct(r["p_best"]), "yes" if r["clear"] else "no",
-                             _g(r.get("measured"), 4) if r.get("measured") is not None else "not run"] for r in rk["rows"]]))  # fmt: skip
+                             _pct(r["p_best"]), "yes" if r["clear"] else "no", _measured(r)] for r in rk["rows"]]))  # fmt: skip
         elif rk.get("reason"):
             blocks.append(("p", f"{lab}: no ranking: {rk['reason']}."))
         fe = s.get("first_exact_match") or []

@@ -277,11 +277,38 @@ def test_a_base_model_that_breaks_the_law_is_caught_by_the_holdout_ranking():
     def loss(n, d):
         return mult(n, min(d, 1000)) if n == 900_000 else mult(n, d)
 
-    an = analyse(planted_table(loss, MODELS, SIZES, seed=2), bootstrap=0, sections=("models",))
+    an = analyse(planted_table(loss, MODELS, SIZES, seed=2), bootstrap=0, sections=("models", "recommendations"))
     (s,) = an.numbers["models"]["series"]
     h = s["holdout"]["multiplicative"]
     assert h["observed_order"][0] == "beta-large"
     assert h["predicted_order"][0] == "alpha-big" and not h["order_agrees"]
+    # the largest D was run: the recommendation follows what was measured there, not the law's
+    # ranking (which puts the largest N first), and says the law disagrees
+    rk = s["ranking"]
+    assert rk["rows"][0]["model"] == "alpha-big" and rk["measured_order"][0] == "beta-large"
+    (rec,) = [r for r in an.numbers["recommendations"] if r["kind"] == "base_model"]
+    assert rec["model"] == "beta-large" and not rec["clear"]  # one run per model: no interval
+    assert "fine-tune beta-large: measured at D=8,000" in rec["text"] and "(one run: no interval)" in rec["text"]
+    assert "ranks alpha-big first" in rec["text"]
+
+
+def test_the_recommended_base_is_the_measured_best_with_its_seed_error_when_the_law_disagrees():
+    from analysis.findings import analyse
+
+    # as above, with three seeds of every config: the measured gap at D=8,000 has its standard error
+    def loss(n, d):
+        return mult(n, min(d, 1000)) if n == 900_000 else mult(n, d)
+
+    table = pd.concat([planted_table(loss, MODELS, SIZES, seed=s).assign(seed=s, trial_id=lambda t, s=s: t.trial_id + f"s{s}")
+                       for s in range(3)], ignore_index=True)  # fmt: skip
+    an = analyse(table, bootstrap=0, sections=("models", "recommendations"))
+    (s,) = an.numbers["models"]["series"]
+    rows = {r["model"]: r for r in s["ranking"]["rows"]}
+    assert rows["beta-large"]["measured_runs"] == 3 and rows["beta-large"]["measured_se"] > 0
+    assert rows["beta-large"]["measured"] == pytest.approx(mult(480_000, 8000), rel=0.06)
+    (rec,) = [r for r in an.numbers["recommendations"] if r["kind"] == "base_model"]
+    assert rec["model"] == "beta-large" and rec["clear"]  # the gap is many standard errors wide
+    assert "± " in rec["text"] and "(3 seeds)" in rec["text"]
 
 
 def test_one_model_says_why_there_is_no_n_section():

@@ -147,6 +147,16 @@ def _pct(v: Any) -> str:
     return "n/a" if not math.isfinite(v) else f"{100 * v:.1f}%"
 
 
+def _measured(row: Any) -> str:
+    """A ranking row's measured test loss at the target D: mean ± standard error over the seeds of
+    the chosen config, or, from one run, the value saying it has no interval."""
+    if row.get("measured") is None:
+        return "not run"
+    if row.get("measured_se") is None:
+        return f"{_g(row['measured'], 4)} (one run: no interval)"
+    return f"{_g(row['measured'], 4)} ± {_g(row['measured_se'], 2)} ({row['measured_runs']} seeds)"
+
+
 def _d(v: Any) -> str:
     """A dataset size: an integer with thousands separators."""
     v = _f(v)

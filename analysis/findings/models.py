@@ -245,9 +245,15 @@ def models_finding(an: Analysis) -> Finding:
             beyond = target > float(sp["dataset_size"].max()) * (1 + 1e-9)
             rows = rank_models(fits[better], models, target, an.level)
             at = sp[np.isclose(sp["dataset_size"].astype(float), target)]
-            measured = at.groupby(MODEL_AXIS)[LOSS].mean()
+            by_model = at.groupby(MODEL_AXIS)[LOSS]
+            measured, spread, runs = by_model.mean(), by_model.std(ddof=1), by_model.count()
             for r in rows:  # the measured loss beside the prediction where the target D was run
-                r["measured"] = float(measured[r[MODEL_AXIS]]) if r[MODEL_AXIS] in measured.index else None
+                n = r[MODEL_AXIS]
+                r["measured"] = float(measured[n]) if n in measured.index else None
+                r["measured_runs"] = int(runs[n]) if n in runs.index else 0  # seeds of the chosen config
+                # its standard error over those seeds; None from one run (no interval)
+                r["measured_se"] = (float(spread[n] / np.sqrt(runs[n])) if n in runs.index and runs[n] >= 2
+                                    and np.isfinite(spread[n]) else None)  # fmt: skip
             entry["ranking"] = {"law": better, "dataset_size": target, "extrapolated": bool(beyond), "rows": rows,
                                 "measured_order": [models[n] for n in measured.sort_values(kind="stable").index]}  # fmt: skip
             if not fig:

@@ -16,6 +16,7 @@ from analysis.findings.common import (
     _d,
     _f,
     _g,
+    _measured,
     _pct,
 )
 from analysis.jumps import MIN_POINTS
@@ -165,6 +166,24 @@ def recommend_finding(an: Analysis) -> Finding:
         if len(rows) < 2:
             continue
         top, nxt = rows[0], rows[1]
+        run = [r for r in rows if r.get("measured") is not None]
+        best = min(run, key=lambda r: r["measured"]) if len(run) >= 2 else None
+        if not s["ranking"]["extrapolated"] and best is not None and best["model"] != top["model"] \
+                and top.get("measured") is not None:
+            # the target D was run and the measurements there rank another model first: they, not the
+            # law (whose form ranks a larger N first), say which base to fine-tune
+            se = [r.get("measured_se") for r in (best, top)]
+            gap = top["measured"] - best["measured"]
+            clear = None not in se and gap > 2 * math.hypot(*se)
+            add("base_model", f"{s['label']}: fine-tune {best['model']}: measured at D={_d(s['ranking']['dataset_size'])}, "
+                f"its test loss is {_measured(best)} against {_measured(top)} for {top['model']} ("
+                + ("a gap of more than twice its standard error" if clear else "no interval" if None in se
+                   else "within twice its standard error: add seeds to settle it")
+                + f"). The joint {s['ranking']['law']} law ranks {top['model']} first ({_g(top['loss'])} "
+                f"{_ci(top['lo'], top['hi'])}), as its form ranks a larger N first; the measurements it was fitted "
+                "to disagree there, so it does not describe these bases at this D.",
+                model=best["model"], clear=clear)  # fmt: skip
+            continue
         held = (s.get("holdout") or {}).get(s["ranking"]["law"]) or {}
         check = ("" if "order_agrees" not in held else
                  "; fitted without the largest D, the law ordered the models as measured there" if held["order_agrees"]
