@@ -1,9 +1,9 @@
 """The scaling report, rendering only: an Analysis (analysis.findings) in; blocks, figures,
 report.html, report.md and report.json out.
 
-    from scaling.records import read_run
-    from analysis.report import write_report
-    paths = write_report(read_run("runs/demo"))   # runs/demo/report/report.{html,md,json} + PNGs
+    >>> from scaling.records import read_run      # the caller's side: analysis never imports scaling
+    >>> from analysis.report import write_report
+    >>> paths = write_report(read_run("runs/demo"))   # runs/demo/report/report.{html,md,json} + PNGs
 
 How a report is made, top to bottom:
 

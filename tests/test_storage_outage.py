@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from test_postgres import ray_local  # noqa: F401  (fixture: a local Ray of 2 CPUs for the module)
 
 from scaling.records import read_results
 from scaling.spec import parse_spec
@@ -95,17 +96,6 @@ def pg():
     server.close()
 
 
-@pytest.fixture(scope="module")
-def ray_local(tiny_model_dir):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def _spec(name: str, url: str):
     return parse_spec({
         "name": name,
@@ -156,7 +146,7 @@ def _check_exact(run: Path, spec, url: str) -> int:
 
 
 @pytest.mark.slow
-def test_a_postgres_restart_mid_sweep_loses_nothing(pg, ray_local, tmp_path, caplog):
+def test_a_postgres_restart_mid_sweep_loses_nothing(pg, ray_local, tmp_path, caplog):  # noqa: F811
     from scaling.sweep import run_sweep
 
     spec = _spec("restart", pg["url"])
@@ -178,8 +168,8 @@ def test_a_postgres_restart_mid_sweep_loses_nothing(pg, ray_local, tmp_path, cap
 
 
 @pytest.mark.slow
-def test_a_postgres_outage_past_the_bound_stops_the_sweep_and_a_resume_finishes_it(pg, ray_local, tmp_path,
-                                                                                   monkeypatch):  # fmt: skip
+def test_a_postgres_outage_past_the_bound_stops_the_sweep_and_a_resume_finishes_it(
+        pg, ray_local, tmp_path, monkeypatch):  # noqa: F811  # fmt: skip
     import yaml
     from typer.testing import CliRunner
 
