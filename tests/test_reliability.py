@@ -411,7 +411,9 @@ def test_fractional_gpus_run_four_trials_at_once_on_one_gpu(ray_local, tmp_path)
     from scaling.sweep import run_sweep
 
     assert ray.cluster_resources().get("GPU") == 1  # one logical GPU (no CUDA: torch stays on CPU)
-    data = spec_dict("gpu4", axes={"dataset_size": [64], "epochs": [2]}, trials_per_cell=4,
+    # D=256: a trial must outlast the start of the other three workers (each imports torch; on 2
+    # cores that took longer than a D=64 trial once, and the fourth trial reused the first's worker)
+    data = spec_dict("gpu4", axes={"dataset_size": [256], "epochs": [2]}, trials_per_cell=4,
                      resources={"cpus": 1, "gpus": 0.25, "max_failures": 0})  # fmt: skip
     spec = parse_spec(data)
     samples: list[tuple[float, dict[int, float]]] = []  # (free GPU, {live trial worker: its start})
@@ -445,7 +447,7 @@ def test_fractional_gpus_run_four_trials_at_once_on_one_gpu(ray_local, tmp_path)
     assert packed, [(g, sorted(w)) for g, w in samples[::10]]
     # and their lifetimes overlap: the last worker started before the first trial finished
     started = {pid: t for _, w in samples for pid, t in w.items() if pid in pids}
-    done = [t.datetime_complete.timestamp() for t in optuna_trials(res.optuna_url, spec)["gpu4/D=64,E=2,r=8"]]
+    done = [t.datetime_complete.timestamp() for t in optuna_trials(res.optuna_url, spec)["gpu4/D=256,E=2,r=8"]]
     assert len(started) == 4 and max(started.values()) < min(done)
     print(f"\nfractional GPUs: 4 trials x 0.25 GPU held the one GPU together for {0.1 * len(packed):.1f}s; "
           f"all four workers alive {min(done) - max(started.values()):.1f}s before the first trial ended")  # fmt: skip
