@@ -375,7 +375,7 @@ def finish_table(run_dir: str | Path, *, keep: str, model: str) -> list[Path]:
     if not (run_dir / RESULTS_FILE).exists():
         return []
     table = read_results(run_dir)
-    if _writer(run_dir).compact() != len(table):
+    if compact(run_dir) != len(table):
         raise RecordsError(f"{run_dir / RESULTS_FILE}: compacting changed the row count from {len(table)}")
     from scaling.adapters import keep_selected
 

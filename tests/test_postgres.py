@@ -106,6 +106,19 @@ def postgres_server():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def check_optuna_values(df, spec, url: str, *, per_cell: int) -> None:
+    """Optuna's view of every cell study: exactly ``per_cell`` trials, all COMPLETE, each with the
+    value the table's last-epoch row records (the validation loss)."""
+    storage = optuna.storages.RDBStorage(url)
+    for cell in spec.cells():
+        trials = optuna.load_study(study_name=f"{spec.name}/{cell.key}", storage=storage).get_trials()
+        assert [t.state.name for t in trials] == ["COMPLETE"] * per_cell, cell.key
+        final = df[(df.cell == cell.key) & (df.epoch == cell.epochs)].set_index("optuna_trial")
+        for t in trials:
+            assert final.loc[t.number, "val_eval_loss"] == pytest.approx(t.value)
+    storage.engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def ray_local(tiny_model_dir):
     import ray
@@ -145,14 +158,7 @@ def test_sweep_with_postgres_storage_stops_and_resumes_exactly(postgres_url, ray
     assert set(df["status"]) == {"ok"} and len(df) == 2 * (1 + 2)
     assert not (run / "optuna.db").exists()  # nothing fell back to SQLite
     # Optuna's view, through PostgreSQL: one study per cell, each with exactly its 2 trials done
-    storage = optuna.storages.RDBStorage(postgres_url)
-    for cell in spec.cells():
-        trials = optuna.load_study(study_name=f"pg/{cell.key}", storage=storage).get_trials()
-        assert [t.state.name for t in trials] == ["COMPLETE"] * 2, cell.key
-        final = df[(df.cell == cell.key) & (df.epoch == cell.epochs)].set_index("optuna_trial")
-        for t in trials:
-            assert final.loc[t.number, "val_eval_loss"] == pytest.approx(t.value)
-    storage.engine.dispose()
+    check_optuna_values(df, spec, postgres_url, per_cell=2)
     # and the rows really are in the server
     with psycopg.connect(postgres_url) as con:
         names = sorted(r[0] for r in con.execute("SELECT study_name FROM studies"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_postgres import ray_local  # noqa: F401  (fixture: a local Ray of 2 CPUs for the module)
+from test_postgres import check_optuna_values, ray_local  # noqa: F401  (ray_local: a fixture, a local Ray of 2 CPUs)
 
 from scaling.records import read_results
 from scaling.spec import parse_spec
@@ -134,14 +134,7 @@ def _check_exact(run: Path, spec, url: str) -> int:
     df = read_results(run)
     assert not df.duplicated(["trial_id", "epoch"]).any()
     assert df["trial_id"].nunique() == 6 and set(df["status"]) == {"ok"}, df[["trial_id", "status"]]
-    storage = optuna.storages.RDBStorage(url)
-    for cell in spec.cells():
-        trials = optuna.load_study(study_name=f"{spec.name}/{cell.key}", storage=storage).get_trials()
-        assert [t.state.name for t in trials] == ["COMPLETE"] * 3, cell.key
-        final = df[(df.cell == cell.key) & (df.epoch == cell.epochs)].set_index("optuna_trial")
-        for t in trials:
-            assert final.loc[t.number, "val_eval_loss"] == pytest.approx(t.value)
-    storage.engine.dispose()
+    check_optuna_values(df, spec, url, per_cell=3)
     return len(df)
 
 
